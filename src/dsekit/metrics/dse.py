@@ -1,0 +1,538 @@
+"""DSE, the Dense representation Structure Estimator, on batches of dense features.
+
+For features ``Z`` of shape ``(B, N, d)`` (``B`` images, ``N`` patches, ``d`` channels)::
+
+    DSE_raw = M_inter + M_dim - (M_intra_batch + M_intra_image) / 2
+
+* ``s``: mean distance of the (optionally L2-normalised) patches to their mean.
+* ``r(C) = ‖C - mean(C)‖_* / sqrt(max(n - 1, d))``: radius of a cluster of ``n >= 2`` points.
+* ``M_intra_image``: per image, k-means with ``local_clusters``; mean ``r`` over the
+  image's clusters; mean over images; ``/ s``.
+* ``M_intra_batch``: per group of ``images_per_group`` consecutive images, k-means with
+  ``global_clusters`` on the group's patches; mean ``r`` over every cluster of every
+  group; ``/ s``.
+* ``M_inter``: per group, mean over patches of the Euclidean distance to the nearest
+  centroid other than the patch's own; mean over groups; ``/ s``.
+* ``M_dim``: patches are permuted at random within each image; for each position the
+  ``B × d`` matrix of one patch per image gets its effective rank ``/ min(B, d)``; mean
+  over positions.
+
+Degenerate inputs: when the patches have (numerically) no spread, ``s ≈ 0``, there is no
+cluster structure to measure; the three cluster terms are then defined as 0 and DSE
+reduces to ``M_dim``, which is ``1 / min(B, d)`` for a fully collapsed representation,
+the lowest value DSE takes. Such results carry ``degenerate=True``.
+
+The term functions are differentiable (used by the regulariser); :func:`dse` and
+:class:`DSEAccumulator` evaluate them without gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .kmeans import kmeans, make_generator
+from .spectra import centered_nuclear_norms, effective_rank
+
+__all__ = [
+    "TERMS",
+    "DSEResult",
+    "DSETerms",
+    "dse",
+    "dse_from_labels",
+    "dse_terms",
+    "DSEAccumulator",
+    "as_features",
+    "cluster_radii",
+]
+
+TERMS = ("inter_class_distance", "intra_class_image", "intra_class_batch", "effective_dimensionality", "dse_raw")
+
+# Spread below this fraction of the RMS patch norm counts as a collapsed representation.
+_DEGENERATE_RTOL = 1e-6
+# Elements per chunk when gathering padded clusters / shuffled positions (bounds memory).
+_CHUNK_ELEMENTS = 1 << 24
+
+
+@dataclass(frozen=True)
+class DSEResult:
+    """The five DSE terms of one or more batches, and the settings that produced them."""
+
+    inter_class_distance: float
+    intra_class_image: float
+    intra_class_batch: float
+    effective_dimensionality: float
+    dse_raw: float
+    num_images: int = 0
+    num_batches: int = 1
+    degenerate: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, float]:
+        """The five terms by name (the keys of :data:`TERMS`)."""
+        return {name: getattr(self, name) for name in TERMS}
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything, JSON-serialisable."""
+        return asdict(self)
+
+
+@dataclass
+class DSETerms:
+    """Differentiable DSE terms of one batch (0-d tensors)."""
+
+    inter_class_distance: Tensor
+    intra_class_image: Tensor
+    intra_class_batch: Tensor
+    effective_dimensionality: Tensor
+    scale: Tensor
+    degenerate: bool
+
+    @property
+    def intra(self) -> Tensor:
+        return (self.intra_class_batch + self.intra_class_image) / 2
+
+    def dse(self, lam: float = 1.0) -> Tensor:
+        """``M_inter - M_intra + lam · M_dim`` (``lam = 1``: the raw per-batch score)."""
+        return self.inter_class_distance - self.intra + lam * self.effective_dimensionality
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def as_features(features: Any, name: str = "features") -> Tensor:
+    """Check and convert a ``(B, N, d)`` float array (numpy or torch) to a tensor.
+
+    Float64 stays float64, other float types become float32. Raises ``ValueError`` naming
+    ``name`` for the wrong rank, empty arrays, non-float dtypes and NaN/Inf values.
+    """
+    if isinstance(features, np.ndarray):
+        if not np.issubdtype(features.dtype, np.floating):
+            raise ValueError(f"{name}: expected floating-point values, got dtype {features.dtype}")
+        features = torch.from_numpy(np.ascontiguousarray(features))
+    if not isinstance(features, Tensor):
+        raise ValueError(f"{name}: expected a numpy array or torch tensor, got {type(features).__name__}")
+    if features.ndim != 3:
+        raise ValueError(
+            f"{name}: expected shape (B, N, d) = (images, patches, channels), got shape {tuple(features.shape)}"
+        )
+    if min(features.shape) == 0:
+        raise ValueError(f"{name}: expected a non-empty (B, N, d) array, got shape {tuple(features.shape)}")
+    if not features.is_floating_point():
+        raise ValueError(f"{name}: expected floating-point values, got dtype {features.dtype}")
+    if features.dtype != torch.float64:
+        features = features.float()
+    bad = ~torch.isfinite(features)
+    if bool(bad.any()):
+        raise ValueError(f"{name}: contains {int(bad.sum())} non-finite values (NaN or Inf)")
+    return features
+
+
+def _check_labels(labels: Any, name: str, shape: tuple[int, int], k: int, device: torch.device) -> Tensor:
+    if isinstance(labels, np.ndarray):
+        labels = torch.from_numpy(labels)
+    if not isinstance(labels, Tensor):
+        raise ValueError(f"{name}: expected an integer array of shape {shape}, got {type(labels).__name__}")
+    if tuple(labels.shape) != shape:
+        raise ValueError(f"{name}: expected shape {shape} (images, patches), got {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"{name}: expected integer cluster ids, got dtype {labels.dtype}")
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= k:
+        raise ValueError(f"{name}: expected values in [0, {k}), got values in [{lo}, {hi}]")
+    return labels.to(device=device, dtype=torch.long)
+
+
+def _check_settings(B: int, N: int, local_clusters: int, global_clusters: int, images_per_group: int) -> None:
+    if local_clusters < 1:
+        raise ValueError(f"local_clusters: expected >= 1, got {local_clusters}")
+    if global_clusters < 2:
+        raise ValueError(f"global_clusters: expected >= 2 (M_inter needs another centroid), got {global_clusters}")
+    if images_per_group < 1:
+        raise ValueError(f"images_per_group: expected >= 1, got {images_per_group}")
+    if N < local_clusters:
+        raise ValueError(f"local_clusters: {local_clusters} clusters need at least as many patches per image, got N = {N}")
+    smallest = min(B, images_per_group) if B % images_per_group == 0 else B % images_per_group
+    if smallest * N < global_clusters:
+        raise ValueError(
+            f"global_clusters: {global_clusters} clusters need at least as many patches per group, but a group "
+            f"of {smallest} image(s) x {N} patches has {smallest * N} (images_per_group={images_per_group}, B={B})"
+        )
+
+
+# --------------------------------------------------------------------------- terms
+
+
+def _groups(B: int, size: int) -> list[tuple[int, int]]:
+    """Blocks of equal-size consecutive groups: [(start, group_count)] with group size ``size``."""
+    full = B // size
+    blocks = [(0, full, size)] if full else []
+    if B % size:
+        blocks.append((full * size, 1, B % size))
+    return blocks
+
+
+def _size_buckets(sizes: list[int], d: int) -> list[tuple[int, int, int]]:
+    """Split ascending ``sizes`` into runs padded to a common size: [(start, stop, pad)].
+
+    Each run pads by at most ~12 % (eigen-decomposition cost grows with the cube of the
+    padded size) and holds at most ``_CHUNK_ELEMENTS`` gathered values.
+    """
+    runs, start = [], 0
+    while start < len(sizes):
+        step = max(8, sizes[start] // 8)
+        pad = -(-sizes[start] // step) * step
+        stop = start
+        while stop < len(sizes) and sizes[stop] <= pad and (stop + 1 - start) * pad * d <= _CHUNK_ELEMENTS:
+            stop += 1
+        stop = max(stop, start + 1)
+        runs.append((start, stop, max(pad, sizes[stop - 1])))
+        start = stop
+    return runs
+
+
+def cluster_radii(x: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Radius ``‖C - mean(C)‖_* / sqrt(max(n - 1, d))`` of every cluster.
+
+    Args:
+        x: (P, n, d) points of ``P`` problems; labels: (P, n) in ``[0, k)``.
+
+    Returns:
+        radii (P, k) (0 where undefined) and valid (P, k), True for clusters of >= 2 points.
+    """
+    P, n, d = x.shape
+    flat_ids = (labels + k * torch.arange(P, device=x.device).unsqueeze(1)).reshape(-1)
+    counts = torch.bincount(flat_ids, minlength=P * k)
+    order = torch.argsort(flat_ids, stable=True)
+    starts = counts.cumsum(0) - counts
+    points = torch.cat([x.reshape(P * n, d), x.new_zeros(1, d)])  # last row: padding
+    grad = x.requires_grad and torch.is_grad_enabled()
+    radii = x.new_zeros(P * k, dtype=x.dtype if grad else torch.float64)
+
+    valid = counts >= 2
+    ids = torch.nonzero(valid).squeeze(1)
+    ids = ids[torch.argsort(counts[ids], stable=True)]
+    sizes = counts[ids].tolist()
+    for lo, hi, m in _size_buckets(sizes, d):
+        chunk = ids[lo:hi]
+        c_counts = counts[chunk]
+        t = torch.arange(m, device=x.device)
+        inside = t.unsqueeze(0) < c_counts.unsqueeze(1)
+        idx = torch.where(inside, order[(starts[chunk].unsqueeze(1) + t).clamp_max(P * n - 1)], P * n)
+        nuc = centered_nuclear_norms(points[idx], c_counts)
+        denom = torch.sqrt(torch.clamp(c_counts - 1, min=d).to(nuc.dtype))
+        radii = radii.index_put((chunk,), (nuc / denom).to(radii.dtype))
+    return radii.reshape(P, k), valid.reshape(P, k)
+
+
+def _member_means(x: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Centroids as member means: (P, n, d), (P, n) -> centroids (P, k, d), counts (P, k)."""
+    onehot = F.one_hot(labels, k).to(x.dtype)  # (P, n, k)
+    counts = onehot.sum(1)
+    sums = onehot.transpose(1, 2) @ x
+    return sums / counts.clamp_min(1).unsqueeze(-1), counts
+
+
+def _inter_distance(x: Tensor, labels: Tensor, centroids: Tensor, present: Tensor) -> Tensor:
+    """Mean distance of each point to the nearest other centroid: -> (P,)."""
+    d = torch.cdist(x, centroids)  # (P, n, k)
+    excluded = F.one_hot(labels, centroids.shape[1]).bool() | ~present.unsqueeze(1)
+    d = d.masked_fill(excluded, float("inf"))
+    nearest = d.min(-1).values
+    nearest = torch.where(torch.isfinite(nearest), nearest, torch.zeros_like(nearest))
+    return nearest.mean(-1)
+
+
+def effective_dimensionality(z: Tensor, generator: torch.Generator) -> Tensor:
+    """``M_dim``: mean normalised effective rank of ``B × d`` one-patch-per-image matrices.
+
+    Args:
+        z: (B, N, d) features; generator: draws the per-image permutation of patches.
+    """
+    B, N, d = z.shape
+    perm = torch.rand(B, N, generator=generator, device=z.device).argsort(1)
+    step = max(1, _CHUNK_ELEMENTS // (B * d))
+    values = []
+    for lo in range(0, N, step):
+        idx = perm[:, lo : lo + step]  # (B, c)
+        cols = torch.gather(z, 1, idx.unsqueeze(-1).expand(-1, -1, d)).transpose(0, 1)  # (c, B, d)
+        values.append(effective_rank(cols, normalize=True))
+    return torch.cat(values).mean()
+
+
+def dse_terms(
+    z: Tensor,
+    local_labels: Tensor,
+    global_blocks: list[tuple[Tensor, Tensor, Tensor]],
+    generator: torch.Generator,
+) -> DSETerms:
+    """DSE terms from (normalised) features and cluster assignments.
+
+    Args:
+        z: (B, N, d) features, already normalised if wanted; may require grad.
+        local_labels: (B, N) cluster of each patch within its image.
+        global_blocks: per block of equal-size groups, ``(labels (P, G·N), centroids
+            (P, k, d), present (P, k))`` in image order; the block's points are the
+            consecutive images of ``z``.
+        generator: for the permutation of ``M_dim``.
+    """
+    B, N, d = z.shape
+    centred = z - z.mean((0, 1), keepdim=True)
+    scale = centred.norm(dim=-1).mean()
+    rms = z.pow(2).sum(-1).mean().sqrt()
+    degenerate = bool(scale <= _DEGENERATE_RTOL * rms) or bool(scale == 0)
+
+    k_local = int(local_labels.max()) + 1
+    radii, valid = cluster_radii(z, local_labels, k_local)
+    per_image = (radii * valid).sum(1) / valid.sum(1).clamp_min(1)
+    has = valid.any(1)
+    intra_image = per_image[has].mean() if bool(has.any()) else radii.sum() * 0
+
+    radii_b, valid_b, inter = [], [], []
+    start = 0
+    for labels, centroids, present in global_blocks:
+        P, n = labels.shape
+        x = z[start : start + P * n // N].reshape(P, n, d)
+        start += P * n // N
+        r, v = cluster_radii(x, labels, centroids.shape[1])
+        radii_b.append(r.reshape(-1))
+        valid_b.append(v.reshape(-1))
+        inter.append(_inter_distance(x, labels, centroids, present))
+    r_all, v_all = torch.cat(radii_b), torch.cat(valid_b)
+    intra_batch = r_all[v_all].mean() if bool(v_all.any()) else r_all.sum() * 0
+    inter_all = torch.cat(inter).mean()
+
+    m_dim = effective_dimensionality(z, generator)
+    if degenerate:
+        zero = scale * 0
+        inter_all, intra_image, intra_batch = zero, zero, zero
+    else:
+        inter_all, intra_image, intra_batch = inter_all / scale, intra_image / scale, intra_batch / scale
+    return DSETerms(
+        inter_class_distance=inter_all.to(m_dim.dtype),
+        intra_class_image=intra_image.to(m_dim.dtype),
+        intra_class_batch=intra_batch.to(m_dim.dtype),
+        effective_dimensionality=m_dim,
+        scale=scale,
+        degenerate=degenerate,
+    )
+
+
+def _kmeans_blocks(
+    z: Tensor, images_per_group: int, k: int, generator: torch.Generator, n_init: int
+) -> list[tuple[Tensor, Tensor, Tensor]]:
+    B, N, d = z.shape
+    blocks = []
+    for start, count, size in _groups(B, images_per_group):
+        x = z[start : start + count * size].reshape(count, size * N, d)
+        res = kmeans(x, k, n_init=n_init, generator=generator)
+        present = torch.ones(count, k, dtype=torch.bool, device=z.device)
+        blocks.append((res.labels, res.centroids, present))
+    return blocks
+
+
+def _label_blocks(z: Tensor, global_labels: Tensor, images_per_group: int, k: int) -> list[tuple[Tensor, Tensor, Tensor]]:
+    B, N, d = z.shape
+    blocks = []
+    for start, count, size in _groups(B, images_per_group):
+        x = z[start : start + count * size].reshape(count, size * N, d)
+        labels = global_labels[start : start + count * size].reshape(count, size * N)
+        centroids, counts = _member_means(x, labels, k)
+        blocks.append((labels, centroids, counts > 0))
+    return blocks
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def _result(terms: DSETerms, settings: dict[str, Any], num_images: int) -> DSEResult:
+    values = {
+        "inter_class_distance": float(terms.inter_class_distance),
+        "intra_class_image": float(terms.intra_class_image),
+        "intra_class_batch": float(terms.intra_class_batch),
+        "effective_dimensionality": float(terms.effective_dimensionality),
+    }
+    values["dse_raw"] = (
+        values["inter_class_distance"]
+        + values["effective_dimensionality"]
+        - (values["intra_class_batch"] + values["intra_class_image"]) / 2
+    )
+    return DSEResult(**values, num_images=num_images, num_batches=1, degenerate=terms.degenerate, settings=settings)
+
+
+@torch.no_grad()
+def dse(
+    features: Any,
+    *,
+    local_clusters: int = 3,
+    global_clusters: int = 24,
+    images_per_group: int = 8,
+    normalize: bool = True,
+    seed: int | None = 0,
+    n_init: int = 1,
+    generator: torch.Generator | None = None,
+) -> DSEResult:
+    """DSE of one batch of dense features.
+
+    Args:
+        features: (B, N, d) float array or tensor (CPU or CUDA).
+        local_clusters: k of the per-image k-means (``M_intra_image``).
+        global_clusters: k of the per-group k-means (``M_intra_batch``, ``M_inter``).
+        images_per_group: consecutive images clustered together (the last group may be smaller).
+        normalize: L2-normalise every patch first.
+        seed: seed of the private generator for k-means and the ``M_dim`` permutation.
+        n_init: k-means restarts (best inertia kept).
+        generator: use this generator instead of one seeded with ``seed``.
+
+    Returns:
+        :class:`DSEResult`.
+    """
+    z = as_features(features)
+    B, N, d = z.shape
+    _check_settings(B, N, local_clusters, global_clusters, images_per_group)
+    if normalize:
+        z = F.normalize(z, dim=-1)
+    g = generator if generator is not None else make_generator(seed, z.device)
+    local = kmeans(z, local_clusters, n_init=n_init, generator=g).labels
+    blocks = _kmeans_blocks(z, images_per_group, global_clusters, g, n_init)
+    terms = dse_terms(z, local, blocks, g)
+    settings = dict(
+        local_clusters=local_clusters,
+        global_clusters=global_clusters,
+        images_per_group=images_per_group,
+        normalize=normalize,
+        seed=seed,
+        n_init=n_init,
+        assignments="kmeans",
+    )
+    return _result(terms, settings, B)
+
+
+@torch.no_grad()
+def dse_from_labels(
+    features: Any,
+    local_labels: Any,
+    global_labels: Any,
+    *,
+    local_clusters: int | None = None,
+    global_clusters: int | None = None,
+    images_per_group: int = 8,
+    normalize: bool = True,
+    seed: int | None = 0,
+) -> DSEResult:
+    """DSE with given cluster assignments instead of k-means (e.g. ground-truth masks: "oracle" DSE).
+
+    Args:
+        features: (B, N, d).
+        local_labels: (B, N) integer cluster of each patch within its image, in ``[0, local_clusters)``.
+        global_labels: (B, N) integer cluster of each patch within its group of
+            ``images_per_group`` consecutive images, in ``[0, global_clusters)``.
+        local_clusters, global_clusters: label ranges (default: max label + 1).
+        seed: seed of the ``M_dim`` permutation.
+
+    A cluster's centroid is the mean of its members; labels without members are ignored.
+    """
+    z = as_features(features)
+    B, N, d = z.shape
+    for name, lab in (("local_labels", local_labels), ("global_labels", global_labels)):
+        if not isinstance(lab, (np.ndarray, Tensor)):
+            raise ValueError(f"{name}: expected an integer array of shape {(B, N)}, got {type(lab).__name__}")
+        if tuple(lab.shape) != (B, N):
+            raise ValueError(f"{name}: expected shape {(B, N)} (images, patches), got {tuple(lab.shape)}")
+        if lab.size == 0 if isinstance(lab, np.ndarray) else lab.numel() == 0:
+            raise ValueError(f"{name}: empty array")
+    k_local = int(local_clusters) if local_clusters is not None else int(np.asarray(local_labels).max()) + 1
+    k_global = int(global_clusters) if global_clusters is not None else int(np.asarray(global_labels).max()) + 1
+    local = _check_labels(local_labels, "local_labels", (B, N), max(k_local, 1), z.device)
+    glob = _check_labels(global_labels, "global_labels", (B, N), max(k_global, 1), z.device)
+    if images_per_group < 1:
+        raise ValueError(f"images_per_group: expected >= 1, got {images_per_group}")
+    if normalize:
+        z = F.normalize(z, dim=-1)
+    g = make_generator(seed, z.device)
+    blocks = _label_blocks(z, glob, images_per_group, max(k_global, 1))
+    terms = dse_terms(z, local, blocks, g)
+    settings = dict(
+        local_clusters=k_local,
+        global_clusters=k_global,
+        images_per_group=images_per_group,
+        normalize=normalize,
+        seed=seed,
+        assignments="labels",
+    )
+    return _result(terms, settings, B)
+
+
+class DSEAccumulator:
+    """Average per-batch DSE terms over many batches of images.
+
+    Features are buffered and scored ``batch_size`` images at a time (1024 by default, as
+    in the paper); the last, possibly smaller, batch is scored by :meth:`compute`. Each
+    term of the result is the mean of its per-batch values. One private generator,
+    seeded once, serves every batch.
+
+    Example::
+
+        acc = DSEAccumulator(batch_size=256, seed=0)
+        for feats in loader:          # (b, N, d) each
+            acc.update(feats)
+        result = acc.compute()
+    """
+
+    def __init__(self, batch_size: int = 1024, *, seed: int | None = 0, **dse_kwargs: Any) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.seed = seed
+        self.dse_kwargs = dse_kwargs
+        self.reset()
+
+    def reset(self) -> None:
+        self._buffer: list[Tensor] = []
+        self._buffered = 0
+        self._results: list[DSEResult] = []
+        self._generator: torch.Generator | None = None
+
+    def _score(self, z: Tensor) -> None:
+        if self._generator is None:
+            self._generator = make_generator(self.seed, z.device)
+        self._results.append(dse(z, generator=self._generator, seed=self.seed, **self.dse_kwargs))
+
+    def update(self, features: Any) -> None:
+        """Add a (b, N, d) chunk of features; full batches are scored immediately."""
+        z = as_features(features)
+        if self._buffer and self._buffer[0].shape[1:] != z.shape[1:]:
+            raise ValueError(
+                f"features: expected (b, {self._buffer[0].shape[1]}, {self._buffer[0].shape[2]}) like earlier "
+                f"updates, got {tuple(z.shape)}"
+            )
+        self._buffer.append(z)
+        self._buffered += z.shape[0]
+        while self._buffered >= self.batch_size:
+            allz = torch.cat(self._buffer)
+            self._score(allz[: self.batch_size])
+            rest = allz[self.batch_size :]
+            self._buffer = [rest] if rest.shape[0] else []
+            self._buffered = rest.shape[0]
+
+    def compute(self) -> DSEResult:
+        """Score what is buffered and return the mean of every per-batch term."""
+        if self._buffered:
+            self._score(torch.cat(self._buffer))
+            self._buffer, self._buffered = [], 0
+        if not self._results:
+            raise ValueError("DSEAccumulator.compute: no features were added (call update first)")
+        means = {t: float(np.mean([getattr(r, t) for r in self._results])) for t in TERMS}
+        first = self._results[0]
+        return DSEResult(
+            **means,
+            num_images=sum(r.num_images for r in self._results),
+            num_batches=len(self._results),
+            degenerate=any(r.degenerate for r in self._results),
+            settings={**first.settings, "batch_size": self.batch_size},
+        )

@@ -1,0 +1,75 @@
+import pytest
+import torch
+
+from dsekit.metrics.spectra import (
+    centered_nuclear_norms,
+    effective_rank,
+    erank_from_singular_values,
+    nuclear_norm,
+    singular_values,
+)
+
+
+@pytest.mark.parametrize("shape", [(5, 20, 7), (3, 7, 20), (4, 64, 64), (2, 196, 48)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gram_singular_values_match_svdvals(shape, dtype):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(*shape, generator=g) + 0.5 * torch.randn(shape[-1], generator=g)).to(dtype)
+    ref = torch.linalg.svdvals(x.double())
+    got = singular_values(x, method="gram")
+    torch.testing.assert_close(got.sum(-1), ref.sum(-1), rtol=1e-5, atol=0)
+    torch.testing.assert_close(nuclear_norm(x), ref.sum(-1).to(nuclear_norm(x).dtype), rtol=1e-5, atol=0)
+    r_ref = erank_from_singular_values(ref) / min(shape[-2:])
+    torch.testing.assert_close(effective_rank(x), r_ref, rtol=1e-5, atol=0)
+
+
+def test_centred_nuclear_norms_of_padded_sets_match_svdvals():
+    g = torch.Generator().manual_seed(1)
+    sizes = [2, 5, 17, 40, 80]
+    m, d = 80, 48
+    rows = torch.zeros(len(sizes), m, d)
+    for i, n in enumerate(sizes):
+        rows[i, :n] = torch.randn(n, d, generator=g) * (i + 1) + 3.0
+    got = centered_nuclear_norms(rows, torch.tensor(sizes))
+    for i, n in enumerate(sizes):
+        c = rows[i, :n].double()
+        ref = torch.linalg.svdvals(c - c.mean(0)).sum()
+        assert got[i].item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_centred_nuclear_norms_gradient_path_matches():
+    g = torch.Generator().manual_seed(2)
+    rows = torch.randn(3, 10, 6, generator=g, dtype=torch.float64)
+    counts = torch.tensor([10, 4, 7])
+    for i, n in enumerate(counts.tolist()):
+        rows[i, n:] = 0
+    with torch.no_grad():
+        ref = centered_nuclear_norms(rows, counts)
+    x = rows.clone().requires_grad_(True)
+    got = centered_nuclear_norms(x, counts)
+    got.sum().backward()
+    torch.testing.assert_close(got.detach(), ref, rtol=1e-7, atol=0)
+    assert torch.isfinite(x.grad).all()
+
+
+def test_effective_rank_extremes():
+    eye = torch.eye(16, dtype=torch.float64)
+    assert effective_rank(eye, normalize=False).item() == pytest.approx(16.0, rel=1e-9)
+    rank1 = torch.ones(10, 1, dtype=torch.float64) @ torch.randn(1, 30, dtype=torch.float64)
+    assert effective_rank(rank1, normalize=False).item() == pytest.approx(1.0, abs=1e-6)
+    zeros = torch.zeros(5, 8)
+    assert effective_rank(zeros, normalize=False).item() == 1.0
+
+
+def test_erank_eps_variant():
+    s = torch.tensor([3.0, 1.0, 0.0], dtype=torch.float64)
+    p = s / s.sum()
+    ref = torch.exp(-(p * torch.where(p > 0, p.log(), torch.zeros_like(p))).sum())
+    assert erank_from_singular_values(s).item() == pytest.approx(ref.item())
+    pe = p + 1e-7
+    assert erank_from_singular_values(s, eps=1e-7).item() == pytest.approx(torch.exp(-(pe * pe.log()).sum()).item())
+
+
+def test_bad_method():
+    with pytest.raises(ValueError, match="method"):
+        singular_values(torch.randn(3, 3), method="qr")
