@@ -105,6 +105,138 @@ def _run_dse(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- scan
+
+
+def _model_kwargs(items: Sequence[str]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--model-kwarg: expected KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _add_scan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "scan",
+        help="DSE of every checkpoint of a training run, λ, selected checkpoints and plot",
+        description="Discover the checkpoints of RUN_DIR (official file names of --method, or --glob), "
+        "extract patch features of an image sample, compute DSE per checkpoint, then λ and the "
+        "selection. Resumable: finished checkpoints are skipped on a rerun with the same settings. "
+        "Under torchrun the checkpoints are split across processes.",
+    )
+    p.add_argument("run_dir", type=Path, help="folder holding the run's checkpoints")
+    p.add_argument("--method", required=True, help="checkpoint format: dino, ibot, mugs, mocov3, mae, ijepa, esvit, "
+                   "swav, densecl, simsiam, mec, resa, byol, vicreg, vicregl, barlowtwins, generic")
+    p.add_argument("--arch", default=None, help="timm architecture (default: the method's)")
+    p.add_argument("--model-kwarg", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra timm model argument, e.g. img_size=448 (repeatable)")
+    p.add_argument("--images", type=Path, default=None, help="image folder (default: the built-in scenes)")
+    p.add_argument("--num-images", type=_positive_int, default=2048, help="images in the sample (default 2048)")
+    p.add_argument("--image-size", type=_positive_int, default=224, help="centre-crop size (default 224)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default RUN_DIR/dse)")
+    p.add_argument("--glob", default=None, help="checkpoint files to use, relative to RUN_DIR (e.g. '*.pth')")
+    p.add_argument("--branch", default=None, help="network to read: teacher/student (DINO family), "
+                   "momentum/base (MoCo v3), target/online (BYOL)")
+    p.add_argument("--prefix", default=None, help="state-dict prefix to keep (generic)")
+    p.add_argument("--allow-partial", action="store_true", help="warn instead of failing on missing/unexpected keys")
+    p.add_argument("--trust-checkpoints", action="store_true",
+                   help="allow full unpickling of checkpoints (only for files you trust)")
+    p.add_argument("--layer", type=int, default=-1, help="block/stage to read (default -1: the last)")
+    p.add_argument("--seed", type=int, default=0, help="image sample, k-means and M_dim seed")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward pass")
+    p.add_argument("--dse-batch-size", type=_positive_int, default=1024, help="images per DSE batch (default 1024)")
+    p.add_argument("--local-clusters", type=_positive_int, default=3)
+    p.add_argument("--global-clusters", type=_positive_int, default=24)
+    p.add_argument("--images-per-group", type=_positive_int, default=8)
+    p.add_argument("--no-normalize", action="store_true")
+    p.add_argument("--n-init", type=_positive_int, default=1, help="k-means restarts")
+    p.add_argument("--metrics", nargs="*", default=[], help="baseline metric columns, e.g. rankme alpha_req dense_rankme")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="extraction precision")
+    p.add_argument("--window", type=int, default=2, help="local-maximum window (default ±2 checkpoints)")
+    p.add_argument("--top", type=_positive_int, default=3, help="candidates to keep (default 3)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_run_scan)
+
+
+def _run_scan(args: argparse.Namespace) -> int:
+    from .scan import ScanConfig, scan
+
+    cfg = ScanConfig(
+        run_dir=str(args.run_dir),
+        method=args.method,
+        out=None if args.out is None else str(args.out),
+        arch=args.arch,
+        model_kwargs=_model_kwargs(args.model_kwarg),
+        glob=args.glob,
+        branch=args.branch,
+        prefix=args.prefix,
+        allow_partial=args.allow_partial,
+        trust_checkpoints=args.trust_checkpoints,
+        layer=args.layer,
+        images=None if args.images is None else str(args.images),
+        num_images=args.num_images,
+        image_size=args.image_size,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        dse_batch_size=args.dse_batch_size,
+        local_clusters=args.local_clusters,
+        global_clusters=args.global_clusters,
+        images_per_group=args.images_per_group,
+        normalize=not args.no_normalize,
+        n_init=args.n_init,
+        metrics=tuple(args.metrics),
+        device=args.device,
+        precision=args.precision,
+        window=args.window,
+        top=args.top,
+    )
+    result = scan(cfg, progress=not args.quiet)
+    if result.failed:
+        names = ", ".join(Path(r.checkpoint).name for r in result.failed)
+        print(f"dsekit scan: {len(result.failed)} checkpoint(s) failed: {names} (see {result.out_dir / 'run.json'})",
+              file=sys.stderr)
+        return 1
+    print(f"outputs in {result.out_dir}: dse.csv, selection.json, dse.png, run.json")
+    return 0
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="built-in data sets")
+    dsub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
+    dsub.required = True
+    s = dsub.add_parser(
+        "scenes",
+        help="write the built-in scenes (digits on textures) as PNG images and masks",
+        description="Write the built-in dense scenes in a VOC-like layout: images/, masks/, "
+        "ImageSets/Segmentation/{train,val}.txt, classes.txt.",
+    )
+    s.add_argument("out", type=Path, help="output folder")
+    s.add_argument("--n", type=_positive_int, default=1000, help="scenes per split (default 1000)")
+    s.add_argument("--splits", nargs="+", default=["train", "val"], choices=["train", "val"])
+    s.add_argument("--image-size", type=_positive_int, default=None, help="side in pixels (default 224)")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_run_data_scenes)
+
+
+def _run_data_scenes(args: argparse.Namespace) -> int:
+    from .data.scenes import write_scenes
+
+    res = write_scenes(args.out, args.n, splits=args.splits, image_size=args.image_size, seed=args.seed)
+    counts = ", ".join(f"{n} {split}" for split, n in res.counts.items())
+    print(f"wrote {counts} scenes ({len(res.class_names)} classes) to {res.root}")
+    return 0
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -119,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_dse(sub)
+    _add_scan(sub)
+    _add_data(sub)
     return parser
 
 
@@ -127,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, NotADirectoryError) as exc:
         print(f"dsekit {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

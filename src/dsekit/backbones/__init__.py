@@ -1,0 +1,60 @@
+"""Backbones: patch features ``(B, N, d)`` from timm models and official SSL checkpoints.
+
+>>> from dsekit.backbones import load_backbone, FeatureExtractor, extract_features
+>>> model = load_backbone("run/checkpoint0100.pth", "dino")          # doctest: +SKIP
+>>> feats = extract_features(FeatureExtractor(model), images)         # doctest: +SKIP
+"""
+
+from dsekit.backbones.checkpoints import (
+    SAFE_GLOBALS,
+    AdaptedStateDict,
+    BranchSpec,
+    CheckpointError,
+    CheckpointKeyError,
+    MethodAdapter,
+    UnsafeCheckpointError,
+    adapt_state_dict,
+    discover_checkpoints,
+    epoch_from_filename,
+    get_adapter,
+    list_methods,
+    load_backbone,
+    load_into,
+    load_state_dict_for,
+    read_checkpoint,
+    register,
+)
+from dsekit.backbones.extract import (
+    FeatureExtractor,
+    FeatureFn,
+    create_backbone,
+    extract_features,
+    num_feature_layers,
+    tokens_from_intermediate,
+)
+
+__all__ = [
+    "SAFE_GLOBALS",
+    "AdaptedStateDict",
+    "BranchSpec",
+    "CheckpointError",
+    "CheckpointKeyError",
+    "FeatureExtractor",
+    "FeatureFn",
+    "MethodAdapter",
+    "UnsafeCheckpointError",
+    "adapt_state_dict",
+    "create_backbone",
+    "discover_checkpoints",
+    "epoch_from_filename",
+    "extract_features",
+    "get_adapter",
+    "list_methods",
+    "load_backbone",
+    "load_into",
+    "load_state_dict_for",
+    "num_feature_layers",
+    "read_checkpoint",
+    "register",
+    "tokens_from_intermediate",
+]

@@ -1,0 +1,419 @@
+"""Dense (patch-level) features ``(B, N, d)`` from a backbone, uniform across model families.
+
+Every timm model that implements ``forward_intermediates`` is supported the same way:
+
+* ViT-like models (``vit_small_patch16_224``, ``vit_base_patch16_224``, I-JEPA style ViTs without
+  class token, models with register tokens, any patch or image size): the patch tokens of the chosen
+  block **after the final norm**, prefix (class / register / distillation) tokens dropped, ``N = h*w``.
+* CNNs (``resnet50``, ConvNeXt, ...): the chosen stage's ``(d, h, w)`` map flattened row-major to
+  ``N = h*w`` vectors of size ``d``.
+* Swin (``swin_tiny_patch4_window7_224``): the chosen stage; the last stage is taken after the final norm.
+
+Any other ``nn.Module`` can be used with a user function ``fn(model, images) -> (B, N, d)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "FeatureExtractor",
+    "FeatureFn",
+    "create_backbone",
+    "extract_features",
+    "num_feature_layers",
+    "tokens_from_intermediate",
+]
+
+FeatureFn = Callable[[nn.Module, Tensor], Tensor]
+"""A user function ``fn(model, images (B, 3, H, W)) -> features (B, N, d)``."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Pure tensor helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def tokens_from_intermediate(x: Tensor) -> Tensor:
+    """Convert one intermediate output to patch features ``(B, N, d)``.
+
+    ``(B, d, h, w)`` maps are flattened row-major to ``(B, h*w, d)``; ``(B, N, d)`` tokens pass through.
+    """
+    if x.ndim == 4:
+        return x.flatten(2).transpose(1, 2)
+    if x.ndim == 3:
+        return x
+    raise ValueError(
+        f"expected an intermediate feature of shape (B, d, h, w) or (B, N, d), got {tuple(x.shape)}"
+    )
+
+
+def _check_features(z: Any, batch: int, source: str) -> Tensor:
+    if not isinstance(z, Tensor):
+        raise TypeError(f"{source} must return a torch.Tensor of shape (B, N, d), got {type(z).__name__}")
+    if z.ndim != 3 or z.shape[0] != batch:
+        raise ValueError(
+            f"{source} must return features of shape (B={batch}, N, d), got {tuple(z.shape)}"
+        )
+    if z.shape[1] < 1 or z.shape[2] < 1:
+        raise ValueError(f"{source} returned empty features of shape {tuple(z.shape)}")
+    return z
+
+
+def _check_images(images: Any) -> Tensor:
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images must be a torch.Tensor of shape (B, 3, H, W), got {type(images).__name__}")
+    if images.ndim != 4:
+        raise ValueError(f"images must have shape (B, C, H, W), got {tuple(images.shape)}")
+    if images.shape[0] == 0:
+        raise ValueError("images is an empty batch (B=0)")
+    if not images.is_floating_point():
+        raise ValueError(
+            f"images must be a float tensor (normalised pixels), got dtype {images.dtype}"
+        )
+    return images
+
+
+# --------------------------------------------------------------------------------------------------
+# Model construction
+# --------------------------------------------------------------------------------------------------
+
+
+def create_backbone(
+    arch: str,
+    *,
+    img_size: int | tuple[int, int] | None = None,
+    init_weights: bool = True,
+    **timm_kwargs: Any,
+) -> nn.Module:
+    """Build the timm model ``arch`` without a classifier and without pretrained weights, in eval mode.
+
+    Args:
+        arch: a timm model name (``vit_small_patch16_224``, ``resnet50``, ...).
+        img_size: input size for architectures that are built for one (ViT, Swin, ...); ignored by
+            architectures that accept any size (CNNs).
+        init_weights: ``False`` skips timm's own weight initialisation where the model allows it
+            (``weight_init='skip'``; layers keep PyTorch's default initialisation). This saves seconds
+            per model when a checkpoint overwrites every weight anyway.
+        **timm_kwargs: passed to ``timm.create_model`` (e.g. ``depth=4``, ``num_heads=12``,
+            ``class_token=False``).
+
+    Weights are never downloaded: load them with :func:`dsekit.backbones.load_backbone`.
+    """
+    import timm
+
+    if not isinstance(arch, str) or not arch:
+        raise ValueError(f"arch must be a timm model name, got {arch!r}")
+    if timm_kwargs.pop("pretrained", False):
+        raise ValueError(
+            "create_backbone never downloads weights (pretrained=True is not supported); "
+            "load a checkpoint with dsekit.backbones.load_backbone instead"
+        )
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        raise ValueError(f"unknown timm architecture {arch!r}{hint}")
+    kwargs: dict[str, Any] = {"num_classes": 0, **timm_kwargs}
+    optional: list[str] = []  # kwargs dropped again if the architecture does not take them
+    if img_size is not None and "img_size" not in kwargs:
+        kwargs["img_size"] = img_size
+        optional.append("img_size")
+    if not init_weights and "weight_init" not in kwargs:
+        kwargs["weight_init"] = "skip"
+        optional.append("weight_init")
+    while True:
+        try:
+            model = timm.create_model(arch, pretrained=False, **kwargs)
+            break
+        except TypeError as err:
+            rejected = [k for k in optional if k in str(err)]
+            if not rejected:
+                raise
+            for k in rejected:
+                kwargs.pop(k)
+                optional.remove(k)
+    return model.eval()
+
+
+def num_feature_layers(model: nn.Module) -> int | None:
+    """Number of selectable layers (blocks / stages) as counted by ``forward_intermediates``.
+
+    Taken from timm's ``feature_info`` (ViT: one per block; ResNet: stem + 4 stages; Swin: 4 stages).
+    ``None`` when the model does not say.
+    """
+    info = getattr(model, "feature_info", None)
+    if isinstance(info, (list, tuple)) and len(info) > 0:
+        return len(info)
+    blocks = getattr(model, "blocks", None)
+    if isinstance(blocks, (nn.ModuleList, nn.Sequential)):
+        return len(blocks)
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Extractor
+# --------------------------------------------------------------------------------------------------
+
+
+class FeatureExtractor(nn.Module):
+    """Wrap a backbone so that ``extractor(images (B, 3, H, W)) -> (B, N, d)``.
+
+    Args:
+        model: a timm model with ``forward_intermediates`` or, with ``fn``, any ``nn.Module``.
+        layer: which block / stage to read, as ``forward_intermediates`` indexes them
+            (negative counts from the end; default ``-1``: the last). For ResNets index 0 is the stem
+            and 1..4 the four stages.
+        fn: optional ``fn(model, images) -> (B, N, d)``; when given it replaces ``forward_intermediates``.
+        norm: apply the model's final norm (ViT: to the chosen block; Swin: to the last stage), as
+            timm's ``forward_intermediates(norm=True)`` does. Default ``True``.
+
+    Example:
+        >>> model = create_backbone("vit_small_patch16_224", img_size=32, depth=2)
+        >>> FeatureExtractor(model)(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 4, 384])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: int = -1,
+        *,
+        fn: FeatureFn | None = None,
+        norm: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise TypeError(f"layer must be an int (negative counts from the end), got {layer!r}")
+        if fn is not None and not callable(fn):
+            raise TypeError(f"fn must be callable as fn(model, images) -> (B, N, d), got {fn!r}")
+        self.model = model
+        self.layer = layer
+        self.fn = fn
+        self.norm = norm
+        self._kwargs: dict[str, Any] = {}
+        self._fmt_fallback = False
+        if fn is None:
+            forward_intermediates = getattr(model, "forward_intermediates", None)
+            if not callable(forward_intermediates):
+                raise ValueError(
+                    f"{type(model).__name__} has no forward_intermediates(); pass "
+                    "fn=lambda model, images: ... returning (B, N, d) features"
+                )
+            n = num_feature_layers(model)
+            if n is not None and not -n <= layer < n:
+                raise ValueError(
+                    f"layer={layer} is out of range for {type(model).__name__} with {n} layers "
+                    f"(valid: {-n} .. {n - 1})"
+                )
+            self._kwargs = self._intermediate_kwargs(forward_intermediates)
+
+    def _intermediate_kwargs(self, forward_intermediates: Callable[..., Any]) -> dict[str, Any]:
+        params = inspect.signature(forward_intermediates).parameters
+        wanted: dict[str, Any] = {
+            "norm": self.norm,
+            "stop_early": True,
+            "intermediates_only": True,
+            "return_prefix_tokens": False,
+        }
+        kwargs = {k: v for k, v in wanted.items() if k in params}
+        if "output_fmt" in params:
+            # token models (ViT family) give (B, N, d) directly; others give NCHW maps
+            token_model = getattr(self.model, "num_prefix_tokens", None) is not None
+            kwargs["output_fmt"] = "NLC" if token_model else "NCHW"
+        return kwargs
+
+    @property
+    def uses_fn(self) -> bool:
+        """True when features come from the user function rather than ``forward_intermediates``."""
+        return self.fn is not None
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Patch features ``(B, N, d)`` of ``images (B, 3, H, W)``."""
+        images = _check_images(images)
+        batch = images.shape[0]
+        if self.fn is not None:
+            return _check_features(self.fn(self.model, images), batch, "fn(model, images)")
+        out = self._intermediates(images)
+        if isinstance(out, (list, tuple)):
+            if len(out) != 1:
+                raise RuntimeError(f"forward_intermediates returned {len(out)} outputs for one layer")
+            out = out[0]
+        return _check_features(tokens_from_intermediate(out), batch, type(self.model).__name__)
+
+    def _intermediates(self, images: Tensor) -> Any:
+        kwargs = dict(self._kwargs)
+        if self._fmt_fallback:
+            kwargs["output_fmt"] = "NCHW"
+        try:
+            return self.model.forward_intermediates(images, indices=[self.layer], **kwargs)
+        except AssertionError as err:
+            if kwargs.get("output_fmt") == "NLC" and "output" in str(err).lower():
+                # some token models only emit NCHW maps
+                self._fmt_fallback = True
+                kwargs["output_fmt"] = "NCHW"
+                return self.model.forward_intermediates(images, indices=[self.layer], **kwargs)
+            raise ValueError(
+                f"forward_intermediates of {type(self.model).__name__} rejected layer={self.layer} "
+                f"or input {tuple(images.shape)}: {err}"
+            ) from err
+
+    def extra_repr(self) -> str:
+        src = "fn" if self.fn is not None else "forward_intermediates"
+        return f"layer={self.layer}, norm={self.norm}, source={src}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Batched extraction
+# --------------------------------------------------------------------------------------------------
+
+
+def _as_extractor(extractor: Any) -> nn.Module | Callable[[Tensor], Tensor]:
+    if isinstance(extractor, FeatureExtractor):
+        return extractor
+    if isinstance(extractor, nn.Module):
+        return FeatureExtractor(extractor)
+    if callable(extractor):
+        return extractor
+    raise TypeError(
+        f"extractor must be a FeatureExtractor, an nn.Module or a callable, got {type(extractor).__name__}"
+    )
+
+
+def _iter_batches(images: Tensor | Iterable[Any], batch_size: int) -> Iterator[Tensor]:
+    if isinstance(images, Tensor):
+        _check_images(images)
+        for start in range(0, images.shape[0], batch_size):
+            yield images[start : start + batch_size]
+        return
+    for i, item in enumerate(images):
+        if isinstance(item, (list, tuple)):  # (images, labels) from a DataLoader
+            if not item:
+                raise ValueError(f"batch {i} of images is empty")
+            item = item[0]
+        if isinstance(item, dict):
+            for key in ("image", "images", "pixel_values"):
+                if key in item:
+                    item = item[key]
+                    break
+        if not isinstance(item, Tensor):
+            raise TypeError(f"batch {i} of images is a {type(item).__name__}, expected a tensor")
+        if item.ndim == 3:
+            item = item.unsqueeze(0)
+        _check_images(item)
+        for start in range(0, item.shape[0], batch_size):
+            yield item[start : start + batch_size]
+
+
+def _resolve_device(extractor: Any, device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    if isinstance(extractor, nn.Module):
+        for p in extractor.parameters():
+            return p.device
+    return torch.device("cpu")
+
+
+def _has_conv(module: nn.Module) -> bool:
+    convs = sum(1 for m in module.modules() if isinstance(m, nn.Conv2d))
+    return convs > 1  # a ViT's patch embedding alone does not benefit
+
+
+def extract_features(
+    extractor: FeatureExtractor | nn.Module | Callable[[Tensor], Tensor],
+    images: Tensor | Iterable[Any],
+    *,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool | None = None,
+    progress: bool | str = False,
+) -> Tensor:
+    """Run ``extractor`` over ``images`` in batches and return CPU float32 features ``(B, N, d)``.
+
+    Args:
+        extractor: a :class:`FeatureExtractor`, a timm model (wrapped with the last layer), or any
+            callable ``images -> (b, N, d)``.
+        images: a ``(B, 3, H, W)`` float tensor, or an iterable of such batches (a DataLoader yielding
+            ``(images, labels)`` works too).
+        batch_size: images per forward pass (larger batches from an iterable are split).
+        device: where to run; default: the extractor's current device. The extractor is moved there.
+        amp_dtype: run under ``torch.autocast`` with this dtype (e.g. ``torch.bfloat16``,
+            ``torch.float16`` on CUDA); ``None`` runs in the model's own precision.
+        channels_last: use channels-last memory for convolutional models; default: on CUDA only.
+        progress: show a progress bar (``True``, or a string used as its description).
+
+    Returns:
+        Tensor ``(B, N, d)``, float32, on the CPU.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    ext = _as_extractor(extractor)
+    dev = _resolve_device(ext, device)
+    if channels_last is None:
+        channels_last = dev.type == "cuda"
+    is_module = isinstance(ext, nn.Module)
+    use_cl = bool(channels_last) and is_module and _has_conv(ext)  # type: ignore[arg-type]
+    if is_module:
+        ext.to(dev)  # type: ignore[union-attr]
+        if use_cl:
+            ext.to(memory_format=torch.channels_last)  # type: ignore[union-attr]
+        ext.eval()  # type: ignore[union-attr]
+
+    total = images.shape[0] if isinstance(images, Tensor) else None
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        desc = progress if isinstance(progress, str) else "features"
+        bar = tqdm(total=total, desc=desc, unit="img", leave=False)
+
+    autocast = (
+        torch.autocast(device_type=dev.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    )
+    out: Tensor | None = None
+    chunks: list[Tensor] = []
+    filled = 0
+    try:
+        with torch.inference_mode(), autocast:
+            for batch in _iter_batches(images, batch_size):
+                x = batch.to(dev, non_blocking=dev.type == "cuda")
+                if use_cl:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                z = _check_features(ext(x), x.shape[0], "extractor")
+                z = z.detach().to("cpu", torch.float32)
+                if total is not None:
+                    if out is None:
+                        out = torch.empty((total, z.shape[1], z.shape[2]), dtype=torch.float32)
+                    elif z.shape[1:] != out.shape[1:]:
+                        raise ValueError(
+                            f"feature shape changed between batches: {tuple(out.shape[1:])} vs "
+                            f"{tuple(z.shape[1:])}"
+                        )
+                    out[filled : filled + z.shape[0]] = z
+                else:
+                    chunks.append(z)
+                filled += z.shape[0]
+                if bar is not None:
+                    bar.update(z.shape[0])
+    finally:
+        if bar is not None:
+            bar.close()
+
+    if total is not None:
+        assert out is not None
+        return out
+    if not chunks:
+        raise ValueError("images is empty: no batch was produced")
+    shapes = {tuple(c.shape[1:]) for c in chunks}
+    if len(shapes) > 1:
+        raise ValueError(f"feature shape changed between batches: {sorted(shapes)}")
+    return torch.cat(chunks, dim=0)

@@ -1,0 +1,519 @@
+"""Scan a training run: DSE of every checkpoint, λ, the selected checkpoints, a plot.
+
+``scan(ScanConfig(run_dir, method=...))`` discovers the run's checkpoints, decodes one image
+sample (once), and for each checkpoint loads the backbone, extracts patch features and scores
+them. Each checkpoint's result is written atomically to ``OUT/cache/`` as soon as it is done,
+keyed on the settings and the checkpoint file's identity, so a rerun with the same settings
+skips finished checkpoints and a kill loses at most the checkpoint in flight.
+
+Under ``torchrun`` (``WORLD_SIZE > 1``) the checkpoints are split across ranks (gloo on CPU,
+NCCL on GPUs; OUT on a filesystem every rank sees); rank 0 assembles the outputs:
+
+* ``dse.csv``: one row per scored checkpoint (``checkpoint, epoch``, the five terms, ``dse``
+  and any baseline metric columns);
+* ``selection.json``: λ, candidates (epochs and DSE) and the selected checkpoint;
+* ``dse.png``: DSE and its terms over epochs, candidates marked;
+* ``run.json``: every setting, library versions, the image list's hash and the failures.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .metrics.dse import TERMS, DSEAccumulator
+from .select import calibrate, select_checkpoints
+
+__all__ = ["ScanConfig", "ScanResult", "CheckpointResult", "scan", "write_json_atomic", "file_identity"]
+
+CSV_COLUMNS = ("checkpoint", "epoch", *TERMS, "dse")
+
+
+@dataclass
+class ScanConfig:
+    """Every setting of a scan (all of them go to ``run.json``)."""
+
+    run_dir: str
+    method: str
+    out: str | None = None  #: default: ``RUN_DIR/dse``
+    arch: str | None = None  #: timm name; default: the method's
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    glob: str | None = None
+    branch: str | None = None
+    prefix: str | None = None
+    allow_partial: bool = False
+    trust_checkpoints: bool = False
+    layer: int = -1
+    images: str | None = None  #: image folder; None: the built-in scenes
+    num_images: int = 2048
+    image_size: int = 224
+    seed: int = 0
+    batch_size: int = 64  #: images per forward pass
+    dse_batch_size: int = 1024  #: images per DSE batch
+    local_clusters: int = 3
+    global_clusters: int = 24
+    images_per_group: int = 8
+    normalize: bool = True
+    n_init: int = 1
+    metrics: tuple[str, ...] = ()
+    device: str | None = None  #: default: cuda when available
+    precision: str = "fp32"  #: fp32, bf16 or fp16 (autocast during extraction)
+    window: int = 2
+    top: int = 3
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out) if self.out else Path(self.run_dir) / "dse"
+
+    def result_key(self, image_hash: str) -> str:
+        """Hash of everything that changes a checkpoint's numbers (not device or output paths)."""
+        keyed = {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in ("run_dir", "out", "glob", "device", "window", "top", "batch_size", "trust_checkpoints")
+        }
+        keyed["metrics"] = sorted(keyed["metrics"])
+        keyed["image_hash"] = image_hash
+        return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass
+class CheckpointResult:
+    """Result of one checkpoint (``status`` is ``"ok"`` or ``"failed"``)."""
+
+    checkpoint: str
+    epoch: int | None
+    status: str
+    terms: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+    identity: str = ""
+    num_images: int = 0
+
+
+@dataclass
+class ScanResult:
+    """What a scan produced (rank 0 has the assembled outputs)."""
+
+    results: list[CheckpointResult]
+    lam: float | None
+    dse: list[float]
+    selection: dict[str, Any]
+    out_dir: Path
+    failed: list[CheckpointResult]
+    computed: int  #: checkpoints scored by this process in this call (not taken from the cache)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+# --------------------------------------------------------------------------- small I/O helpers
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to ``path`` via a temporary file and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def file_identity(path: Path, chunk: int = 1 << 20) -> str:
+    """Identity of a checkpoint file: name, size and a hash of its first and last MiB."""
+    size = path.stat().st_size
+    h = hashlib.sha256(f"{path.name}:{size}".encode())
+    with open(path, "rb") as f:
+        h.update(f.read(chunk))
+        if size > chunk:
+            f.seek(max(chunk, size - chunk))
+            h.update(f.read(chunk))
+    return h.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import timm
+    import torchvision
+
+    from . import __version__
+
+    return {
+        "dsekit": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "numpy": np.__version__,
+    }
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+def _dist_context(device: torch.device) -> tuple[int, int, bool]:
+    """(rank, world size, whether this call initialised the process group)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, False
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), False
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size(), True
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _resolve_device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {name!r} requested but CUDA is not available")
+    if dev.type == "cuda" and dev.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return dev
+
+
+_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# --------------------------------------------------------------------------- scoring one checkpoint
+
+
+def _score_checkpoint(
+    cfg: ScanConfig,
+    path: Path,
+    images: torch.Tensor,
+    device: torch.device,
+    metric_fns: dict[str, Callable[[torch.Tensor], float]],
+    progress: Any,
+    model: torch.nn.Module | None = None,
+) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """Load, extract and score one checkpoint -> (terms, metrics, timings).
+
+    ``model``: a backbone of the right architecture to load into (every weight is
+    overwritten, as loading is strict); None builds a new one.
+    """
+    from .backbones import FeatureExtractor, extract_features, load_backbone
+
+    t0 = time.perf_counter()
+    model = load_backbone(
+        path,
+        cfg.method,
+        model if model is not None else cfg.arch,
+        branch=cfg.branch,
+        prefix=cfg.prefix,
+        allow_partial=cfg.allow_partial,
+        trust_checkpoints=cfg.trust_checkpoints,
+        model_kwargs=cfg.model_kwargs,
+        img_size=cfg.image_size,
+    )
+    t1 = time.perf_counter()
+    feats = extract_features(
+        FeatureExtractor(model, cfg.layer),
+        images,
+        batch_size=cfg.batch_size,
+        device=device,
+        amp_dtype=_PRECISIONS[cfg.precision],
+        progress=progress,
+    )
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t2 = time.perf_counter()
+    acc = DSEAccumulator(
+        cfg.dse_batch_size,
+        seed=cfg.seed,
+        local_clusters=cfg.local_clusters,
+        global_clusters=cfg.global_clusters,
+        images_per_group=cfg.images_per_group,
+        normalize=cfg.normalize,
+        n_init=cfg.n_init,
+    )
+    for lo in range(0, feats.shape[0], cfg.dse_batch_size):
+        acc.update(feats[lo : lo + cfg.dse_batch_size].to(device))
+    terms = acc.compute().as_dict()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t3 = time.perf_counter()
+    metrics = {name: float(fn(feats)) for name, fn in metric_fns.items()}
+    t4 = time.perf_counter()
+    timings = {"load": t1 - t0, "extract": t2 - t1, "score": t3 - t2, "metrics": t4 - t3}
+    return terms, metrics, timings
+
+
+def _build_model(cfg: ScanConfig) -> torch.nn.Module:
+    from .backbones import create_backbone, get_adapter
+
+    adapter = get_adapter(cfg.method)
+    name = cfg.arch or adapter.arch
+    kwargs = dict(adapter.arch_kwargs) if name == adapter.arch else {}
+    kwargs.update(cfg.model_kwargs)
+    kwargs.pop("img_size", None)
+    return create_backbone(name, img_size=cfg.image_size, init_weights=False, **kwargs)
+
+
+def _metric_functions(names: Sequence[str]) -> dict[str, Callable[[torch.Tensor], float]]:
+    if not names:
+        return {}
+    from .metrics.baselines import BASELINE_METRICS
+
+    unknown = [n for n in names if n not in BASELINE_METRICS]
+    if unknown:
+        raise ValueError(f"metrics: unknown {unknown}; known: {sorted(BASELINE_METRICS)}")
+    return {n: BASELINE_METRICS[n] for n in names}
+
+
+# --------------------------------------------------------------------------- the scan
+
+
+def _cache_path(cache: Path, path: Path, identity: str, key: str) -> Path:
+    return cache / f"{path.name}.{hashlib.sha256((identity + key).encode()).hexdigest()[:16]}.json"
+
+
+def _read_cached(p: Path) -> CheckpointResult | None:
+    try:
+        return CheckpointResult(**json.loads(p.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None  # absent or unreadable: recompute
+
+
+def scan(
+    cfg: ScanConfig,
+    *,
+    progress: bool = True,
+    console: Any = None,
+    after_checkpoint: Callable[[CheckpointResult], None] | None = None,
+) -> ScanResult:
+    """Run the scan described by ``cfg`` (see the module docstring).
+
+    Raises:
+        FileNotFoundError / NotADirectoryError: the run folder is missing, empty or has no checkpoint.
+        ValueError: an unknown method, metric or setting.
+    """
+    from rich.console import Console
+
+    from .backbones import discover_checkpoints, get_adapter
+    from .data.images import load_image_sample
+
+    console = console or Console(stderr=True)
+    get_adapter(cfg.method)  # unknown method: error listing the known ones
+    if cfg.precision not in _PRECISIONS:
+        raise ValueError(f"precision: expected one of {sorted(_PRECISIONS)}, got {cfg.precision!r}")
+    metric_fns = _metric_functions(cfg.metrics)
+    checkpoints = discover_checkpoints(cfg.run_dir, cfg.method, cfg.glob)
+    device = _resolve_device(cfg.device)
+    rank, world, owns_group = _dist_context(device)
+    out = cfg.out_dir
+    cache = out / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+
+    try:
+        sample = None
+        identities = [file_identity(p) if p.is_file() else "" for p, _ in checkpoints]
+        # the image list's hash is part of the cache key: compute it from the settings
+        # without decoding, then decode only if some checkpoint of this rank needs scoring
+        from .data.images import ImageSample
+
+        spec = ImageSample(cfg.images, cfg.num_images, cfg.seed, cfg.image_size)
+        key_source = json.dumps(spec.settings(), sort_keys=True)
+        if cfg.images is not None:
+            from .data.images import find_images
+
+            files = find_images(cfg.images)
+            key_source += json.dumps([(f, (Path(cfg.images) / f).stat().st_size) for f in files])
+        key = cfg.result_key(hashlib.sha256(key_source.encode()).hexdigest())
+
+        mine = [i for i in range(len(checkpoints)) if i % world == rank]
+        todo = [i for i in mine if _read_cached(_cache_path(cache, checkpoints[i][0], identities[i], key)) is None]
+        computed = 0
+        if todo:
+            sample = load_image_sample(
+                cfg.images, cfg.num_images, cfg.seed, cfg.image_size, progress=progress and rank == 0
+            )
+            if sample.shortfall:
+                warnings.warn(
+                    f"images: asked for {cfg.num_images} images, {len(sample)} available in {sample.source}",
+                    stacklevel=2,
+                )
+            write_json_atomic(cache / f"images.rank{rank}.json", sample.record())
+            model = None  # built once, then every checkpoint is loaded into it (strict loading)
+            for n, i in enumerate(todo, 1):
+                path, epoch = checkpoints[i]
+                target = _cache_path(cache, path, identities[i], key)
+                label = f"[{n}/{len(todo)}] {path.name}"
+                if progress:
+                    console.print(f"scoring {label}")
+                try:
+                    if model is None and not cfg.allow_partial:
+                        model = _build_model(cfg)
+                    terms, metrics, timings = _score_checkpoint(
+                        cfg, path, sample.images, device, metric_fns, f"{path.name}" if progress else False, model
+                    )
+                    res = CheckpointResult(
+                        str(path), epoch, "ok", terms, metrics, timings, identity=identities[i], num_images=len(sample)
+                    )
+                    write_json_atomic(target, asdict(res))
+                    (cache / f"{path.name}.failed.json").unlink(missing_ok=True)
+                    computed += 1
+                except Exception as exc:  # noqa: BLE001 - one bad checkpoint must not stop the scan
+                    res = CheckpointResult(
+                        str(path), epoch, "failed", error=f"{type(exc).__name__}: {exc}", identity=identities[i]
+                    )
+                    write_json_atomic(cache / f"{path.name}.failed.json", asdict(res))
+                    console.print(f"[red]failed[/red] {path.name}: {res.error}")
+                if after_checkpoint is not None:
+                    after_checkpoint(res)
+        _barrier(world)
+
+        results: list[CheckpointResult] = []
+        for i, (path, epoch) in enumerate(checkpoints):
+            res = _read_cached(_cache_path(cache, path, identities[i], key))
+            if res is None:
+                failed = _read_cached(cache / f"{path.name}.failed.json")
+                res = failed or CheckpointResult(str(path), epoch, "failed", error="no result (not scored)")
+            results.append(res)
+        ok = [r for r in results if r.status == "ok"]
+        failed = [r for r in results if r.status != "ok"]
+        summary = _assemble(cfg, ok, failed, out, sample, key, write=rank == 0)
+        _barrier(world)
+        if rank == 0 and progress:
+            _print_summary(console, ok, failed, summary)
+        return ScanResult(results, summary["lambda"], summary["dse"], summary["selection"], out, failed, computed)
+    finally:
+        if owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _assemble(
+    cfg: ScanConfig,
+    ok: list[CheckpointResult],
+    failed: list[CheckpointResult],
+    out: Path,
+    sample: Any,
+    key: str,
+    *,
+    write: bool,
+) -> dict[str, Any]:
+    if ok:
+        cal = calibrate(*[[r.terms[t] for r in ok] for t in TERMS[:4]])
+        sel = select_checkpoints(cal.dse, window=cfg.window, top=cfg.top)
+        dse_values = cal.dse.tolist()
+        lam, note = cal.lam, cal.note
+    else:
+        sel, dse_values, lam, note = None, [], None, "no checkpoint could be scored"
+
+    def entry(i: int) -> dict[str, Any]:
+        return {"checkpoint": ok[i].checkpoint, "epoch": ok[i].epoch, "dse": dse_values[i]}
+
+    selection = {
+        "lambda": lam,
+        "raw": lam is None,
+        "note": note,
+        "window": cfg.window,
+        "top": cfg.top,
+        "candidates": [entry(i) for i in sel.candidates] if sel else [],
+        "selected": [entry(i) for i in sel.selected] if sel else [],
+        "best": entry(sel.best) if sel and sel.best is not None else None,
+        "failed": [{"checkpoint": r.checkpoint, "epoch": r.epoch, "error": r.error} for r in failed],
+    }
+    summary = {"lambda": lam, "dse": dse_values, "selection": selection}
+    if not write:
+        return summary
+    extra = list(dict.fromkeys(m for r in ok for m in r.metrics))
+    with open(out / ".dse.csv.tmp", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*CSV_COLUMNS, *extra])
+        for r, value in zip(ok, dse_values):
+            w.writerow(
+                [r.checkpoint, "" if r.epoch is None else r.epoch]
+                + [repr(float(r.terms[t])) for t in TERMS]
+                + [repr(float(value))]
+                + [repr(float(r.metrics[m])) if m in r.metrics else "" for m in extra]
+            )
+    os.replace(out / ".dse.csv.tmp", out / "dse.csv")
+    write_json_atomic(out / "selection.json", selection)
+    images_record = sample.record() if sample is not None else _cached_images_record(out / "cache")
+    write_json_atomic(
+        out / "run.json",
+        {
+            "settings": asdict(cfg),
+            "result_key": key,
+            "versions": _versions(),
+            "images": images_record,
+            "checkpoints": [
+                {"checkpoint": r.checkpoint, "epoch": r.epoch, "status": r.status, "timings": r.timings, "error": r.error}
+                for r in ok + failed
+            ],
+        },
+    )
+    if ok:
+        from .report import plot_dse_curve
+
+        plot_dse_curve(ok, dse_values, selection, out / "dse.png")
+    return summary
+
+
+def _cached_images_record(cache: Path) -> dict[str, Any] | None:
+    for p in sorted(cache.glob("images.rank*.json")):
+        try:
+            return json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _print_summary(console: Any, ok: list[CheckpointResult], failed: list[CheckpointResult], summary: dict) -> None:
+    from rich.table import Table
+
+    best = summary["selection"]["best"]
+    cands = {c["checkpoint"] for c in summary["selection"]["candidates"]}
+    table = Table(title="DSE per checkpoint")
+    for col in ("checkpoint", "epoch", "M_inter", "M_intra_img", "M_intra_batch", "M_dim", "DSE", ""):
+        table.add_column(col, justify="left" if col == "checkpoint" else "right")
+    for r, value in zip(ok, summary["dse"]):
+        mark = "★ selected" if best and r.checkpoint == best["checkpoint"] else ("candidate" if r.checkpoint in cands else "")
+        t = r.terms
+        table.add_row(
+            Path(r.checkpoint).name,
+            str(r.epoch),
+            f"{t['inter_class_distance']:.4f}",
+            f"{t['intra_class_image']:.4f}",
+            f"{t['intra_class_batch']:.4f}",
+            f"{t['effective_dimensionality']:.4f}",
+            f"{value:.4f}",
+            mark,
+        )
+    console.print(table)
+    lam = summary["lambda"]
+    console.print(f"λ = {lam:.4f}" if lam is not None else summary["selection"]["note"])
+    for r in failed:
+        console.print(f"[red]failed[/red] {Path(r.checkpoint).name}: {r.error}")
