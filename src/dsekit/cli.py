@@ -207,6 +207,41 @@ def _run_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- report
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="correlation of label-free metrics with mIoU, and the selection gain of DSE",
+        description="Read dse.csv (dsekit scan) and probe.csv (dsekit probe) and write report.md, "
+        "report.json and report_<dataset>.png: Kendall tau and Spearman rho of every metric with mIoU "
+        "per dataset, and the mIoU gained by selecting checkpoints by DSE.",
+    )
+    p.add_argument("run_dir", type=Path, help="the run folder (its dse/ output folder is used) or the output folder itself")
+    p.add_argument("--window", type=int, default=2)
+    p.add_argument("--top", type=_positive_int, default=3)
+    p.set_defaults(func=_run_report)
+
+
+def _outputs_folder(run_dir: Path) -> Path:
+    if (run_dir / "dse.csv").is_file():
+        return run_dir
+    if (run_dir / "dse" / "dse.csv").is_file():
+        return run_dir / "dse"
+    raise FileNotFoundError(f"{run_dir}: no dse.csv here or in {run_dir / 'dse'}; run `dsekit scan` first")
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    out = _outputs_folder(args.run_dir)
+    report = write_report(out, window=args.window, top=args.top)
+    print((out / "report.md").read_text())
+    print(f"report written to {out / 'report.md'} ({len(report['datasets'])} dataset(s))")
+    return 0
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -252,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_dse(sub)
     _add_scan(sub)
+    _add_report(sub)
     _add_data(sub)
     return parser
 
