@@ -1,10 +1,17 @@
 """Pure tensor metrics: DSE and its terms, k-means, spectra, baselines."""
 
+from .baselines import BASELINE_METRICS, VIEW_METRICS, alpha_req, dense_rankme, lidar, rankme
 from .dse import TERMS, DSEAccumulator, DSEResult, dse, dse_from_labels
 from .kmeans import KMeansResult, kmeans
 from .spectra import effective_rank, nuclear_norm, singular_values
 
 __all__ = [
+    "BASELINE_METRICS",
+    "VIEW_METRICS",
+    "alpha_req",
+    "dense_rankme",
+    "lidar",
+    "rankme",
     "TERMS",
     "DSEAccumulator",
     "DSEResult",
