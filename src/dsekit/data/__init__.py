@@ -1,4 +1,4 @@
-"""Data: the built-in dense scenes and the unlabeled image sample used to score checkpoints."""
+"""Data: the built-in dense scenes, the unlabeled image sample used to score checkpoints, segmentation readers."""
 
 from .images import (
     IMAGE_EXTENSIONS,
@@ -24,8 +24,32 @@ from .scenes import (
     read_scenes,
     write_scenes,
 )
+from .segmentation import (
+    DATASETS,
+    DatasetNotFoundError,
+    DatasetSpec,
+    EvalTransform,
+    SegmentationDataset,
+    TrainTransform,
+    dataset_spec,
+    default_train_split,
+    get_dataset,
+    map_labels,
+    read_mask,
+)
 
 __all__ = [
+    "DATASETS",
+    "DatasetNotFoundError",
+    "DatasetSpec",
+    "EvalTransform",
+    "SegmentationDataset",
+    "TrainTransform",
+    "dataset_spec",
+    "default_train_split",
+    "get_dataset",
+    "map_labels",
+    "read_mask",
     "IGNORE_INDEX",
     "IMAGE_EXTENSIONS",
     "IMAGENET_MEAN",

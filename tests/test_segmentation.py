@@ -1,0 +1,548 @@
+"""Tests of the segmentation dataset readers on tiny fake copies of each on-disk layout."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+
+from dsekit.data import scenes as sc
+from dsekit.data import segmentation as seg
+from dsekit.data.segmentation import (
+    DATASETS,
+    IGNORE_INDEX,
+    DatasetNotFoundError,
+    EvalTransform,
+    TrainTransform,
+    dataset_spec,
+    default_train_split,
+    get_dataset,
+    map_labels,
+    read_mask,
+)
+
+H, W = 20, 28  # raw image size of the fake datasets (not square: exercises resize + crop)
+S = 16
+
+
+# ----------------------------------------------------------------------------------------------
+# writers of fake layouts
+# ----------------------------------------------------------------------------------------------
+def _image(path: Path, seed: int, h: int = H, w: int = W) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(path)
+
+
+def _mask(path: Path, arr: np.ndarray, palette: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.asarray(arr)
+    if arr.max() > 255:
+        Image.fromarray(arr.astype(np.uint16)).save(path)
+        return
+    im = Image.fromarray(arr.astype(np.uint8))
+    if palette:
+        im = im.convert("P")
+        im.putpalette([v for i in range(256) for v in ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256)])
+    im.save(path)
+
+
+def _stripes(values, h: int = H, w: int = W) -> np.ndarray:
+    """(h, w) mask whose columns cycle through ``values`` in vertical bands."""
+    values = np.asarray(values)
+    band = np.arange(w) * len(values) // w
+    return np.broadcast_to(values[band], (h, w)).copy()
+
+
+def _write_list(path: Path, lines) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{x}\n" for x in lines))
+
+
+VOC_TRAIN, VOC_VAL = ["2007_000032", "2007_000039"], ["2007_000033", "2008_000001"]
+
+
+def _voc(root: Path, aug: bool = False) -> Path:
+    voc = root / "VOCdevkit" / "VOC2012"
+    for k, i in enumerate(VOC_TRAIN + VOC_VAL):
+        _image(voc / "JPEGImages" / f"{i}.jpg", k)
+        _mask(voc / "SegmentationClass" / f"{i}.png", _stripes([0, 5, 20, 255][k:] + [0, 5, 20, 255][:k]), palette=True)
+    _write_list(voc / "ImageSets" / "Segmentation" / "train.txt", VOC_TRAIN)
+    _write_list(voc / "ImageSets" / "Segmentation" / "val.txt", VOC_VAL)
+    _write_list(voc / "ImageSets" / "Segmentation" / "trainval.txt", VOC_TRAIN + VOC_VAL)
+    if aug:
+        extra = ["2009_000100", "2010_000200"]
+        for k, i in enumerate(extra):
+            _image(voc / "JPEGImages" / f"{i}.jpg", 10 + k)
+        for i in VOC_TRAIN + VOC_VAL + extra:
+            _mask(voc / "SegmentationClassAug" / f"{i}.png", _stripes([0, 7, 255]))
+        # DeepLab-style lines; one val id slipped into the list
+        lines = [f"/JPEGImages/{i}.jpg /SegmentationClassAug/{i}.png" for i in VOC_TRAIN + extra + [VOC_VAL[0]]]
+        _write_list(voc / "ImageSets" / "SegmentationAug" / "train_aug.txt", lines)
+    return voc
+
+
+def _ade(root: Path, values=(0, 1, 150, 37)) -> Path:
+    base = root / "ADEChallengeData2016"
+    for sub, prefix in (("training", "ADE_train"), ("validation", "ADE_val")):
+        for k in range(3):
+            stem = f"{prefix}_{k + 1:08d}"
+            _image(base / "images" / sub / f"{stem}.jpg", k)
+            _mask(base / "annotations" / sub / f"{stem}.png", _stripes(values))
+    return base
+
+
+def _coco(root: Path, values=(0, 91, 181, 119, 255), images_beside: bool = False) -> Path:
+    for sub in ("train2017", "val2017"):
+        for k in range(3):
+            stem = f"{k + 139:012d}"
+            img_dir = root / sub if images_beside else root / "images" / sub
+            _image(img_dir / f"{stem}.jpg", k)
+            _mask(root / "stuffthingmaps_trainval2017" / sub / f"{stem}.png", _stripes(values))
+    return root
+
+
+CITIES = {"train": ["aachen", "bochum"], "val": ["frankfurt"]}
+
+
+def _cityscapes(root: Path, values=(7, 26, 0, 33, 24), train_ids: bool = False) -> Path:
+    for split, cities in CITIES.items():
+        for city in cities:
+            for k in range(2):
+                stem = f"{city}_{k:06d}_000019"
+                _image(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", k)
+                _mask(root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", _stripes(values))
+                _mask(root / "gtFine" / split / city / f"{stem}_gtFine_color.png", _stripes(values))
+                if train_ids:
+                    _mask(root / "gtFine" / split / city / f"{stem}_gtFine_labelTrainIds.png", _stripes([3, 255]))
+    return root
+
+
+# ----------------------------------------------------------------------------------------------
+# PASCAL VOC
+# ----------------------------------------------------------------------------------------------
+def test_voc_reads_pairs_through_torchvision(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    _voc(tmp_path)
+    calls = []
+    real = torchvision.datasets.VOCSegmentation
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torchvision.datasets, "VOCSegmentation", spy)
+    ds = get_dataset("voc", tmp_path, "train", image_size=S)
+    assert calls, "the VOCdevkit layout should be listed by torchvision's VOCSegmentation"
+    assert ds.ids == VOC_TRAIN and len(ds) == 2
+    assert (ds.num_classes, ds.ignore_index, len(ds.class_names)) == (21, 255, 21)
+    image, mask = ds[0]
+    assert image.shape == (3, S, S) and image.dtype == torch.float32
+    assert mask.shape == (S, S) and mask.dtype == torch.int64
+    assert set(mask.unique().tolist()) <= {0, 5, 20, 255}
+    # raw read: palette indices are the labels, 255 kept as ignore
+    raw_img, raw_mask = ds.read(1)
+    assert isinstance(raw_mask, tv_tensors.Mask) and raw_img.shape == (3, H, W)
+    expected = _stripes([5, 20, 255, 0])
+    assert np.array_equal(raw_mask.numpy(), expected)
+
+
+@pytest.mark.parametrize("sub", ["VOCdevkit", "VOCdevkit/VOC2012"])
+def test_voc_root_may_be_the_devkit_or_voc2012_folder(tmp_path, sub):
+    _voc(tmp_path)
+    ds = get_dataset("pascal-voc", tmp_path / sub, "val", image_size=S)
+    assert ds.ids == VOC_VAL
+    assert get_dataset("voc", tmp_path / sub, "trainval", image_size=None).ids == VOC_TRAIN + VOC_VAL
+
+
+def test_voc_train_aug(tmp_path):
+    _voc(tmp_path, aug=False)
+    assert default_train_split("voc", tmp_path) == "train"
+    with pytest.raises(DatasetNotFoundError, match="train_aug"):
+        get_dataset("voc", tmp_path, "train_aug")
+    _voc(tmp_path, aug=True)
+    assert default_train_split("voc", tmp_path) == "train_aug"
+    with pytest.warns(UserWarning, match="also in"):
+        ds = get_dataset("voc", tmp_path, "trainaug", image_size=S)
+    assert ds.ids == VOC_TRAIN + ["2009_000100", "2010_000200"]  # the val id was dropped
+    assert ds.samples[0][1].parent.name == "SegmentationClassAug"
+    assert set(np.unique(ds.read(3)[1].numpy()).tolist()) == {0, 7, 255}
+
+
+def test_voc_missing_image_is_named(tmp_path):
+    voc = _voc(tmp_path)
+    (voc / "JPEGImages" / f"{VOC_TRAIN[1]}.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match=VOC_TRAIN[1]):
+        get_dataset("voc", tmp_path, "train")
+
+
+def test_voc_out_of_range_label_names_file_and_values(tmp_path):
+    voc = _voc(tmp_path)
+    bad = voc / "SegmentationClass" / f"{VOC_TRAIN[0]}.png"
+    _mask(bad, _stripes([0, 21, 254, 3]), palette=True)
+    ds = get_dataset("voc", tmp_path, "train", image_size=S)
+    ds[1]  # the other file is fine
+    with pytest.raises(ValueError, match=r"2007_000032\.png.*21, 254"):
+        ds[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# ADE20K
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sub", ["", "ADEChallengeData2016"])
+def test_ade20k_shift_and_ignore(tmp_path, sub):
+    _ade(tmp_path)
+    for split, prefix in (("train", "ADE_train"), ("validation", "ADE_val")):
+        ds = get_dataset("ade20k", tmp_path / sub if sub else tmp_path, split, image_size=S)
+        assert len(ds) == 3 and ds.ids[0] == f"{prefix}_00000001"
+        assert (ds.num_classes, len(ds.class_names), ds.class_names[0]) == (150, 150, "wall")
+        _, raw_mask = ds.read(0)
+        assert np.array_equal(raw_mask.numpy(), _stripes([255, 0, 149, 36]))  # 0 -> ignore, k -> k-1
+        image, mask = ds[2]
+        assert image.shape == (3, S, S) and set(mask.unique().tolist()) <= {255, 0, 149, 36}
+
+
+def test_ade20k_label_above_150_raises(tmp_path):
+    _ade(tmp_path, values=(0, 151, 3, 200))
+    ds = get_dataset("ade", tmp_path, "val")
+    with pytest.raises(ValueError, match=r"ADE_val_00000001\.png.*151, 200"):
+        ds.read(0)
+
+
+# ----------------------------------------------------------------------------------------------
+# COCO-Stuff
+# ----------------------------------------------------------------------------------------------
+def test_cocostuff_tables():
+    fine = np.arange(182)
+    used = np.setdiff1d(fine, seg.COCOSTUFF_UNUSED_IDS)
+    assert used.size == 171 == len(seg.COCOSTUFF_CLASSES)
+    lut = seg.cocostuff_label_map()
+    assert np.array_equal(lut[used], np.arange(171))  # order-preserving renumbering
+    assert (lut[list(seg.COCOSTUFF_UNUSED_IDS)] == -1).all() and lut[255] == 255
+    assert seg.COCOSTUFF_CLASSES[0] == "person" and seg.COCOSTUFF_CLASSES[80] == "banner"
+    assert seg.COCOSTUFF_CLASSES[170] == "wood"
+    coarse = seg.cocostuff_coarse_ids()
+    assert coarse.shape == (182,) and set(coarse.tolist()) == set(range(27))
+    names = seg.COCOSTUFF27_CLASSES
+    name_of = {n: names[coarse[i]] for i, n in enumerate(seg.COCOSTUFF_FINE_NAMES)}
+    assert name_of["person"] == "person" and names.index("person") == 9
+    assert name_of["bicycle"] == name_of["boat"] == "vehicle" and names.index("vehicle") == 11
+    assert name_of["tv"] == "electronic" and names.index("electronic") == 0
+    assert name_of["fog"] == "water" and name_of["railing"] == "structural"
+    assert name_of["light"] == "furniture-stuff" and name_of["wood"] == "solid"
+    assert name_of["wall-wood"] == "wall" and name_of["clouds"] == "sky"
+    assert (coarse[:91] < 12).all() and (coarse[91:] >= 12).all()  # things first, then stuff
+    every = [m for _, members in seg._COCOSTUFF_SUPERCATEGORIES for m in members]
+    assert sorted(every) == sorted(seg.COCOSTUFF_FINE_NAMES)  # a partition of the 182 names
+
+
+@pytest.mark.parametrize("images_beside", [False, True])
+def test_cocostuff_171_and_27(tmp_path, images_beside):
+    _coco(tmp_path, images_beside=images_beside)
+    ds = get_dataset("cocostuff", tmp_path, "train", image_size=S)
+    assert (len(ds), ds.num_classes, ds.ignore_index) == (3, 171, 255)
+    assert ds.ids[0] == "000000000139"
+    _, m171 = ds.read(0)
+    # person 0 -> 0, banner 91 -> 80, wood 181 -> 170, fog 119 -> 119 - 11 = 108, 255 stays
+    assert np.array_equal(m171.numpy(), _stripes([0, 80, 170, 108, 255]))
+    assert ds.class_names[108] == "fog"
+    ds27 = get_dataset("coco-stuff-27", tmp_path / "stuffthingmaps_trainval2017", "val2017", image_size=S)
+    assert (ds27.num_classes, len(ds27.class_names), ds27.name) == (27, 27, "cocostuff27")
+    _, m27 = ds27.read(1)
+    # person -> 9, banner -> textile 17, wood -> solid 24, fog -> water 26
+    assert np.array_equal(m27.numpy(), _stripes([9, 17, 24, 26, 255]))
+    image, mask = ds27[2]
+    assert image.shape == (3, S, S) and set(mask.unique().tolist()) <= {9, 17, 24, 26, 255}
+
+
+def test_cocostuff_unused_id_and_image_list(tmp_path):
+    _coco(tmp_path, values=(0, 11, 91))  # 11 = "street sign", never annotated
+    with pytest.raises(ValueError, match=r"000000000139\.png.*label value\(s\) 11\b"):
+        get_dataset("cocostuff", tmp_path, "val").read(0)
+    lst = tmp_path / "curated.txt"
+    _write_list(lst, ["000000000140", "000000000141"])
+    ds = get_dataset("cocostuff27", tmp_path, "train", image_list=lst, image_size=S)
+    assert ds.ids == ["000000000140", "000000000141"]
+    _write_list(lst, ["000000000140", "999"])
+    with pytest.raises(FileNotFoundError, match="999"):
+        get_dataset("cocostuff", tmp_path, "train", image_list=lst)
+
+
+def test_cocostuff_missing_image_is_named(tmp_path):
+    _coco(tmp_path)
+    (tmp_path / "images" / "val2017" / "000000000140.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match="000000000140"):
+        get_dataset("cocostuff", tmp_path, "val")
+
+
+# ----------------------------------------------------------------------------------------------
+# Cityscapes
+# ----------------------------------------------------------------------------------------------
+def test_cityscapes_label_ids_to_train_ids(tmp_path):
+    _cityscapes(tmp_path)
+    ds = get_dataset("cityscapes", tmp_path, "train", image_size=S)
+    assert (len(ds), ds.num_classes, ds.label_type) == (4, 19, "labelIds")
+    assert ds.ids == [f"{c}/{c}_{k:06d}_000019" for c in CITIES["train"] for k in range(2)]  # sorted
+    assert ds.class_names[0] == "road" and ds.class_names[13] == "car" and ds.class_names[18] == "bicycle"
+    _, raw = ds.read(0)
+    # road 7 -> 0, car 26 -> 13, unlabeled 0 -> 255, bicycle 33 -> 18, person 24 -> 11
+    assert np.array_equal(raw.numpy(), _stripes([0, 13, 255, 18, 11]))
+    lut = seg.cityscapes_label_map()
+    assert lut[9] == 255 and lut[29] == 255 and lut[11] == 2  # parking, caravan ignored; building 2
+    image, mask = ds[3]
+    assert image.shape == (3, S, S) and mask.shape == (S, S)
+
+
+def test_cityscapes_prefers_train_id_files(tmp_path):
+    _cityscapes(tmp_path, train_ids=True)
+    ds = get_dataset("cityscapes", tmp_path, "val", image_size=S)
+    assert ds.label_type == "labelTrainIds" and len(ds) == 2
+    assert np.array_equal(ds.read(0)[1].numpy(), _stripes([3, 255]))
+    forced = get_dataset("cityscapes", tmp_path, "val", label_type="labelIds")
+    assert np.array_equal(forced.read(0)[1].numpy(), _stripes([0, 13, 255, 18, 11]))
+
+
+def test_cityscapes_bad_label_id(tmp_path):
+    _cityscapes(tmp_path, values=(7, 34))
+    ds = get_dataset("cityscapes", tmp_path, "val")
+    with pytest.raises(ValueError, match=r"frankfurt_000000_000019_gtFine_labelIds\.png.*34"):
+        ds.read(0)
+
+
+# ----------------------------------------------------------------------------------------------
+# folder and built-in scenes
+# ----------------------------------------------------------------------------------------------
+def test_folder_reads_the_scene_layout(tmp_path):
+    sc.write_scenes(tmp_path, {"train": 3, "val": 2}, image_size=32, seed=1)
+    assert default_train_split("folder", tmp_path) == "train"
+    ds = get_dataset("folder", tmp_path, "val", image_size=None)
+    assert ds.num_classes == sc.NUM_CLASSES and ds.class_names == tuple(sc.class_names())
+    assert ds.ids == ["val_00000", "val_00001"]
+    images, masks = sc.make_scenes(2, "val", image_size=32, seed=1)
+    for i in range(2):
+        img, m = ds.read(i)
+        assert np.array_equal(img.permute(1, 2, 0).numpy(), images[i])
+        assert np.array_equal(m.numpy(), masks[i].astype(np.int64))
+    assert len(get_dataset("folder", tmp_path, None)) == 5  # every pair
+
+
+def test_folder_nested_names_num_classes_and_errors(tmp_path):
+    for k, name in enumerate(["a/x", "a/y", "b/z"]):
+        _image(tmp_path / "images" / f"{name}.jpg", k)
+        _mask(tmp_path / "masks" / f"{name}.png", _stripes([0, 2, 255]))
+    with pytest.raises(DatasetNotFoundError, match="num_classes"):
+        get_dataset("folder", tmp_path)
+    ds = get_dataset("folder", tmp_path, num_classes=3, image_size=S)
+    assert ds.ids == ["a/x", "a/y", "b/z"] and len(ds.class_names) == 3
+    assert ds[0][1].shape == (S, S)
+    assert default_train_split("folder", tmp_path) == "all"
+    with pytest.raises(ValueError, match="label value"):
+        get_dataset("folder", tmp_path, num_classes=2)[0]  # 2 is out of range for 2 classes
+    with pytest.raises(DatasetNotFoundError, match=r"ImageSets/Segmentation/train\.txt"):
+        get_dataset("folder", tmp_path, "train", num_classes=3)
+    _write_list(tmp_path / "ImageSets" / "Segmentation" / "val.txt", ["b/z.jpg", "a/x"])
+    assert get_dataset("folder", tmp_path, "val", num_classes=3).ids == ["b/z", "a/x"]
+    (tmp_path / "classes.txt").write_text("bg\nthing\n")
+    with pytest.raises(ValueError, match="lists 2 classes"):
+        get_dataset("folder", tmp_path, num_classes=3)
+    _mask(tmp_path / "masks" / "a/y.png", _stripes([0, 1], h=H + 1))
+    with pytest.raises(ValueError, match=r"y\.jpg is \(20, 28\).*y\.png is \(21, 28\)"):
+        get_dataset("folder", tmp_path, num_classes=2).read(1)
+    _mask(tmp_path / "masks" / "c.png", _stripes([0]))  # a mask without an image
+    with pytest.raises(FileNotFoundError, match=r"\bc\b"):
+        get_dataset("folder", tmp_path)
+
+
+def test_scenes_entry(rng_state_guard):
+    ds = get_dataset("scenes", None, "val", image_size=32, max_samples=3)
+    ref = sc.SceneDataset("val", n=3, image_size=32, seed=0)
+    assert len(ds) == 3 and ds.num_classes == ref.num_classes and ds.class_names == tuple(ref.classes)
+    image, mask = ds[1]
+    ref_image, ref_mask = ref[1]
+    assert image.shape == (3, 32, 32) and torch.allclose(image, ref_image, atol=1e-6)
+    assert torch.equal(mask, ref_mask)
+    with pytest.raises(ValueError, match="no root"):
+        get_dataset("scenes", "/somewhere")
+
+
+# ----------------------------------------------------------------------------------------------
+# layout errors
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "name, marks",
+    [
+        ("voc", ["JPEGImages/", "SegmentationClass/", "ImageSets/", "SegmentationAug/train_aug.txt"]),
+        ("ade20k", ["ADEChallengeData2016/", "annotations/", "validation/"]),
+        ("cocostuff", ["stuffthingmaps_trainval2017/", "train2017/<id>.png", "images/"]),
+        ("cityscapes", ["leftImg8bit/", "gtFine/", "_gtFine_labelIds.png"]),
+        ("folder", ["images/", "masks/", "classes.txt"]),
+    ],
+)
+def test_missing_root_or_wrong_layout_shows_tree(tmp_path, name, marks):
+    for root in (tmp_path / "nope", tmp_path, None):
+        with pytest.raises(FileNotFoundError) as info:
+            get_dataset(name, root, "val" if name != "folder" else None)
+        msg = str(info.value)
+        assert isinstance(info.value, DatasetNotFoundError)
+        assert "Expected layout" in msg and "\nROOT/" in msg and msg.count("\n") >= 4, msg
+        for mark in marks:
+            assert mark in msg, (mark, msg)
+    assert "does not exist" in _err(name, tmp_path / "nope")
+
+
+def _err(name, root) -> str:
+    with pytest.raises(FileNotFoundError) as info:
+        get_dataset(name, root, "val" if name != "folder" else None)
+    return str(info.value)
+
+
+def test_partial_layout_names_missing_part(tmp_path):
+    _ade(tmp_path)
+    import shutil
+
+    shutil.rmtree(tmp_path / "ADEChallengeData2016" / "annotations" / "validation")
+    msg = _err("ade20k", tmp_path)
+    assert "annotations/validation" in msg and "Expected layout" in msg
+    _cityscapes(tmp_path / "cs")
+    shutil.rmtree(tmp_path / "cs" / "gtFine" / "val")
+    assert "gtFine/val" in _err("cityscapes", tmp_path / "cs")
+
+
+def test_bad_split_and_name(tmp_path):
+    _ade(tmp_path)
+    with pytest.raises(ValueError, match="split must be one of"):
+        get_dataset("ade20k", tmp_path, "test")
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
+        get_dataset("imagenet", tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# registry, subsets, label maps
+# ----------------------------------------------------------------------------------------------
+def test_registry():
+    assert set(DATASETS) == {"voc", "ade20k", "cocostuff", "cocostuff27", "cityscapes", "folder", "scenes"}
+    for name, n in [("voc", 21), ("ade20k", 150), ("cocostuff", 171), ("cocostuff27", 27), ("cityscapes", 19)]:
+        spec = dataset_spec(name)
+        assert spec.num_classes == n == len(spec.class_names) and spec.ignore_index == IGNORE_INDEX
+        assert len(set(spec.class_names)) == n
+        assert "ROOT/" in spec.layout
+    assert dataset_spec("VOC2012").name == "voc" and dataset_spec("Coco_Stuff").name == "cocostuff"
+    assert len(dataset_spec("scenes").class_names) == sc.NUM_CLASSES
+
+
+def test_max_samples_is_a_seeded_nested_subset(tmp_path):
+    for k in range(12):
+        _image(tmp_path / "images" / f"{k:02d}.png", k, 8, 8)
+        _mask(tmp_path / "masks" / f"{k:02d}.png", np.zeros((8, 8)))
+    kw = dict(num_classes=2, image_size=8)
+    a = get_dataset("folder", tmp_path, max_samples=4, seed=3, **kw).ids
+    assert a == get_dataset("folder", tmp_path, max_samples=4, seed=3, **kw).ids and a == sorted(a)
+    assert a != get_dataset("folder", tmp_path, max_samples=4, seed=4, **kw).ids
+    assert set(get_dataset("folder", tmp_path, max_samples=2, seed=3, **kw).ids) <= set(a)
+    full = get_dataset("folder", tmp_path, max_samples=50, **kw)
+    assert len(full) == 12 == full.available and full.record()["num_samples"] == 12
+    with pytest.raises(ValueError, match="max_samples"):
+        get_dataset("folder", tmp_path, max_samples=0, **kw)
+
+
+def test_map_labels_and_read_mask(tmp_path):
+    lut = seg.identity_label_map(3)
+    assert np.array_equal(map_labels(np.array([[0, 2], [255, 1]], np.uint8), lut), [[0, 2], [255, 1]])
+    with pytest.raises(ValueError, match=r"m\.png: label value\(s\) 3, 300, 70000"):
+        map_labels(np.array([[0, 3], [300, 70000]], np.int64), lut, "m.png")
+    _mask(tmp_path / "wide.png", _stripes([0, 1, 700]))  # 16-bit PNG
+    assert read_mask(tmp_path / "wide.png").max() == 700
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[..., 0] = 9
+    Image.fromarray(rgb).save(tmp_path / "colour.png")
+    with pytest.raises(ValueError, match=r"colour\.png is a RGB colour image"):
+        read_mask(tmp_path / "colour.png")
+    Image.fromarray(np.full((4, 4, 3), 5, np.uint8)).save(tmp_path / "grey_rgb.png")
+    assert (read_mask(tmp_path / "grey_rgb.png") == 5).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# transforms
+# ----------------------------------------------------------------------------------------------
+def _aligned_pair(h: int = 30, w: int = 50):
+    """An image whose colour encodes its mask: label 1 red, 2 green, 0 blue, ignore grey; an
+    asymmetric pattern, so a flip or shift of one but not the other shows."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    cell = yy // 6 + (xx // 7) * (xx // 7 + 1) // 2
+    mask = np.where(cell % 3 == 0, 1, np.where(cell % 3 == 1, 2, 0))
+    mask[:3] = IGNORE_INDEX
+    colours = {0: (0, 0, 255), 1: (255, 0, 0), 2: (0, 255, 0), IGNORE_INDEX: (128, 128, 128)}
+    img = np.zeros((h, w, 3), np.uint8)
+    for v, c in colours.items():
+        img[mask == v] = c
+    image = tv_tensors.Image(torch.from_numpy(img).permute(2, 0, 1).contiguous())
+    return image, tv_tensors.Mask(torch.from_numpy(mask).long()), colours
+
+
+def _agreement(image: torch.Tensor, mask: torch.Tensor, colours) -> float:
+    """Among pixels whose (denormalised) colour is a pure label colour (not blended at an edge),
+    the fraction whose label has that colour."""
+    mean = torch.tensor(seg.IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(seg.IMAGENET_STD).view(3, 1, 1)
+    rgb = ((image * std + mean) * 255).permute(1, 2, 0).reshape(-1, 3)
+    keys = list(colours)
+    table = torch.tensor([colours[k] for k in keys], dtype=torch.float32)
+    dist, nearest = torch.cdist(rgb, table).min(1)
+    pure = dist < 30
+    assert pure.float().mean() > 0.3, "too few pure pixels to judge alignment"
+    return float((torch.tensor(keys)[nearest] == mask.reshape(-1))[pure].float().mean())
+
+
+def test_eval_transform_joint_nearest_and_normalised():
+    image, mask, colours = _aligned_pair()
+    t = EvalTransform(image_size=S)
+    out_img, out_mask = t(image, mask)
+    assert out_img.shape == (3, S, S) and out_mask.shape == (S, S) and out_mask.dtype == torch.int64
+    assert type(out_img) is torch.Tensor and type(out_mask) is torch.Tensor
+    assert set(out_mask.unique().tolist()) <= {0, 1, 2, IGNORE_INDEX}  # nearest: no blended labels
+    assert _agreement(out_img, out_mask, colours) > 0.97
+    # centre crop of the 30 -> 16 resized image: columns of the resized 16 x 27 image, offset 5
+    full = torch.nn.functional.interpolate(mask[None, None].float(), size=(16, 26), mode="nearest")[0, 0].long()
+    assert torch.equal(out_mask, full[:, 5:21])
+    white = tv_tensors.Image(torch.full((3, 20, 20), 255, dtype=torch.uint8))
+    norm, _ = t(white, tv_tensors.Mask(torch.zeros(20, 20, dtype=torch.long)))
+    expect = (1 - torch.tensor(seg.IMAGENET_MEAN)) / torch.tensor(seg.IMAGENET_STD)
+    assert torch.allclose(norm[:, 0, 0], expect, atol=1e-5)
+    with pytest.raises(ValueError, match="resize"):
+        EvalTransform(image_size=S, resize=S - 1)
+
+
+def test_train_transform_seeded_aligned_and_private(rng_state_guard):
+    image, mask, colours = _aligned_pair(40, 40)
+    a, b = TrainTransform(image_size=S, seed=5), TrainTransform(image_size=S, seed=5)
+    outs_a = [a(image, mask) for _ in range(6)]
+    outs_b = [b(image, mask) for _ in range(6)]
+    for (ia, ma), (ib, mb) in zip(outs_a, outs_b):
+        assert torch.equal(ia, ib) and torch.equal(ma, mb)
+        assert ia.shape == (3, S, S) and set(ma.unique().tolist()) <= {0, 1, 2, IGNORE_INDEX}
+        assert _agreement(ia, ma, colours) > 0.97
+    assert len({tuple(m.flatten().tolist()) for _, m in outs_a}) > 1  # the crops differ
+    c = TrainTransform(image_size=S, seed=6)
+    assert any(not torch.equal(c(image, mask)[1], m) for _, m in outs_a)
+    a.set_epoch(1)
+    epoch1 = [a(image, mask)[1] for _ in range(6)]
+    assert any(not torch.equal(m1, m0) for m1, (_, m0) in zip(epoch1, outs_a))
+    a.set_epoch(0)
+    assert all(torch.equal(a(image, mask)[1], m0) for _, m0 in outs_a)  # epoch 0 replays
+    with pytest.raises(ValueError, match="scale"):
+        TrainTransform(scale=(0.0, 1.0))
+    copy = pickle.loads(pickle.dumps(a))  # goes to DataLoader workers; restarts its stream
+    assert copy == a and torch.equal(copy(image, mask)[1], TrainTransform(image_size=S, seed=5)(image, mask)[1])
+
+
+def test_dataloader_batches(tmp_path):
+    _ade(tmp_path)
+    ds = get_dataset("ade20k", tmp_path, "train", image_size=S, transform=TrainTransform(image_size=S, seed=1))
+    images, masks = next(iter(torch.utils.data.DataLoader(ds, batch_size=3)))
+    assert images.shape == (3, 3, S, S) and masks.shape == (3, S, S) and masks.dtype == torch.int64
