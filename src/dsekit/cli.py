@@ -138,7 +138,8 @@ def _add_scan(sub: argparse._SubParsersAction) -> None:
                    help="extra timm model argument, e.g. img_size=448 (repeatable)")
     p.add_argument("--images", type=Path, default=None, help="image folder (default: the built-in scenes)")
     p.add_argument("--num-images", type=_positive_int, default=2048, help="images in the sample (default 2048)")
-    p.add_argument("--image-size", type=_positive_int, default=224, help="centre-crop size (default 224)")
+    p.add_argument("--image-size", type=_positive_int, default=None,
+                   help="centre-crop size (default 224, or the run's dsekit.json)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default RUN_DIR/dse)")
     p.add_argument("--glob", default=None, help="checkpoint files to use, relative to RUN_DIR (e.g. '*.pth')")
     p.add_argument("--branch", default=None, help="network to read: teacher/student (DINO family), "
@@ -165,15 +166,28 @@ def _add_scan(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_scan)
 
 
+def _architecture(args: argparse.Namespace) -> tuple[str | None, dict, int]:
+    """--arch/--model-kwarg/--image-size, defaulting to RUN_DIR/dsekit.json (written by dsekit train)."""
+    info_path = args.run_dir / "dsekit.json"
+    if args.arch is None and not args.model_kwarg and info_path.is_file():
+        info = json.loads(info_path.read_text())
+        size = args.image_size if args.image_size is not None else int(info["image_size"])
+        if info.get("method") and info["method"] != args.method:
+            raise ValueError(f"--method {args.method}: {info_path} says the run was trained with {info['method']}")
+        return info["arch"], dict(info["model_kwargs"]), size
+    return args.arch, _model_kwargs(args.model_kwarg), args.image_size if args.image_size is not None else 224
+
+
 def _run_scan(args: argparse.Namespace) -> int:
     from .scan import ScanConfig, scan
 
+    arch, model_kwargs, image_size = _architecture(args)
     cfg = ScanConfig(
         run_dir=str(args.run_dir),
         method=args.method,
         out=None if args.out is None else str(args.out),
-        arch=args.arch,
-        model_kwargs=_model_kwargs(args.model_kwarg),
+        arch=arch,
+        model_kwargs=model_kwargs,
         glob=args.glob,
         branch=args.branch,
         prefix=args.prefix,
@@ -182,7 +196,7 @@ def _run_scan(args: argparse.Namespace) -> int:
         layer=args.layer,
         images=None if args.images is None else str(args.images),
         num_images=args.num_images,
-        image_size=args.image_size,
+        image_size=image_size,
         seed=args.seed,
         batch_size=args.batch_size,
         dse_batch_size=args.dse_batch_size,
@@ -272,6 +286,31 @@ def _run_data_scenes(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- demo
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="end to end on a laptop CPU: train a small DINO, scan, probe, report",
+        description="Train a small DINO on the built-in scenes (CPU), scan its checkpoints (DSE), "
+        "linear-probe them on the scenes' masks (mIoU) and write the report. A rerun reuses what is done.",
+    )
+    p.add_argument("--quick", action="store_true", help="a smaller run (a few minutes)")
+    p.add_argument("--out", type=Path, default=Path("dsekit-demo"), help="output folder (default ./dsekit-demo)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import DemoConfig, demo
+
+    demo(DemoConfig(out=str(args.out), quick=args.quick, seed=args.seed, device=args.device), progress=not args.quiet)
+    return 0
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -285,9 +324,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dsekit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    from .probe import add_probe_parser
+    from .train.ssl import add_train_parser
+
     _add_dse(sub)
     _add_scan(sub)
+    add_probe_parser(sub)
     _add_report(sub)
+    add_train_parser(sub)
+    _add_demo(sub)
     _add_data(sub)
     return parser
 
