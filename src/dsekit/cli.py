@@ -157,7 +157,10 @@ def _add_scan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images-per-group", type=_positive_int, default=8)
     p.add_argument("--no-normalize", action="store_true")
     p.add_argument("--n-init", type=_positive_int, default=1, help="k-means restarts")
-    p.add_argument("--metrics", nargs="*", default=[], help="baseline metric columns, e.g. rankme alpha_req dense_rankme")
+    p.add_argument("--metrics", nargs="*", default=[],
+                   help="baseline metric columns: rankme alpha_req dense_rankme lidar")
+    p.add_argument("--lidar-images", type=_positive_int, default=64, help="images with augmented views for LiDAR (default 64)")
+    p.add_argument("--lidar-views", type=_positive_int, default=8, help="augmented views per image for LiDAR (default 8)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="extraction precision")
     p.add_argument("--window", type=int, default=2, help="local-maximum window (default ±2 checkpoints)")
@@ -206,6 +209,8 @@ def _run_scan(args: argparse.Namespace) -> int:
         normalize=not args.no_normalize,
         n_init=args.n_init,
         metrics=tuple(args.metrics),
+        lidar_images=args.lidar_images,
+        lidar_views=args.lidar_views,
         device=args.device,
         precision=args.precision,
         window=args.window,

@@ -67,7 +67,9 @@ class ScanConfig:
     images_per_group: int = 8
     normalize: bool = True
     n_init: int = 1
-    metrics: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()  #: extra columns: rankme, alpha_req, dense_rankme, lidar
+    lidar_images: int = 64  #: images with augmented views for LiDAR
+    lidar_views: int = 8  #: augmented views per image for LiDAR
     device: str | None = None  #: default: cuda when available
     precision: str = "fp32"  #: fp32, bf16 or fp16 (autocast during extraction)
     window: int = 2
@@ -85,6 +87,9 @@ class ScanConfig:
             if k not in ("run_dir", "out", "glob", "device", "window", "top", "batch_size", "trust_checkpoints")
         }
         keyed["metrics"] = sorted(keyed["metrics"])
+        if "lidar" not in keyed["metrics"]:
+            keyed.pop("lidar_images")
+            keyed.pop("lidar_views")
         keyed["image_hash"] = image_hash
         return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -215,6 +220,7 @@ def _score_checkpoint(
     metric_fns: dict[str, Callable[[torch.Tensor], float]],
     progress: Any,
     model: torch.nn.Module | None = None,
+    views: torch.Tensor | None = None,
 ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     """Load, extract and score one checkpoint -> (terms, metrics, timings).
 
@@ -236,8 +242,9 @@ def _score_checkpoint(
         img_size=cfg.image_size,
     )
     t1 = time.perf_counter()
+    extractor = FeatureExtractor(model, cfg.layer)
     feats = extract_features(
-        FeatureExtractor(model, cfg.layer),
+        extractor,
         images,
         batch_size=cfg.batch_size,
         device=device,
@@ -262,7 +269,16 @@ def _score_checkpoint(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t3 = time.perf_counter()
-    metrics = {name: float(fn(feats)) for name, fn in metric_fns.items()}
+    metrics = {name: _safe_metric(name, fn, feats) for name, fn in metric_fns.items()}
+    if views is not None:
+        from .metrics.baselines import lidar_dense
+
+        n, q = views.shape[:2]
+        vf = extract_features(
+            extractor, views.flatten(0, 1), batch_size=cfg.batch_size, device=device,
+            amp_dtype=_PRECISIONS[cfg.precision],
+        )
+        metrics["lidar"] = _safe_metric("lidar", lidar_dense, vf.reshape(n, q, *vf.shape[1:]))
     t4 = time.perf_counter()
     timings = {"load": t1 - t0, "extract": t2 - t1, "score": t3 - t2, "metrics": t4 - t3}
     return terms, metrics, timings
@@ -280,14 +296,45 @@ def _build_model(cfg: ScanConfig) -> torch.nn.Module:
 
 
 def _metric_functions(names: Sequence[str]) -> dict[str, Callable[[torch.Tensor], float]]:
+    """Image-sample metrics by name (``lidar``, which needs augmented views, is handled apart)."""
     if not names:
         return {}
     from .metrics.baselines import BASELINE_METRICS
 
-    unknown = [n for n in names if n not in BASELINE_METRICS]
+    unknown = [n for n in names if n not in BASELINE_METRICS and n != "lidar"]
     if unknown:
-        raise ValueError(f"metrics: unknown {unknown}; known: {sorted(BASELINE_METRICS)}")
-    return {n: BASELINE_METRICS[n] for n in names}
+        raise ValueError(f"metrics: unknown {unknown}; known: {sorted([*BASELINE_METRICS, 'lidar'])}")
+    return {n: BASELINE_METRICS[n] for n in names if n != "lidar"}
+
+
+def _safe_metric(name: str, fn: Callable[[torch.Tensor], float], feats: torch.Tensor) -> float:
+    """A metric's value, or NaN with a warning when the sample is too small for it."""
+    try:
+        return float(fn(feats))
+    except ValueError as exc:
+        warnings.warn(f"metric {name} not computed: {exc}", stacklevel=2)
+        return float("nan")
+
+
+def lidar_views(images: torch.Tensor, count: int, views: int, seed: int) -> torch.Tensor:
+    """Augmented views for LiDAR: ``(count, views, 3, S, S)`` from the first ``count`` images.
+
+    Each view is a random resized crop (scale 0.25–1) with a random horizontal flip of a
+    preprocessed image. torchvision draws from the process-wide RNG, so the draws run inside
+    ``torch.random.fork_rng`` seeded with ``seed``: the views are a function of the seed and
+    the caller's RNG state is left as it was.
+    """
+    from torchvision.transforms import v2
+
+    if count < 2 or views < 2:
+        raise ValueError(f"lidar_images and lidar_views: LiDAR needs at least 2 of each, got {count} and {views}")
+    size = images.shape[-1]
+    aug = v2.Compose([v2.RandomResizedCrop(size, scale=(0.25, 1.0), antialias=True), v2.RandomHorizontalFlip()])
+    src = images[:count]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        out = torch.stack([torch.stack([aug(img) for _ in range(views)]) for img in src])
+    return out
 
 
 # --------------------------------------------------------------------------- the scan
@@ -362,8 +409,13 @@ def scan(
                     f"images: asked for {cfg.num_images} images, {len(sample)} available in {sample.source}",
                     stacklevel=2,
                 )
-            write_json_atomic(cache / f"images.rank{rank}.json", sample.record())
+            write_json_atomic(cache / f"images.{key[:16]}.rank{rank}.json", sample.record())
             model = None  # built once, then every checkpoint is loaded into it (strict loading)
+            views = (
+                lidar_views(sample.images, min(cfg.lidar_images, len(sample)), cfg.lidar_views, cfg.seed)
+                if "lidar" in cfg.metrics
+                else None
+            )
             for n, i in enumerate(todo, 1):
                 path, epoch = checkpoints[i]
                 target = _cache_path(cache, path, identities[i], key)
@@ -374,7 +426,7 @@ def scan(
                     if model is None and not cfg.allow_partial:
                         model = _build_model(cfg)
                     terms, metrics, timings = _score_checkpoint(
-                        cfg, path, sample.images, device, metric_fns, f"{path.name}" if progress else False, model
+                        cfg, path, sample.images, device, metric_fns, f"{path.name}" if progress else False, model, views
                     )
                     res = CheckpointResult(
                         str(path), epoch, "ok", terms, metrics, timings, identity=identities[i], num_images=len(sample)
@@ -461,7 +513,7 @@ def _assemble(
             )
     os.replace(out / ".dse.csv.tmp", out / "dse.csv")
     write_json_atomic(out / "selection.json", selection)
-    images_record = sample.record() if sample is not None else _cached_images_record(out / "cache")
+    images_record = sample.record() if sample is not None else _cached_images_record(out / "cache", key)
     write_json_atomic(
         out / "run.json",
         {
@@ -482,8 +534,8 @@ def _assemble(
     return summary
 
 
-def _cached_images_record(cache: Path) -> dict[str, Any] | None:
-    for p in sorted(cache.glob("images.rank*.json")):
+def _cached_images_record(cache: Path, key: str) -> dict[str, Any] | None:
+    for p in sorted(cache.glob(f"images.{key[:16]}.rank*.json")):  # the sample of these settings
         try:
             return json.loads(p.read_text())
         except (OSError, ValueError):
