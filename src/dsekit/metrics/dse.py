@@ -313,11 +313,13 @@ def dse_terms(
         inter_all, intra_image, intra_batch = zero, zero, zero
     else:
         inter_all, intra_image, intra_batch = inter_all / scale, intra_image / scale, intra_batch / scale
+    # with gradient the terms come back in the features' dtype, else in float64
+    dtype = z.dtype if z.requires_grad and torch.is_grad_enabled() else torch.float64
     return DSETerms(
-        inter_class_distance=inter_all.to(m_dim.dtype),
-        intra_class_image=intra_image.to(m_dim.dtype),
-        intra_class_batch=intra_batch.to(m_dim.dtype),
-        effective_dimensionality=m_dim,
+        inter_class_distance=inter_all.to(dtype),
+        intra_class_image=intra_image.to(dtype),
+        intra_class_batch=intra_batch.to(dtype),
+        effective_dimensionality=m_dim.to(dtype),
         scale=scale,
         degenerate=degenerate,
     )

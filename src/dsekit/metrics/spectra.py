@@ -4,16 +4,18 @@ Everything in dsekit that needs a spectrum goes through this module.
 
 Two paths compute singular values of a batch of matrices ``x`` of shape ``(..., m, n)``:
 
-* without gradient (the estimator): eigenvalues of the smaller Gram matrix
-  (``x xᵀ`` when ``m <= n``, else ``xᵀ x``), formed and decomposed in float64 so that
-  small singular values keep their precision; ``σ = sqrt(max(λ, 0))``. This is several
-  times faster than an SVD on CPU for the tall/wide matrices DSE uses.
-* with gradient (the regulariser): ``torch.linalg.svdvals``, whose backward
-  (``U diag(g) Vᵀ``) is well defined even for repeated or vanishing singular values,
-  unlike the eigen-decomposition's backward.
+* ``"gram"`` (the default, estimator and regulariser alike): eigenvalues of the smaller
+  Gram matrix (``x xᵀ`` when ``m <= n``, else ``xᵀ x``), formed and decomposed in float64
+  so that small singular values keep their precision; ``σ = sqrt(max(λ, 0))``. This is
+  several times faster than an SVD on CPU for the tall/wide matrices DSE uses. Its
+  gradient ``W diag(g/σ) Wᵀ x`` reuses the eigenvectors and stays finite for repeated or
+  vanishing singular values (see :class:`_GramSingularValues`).
+* ``"svd"``: ``torch.linalg.svdvals`` (reference path, used in tests).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -33,16 +35,62 @@ def center(x: Tensor) -> Tensor:
     return x - x.mean(dim=-2, keepdim=True)
 
 
-def _gram_singular_values(x: Tensor) -> Tensor:
-    """Singular values from the eigenvalues of the smaller Gram matrix (no gradient).
+def _gram_spectrum(x: Tensor, vectors: bool) -> tuple[Tensor, Tensor | None, bool]:
+    """Eigen-decomposition of the smaller float64 Gram matrix of ``x`` (..., m, n).
 
-    The Gram matrix is formed in float64 and decomposed in float64.
+    Returns ascending singular values ``σ``, the eigenvectors (or None) and whether the Gram
+    matrix is ``x xᵀ`` (``m <= n``). Eigenvalues at or below the rounding level of the
+    decomposition (``max(m, n) · eps64 · λ_max``, as ``torch.linalg.matrix_rank``) are set
+    to 0: their square roots would otherwise be ``sqrt(eps)``-sized noise, not spectrum.
     """
     x64 = x.detach().to(torch.float64)
     m, n = x64.shape[-2], x64.shape[-1]
-    gram = x64 @ x64.transpose(-1, -2) if m <= n else x64.transpose(-1, -2) @ x64
-    eig = torch.linalg.eigvalsh(gram)  # ascending
-    return eig.clamp_min(0).sqrt().flip(-1)
+    left = m <= n
+    gram = x64 @ x64.transpose(-1, -2) if left else x64.transpose(-1, -2) @ x64
+    if vectors:
+        eig, vec = torch.linalg.eigh(gram)
+    else:
+        eig, vec = torch.linalg.eigvalsh(gram), None
+    floor = max(m, n) * torch.finfo(torch.float64).eps * eig[..., -1:].clamp_min(0)
+    sv = torch.where(eig > floor, eig, torch.zeros_like(eig)).sqrt()
+    return sv, vec, left
+
+
+class _GramSingularValues(torch.autograd.Function):
+    """Singular values from the float64 eigen-decomposition of the smaller Gram matrix.
+
+    Forward: ``G = x xᵀ`` (``m <= n``) or ``xᵀ x``, ``G = W Λ Wᵀ``, ``σ = sqrt(Λ)``.
+    Backward: ``dσᵢ/dx = uᵢ vᵢᵀ = uᵢ uᵢᵀ x / σᵢ``, so for an upstream gradient ``g``
+    ``∂/∂x = W diag(g / σ) Wᵀ x`` (or ``x W diag(g / σ) Wᵀ``). Zero singular values
+    contribute nothing (the minimum-norm subgradient), so collapsed or rank-deficient
+    inputs give finite gradients; unlike the eigen-decomposition's own backward, no
+    ``1 / (λᵢ - λⱼ)`` appears, so repeated singular values are safe too.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:  # type: ignore[override]
+        sv, vec, left = _gram_spectrum(x, vectors=True)
+        ctx.save_for_backward(x, vec, sv)
+        ctx.left = left
+        return sv.flip(-1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
+        x, vec, sv = ctx.saved_tensors
+        g = grad.to(torch.float64).flip(-1)  # ascending, like sv
+        keep = sv > 0
+        scale = torch.where(keep, g / torch.where(keep, sv, torch.ones_like(sv)), torch.zeros_like(sv))
+        proj = (vec * scale.unsqueeze(-2)) @ vec.transpose(-1, -2)  # W diag(g/σ) Wᵀ
+        x64 = x.to(torch.float64)
+        gx = proj @ x64 if ctx.left else x64 @ proj
+        return gx.to(x.dtype)
+
+
+def _gram_singular_values(x: Tensor) -> Tensor:
+    """Singular values (descending, float64); differentiable through :class:`_GramSingularValues`."""
+    if x.requires_grad and torch.is_grad_enabled():
+        return _GramSingularValues.apply(x)
+    return _gram_spectrum(x, vectors=False)[0].flip(-1)
 
 
 def singular_values(x: Tensor, *, center_rows: bool = False, method: str = "auto") -> Tensor:
@@ -51,9 +99,9 @@ def singular_values(x: Tensor, *, center_rows: bool = False, method: str = "auto
     Args:
         x: ``(..., m, n)`` float tensor.
         center_rows: subtract the mean row of each matrix first.
-        method: ``"gram"`` (float64 Gram eigenvalues, no gradient), ``"svd"``
-            (``torch.linalg.svdvals``, differentiable) or ``"auto"`` (``"svd"`` when
-            ``x`` requires grad, else ``"gram"``).
+        method: ``"gram"`` (float64 eigenvalues of the smaller Gram matrix, with the
+            gradient of :class:`_GramSingularValues`), ``"svd"`` (``torch.linalg.svdvals``)
+            or ``"auto"`` (``"gram"``).
 
     Returns:
         ``(..., min(m, n))`` tensor; float64 for ``"gram"``, ``x.dtype`` for ``"svd"``.
@@ -63,7 +111,7 @@ def singular_values(x: Tensor, *, center_rows: bool = False, method: str = "auto
     if center_rows:
         x = center(x)
     if method == "auto":
-        method = "svd" if x.requires_grad and torch.is_grad_enabled() else "gram"
+        method = "gram"
     if method == "gram":
         return _gram_singular_values(x)
     if method == "svd":
