@@ -1,0 +1,609 @@
+#!/usr/bin/env python
+"""Speed, peak memory and seed-to-seed stability of ``dsekit.metrics.dse.dse``.
+
+The same synthetic dense features go through dsekit and, when a checkout of the paper
+authors' code is given with ``--reference DIR`` (``DIR/estimator.py`` providing
+``compute_DSE``), through their estimator, with the same settings (``normalize=True``,
+3 local clusters, 24 global clusters, groups of 8 images).
+
+Usage::
+
+    python bench/dse_speed.py [--reference DIR] [--sizes 64 256 1024] [--threads 2]
+                              [--device cpu|cuda|all] [--repeats R] [--json OUT] [--quick]
+
+Reported:
+
+* per device and batch size ``B`` (``N = 196`` patches, ``d = 384`` channels): the median
+  time of dsekit (after a warm-up call at the same size), the median time of the
+  reference (fewer calls at slow sizes; skipped when a linear extrapolation from the
+  previous size exceeds ``--max-ref-seconds``), their ratio, and both DSE values;
+* the peak extra memory of one dsekit call at ``B = 1024``, measured in a fresh
+  subprocess (CPU: peak resident set size minus the resident set size once the input
+  exists; CUDA: ``torch.cuda.max_memory_allocated`` minus the allocation before the call);
+* the spread (standard deviation and max − min) of DSE over 10 seeds on clustered features
+  with about as many clusters per group as ``global_clusters``, uneven in size: the kind of
+  input on which a k-means with weak seeding merges clusters differently from seed to seed.
+
+Targets: >= 10x faster than the reference at B = 256 on CPU; on a GPU, B = 1024 in <= 0.5 s
+and >= 30x faster; <= 2 GB extra memory at B = 1024 on CPU; dsekit's seed-to-seed spread at
+most a quarter of the reference's.
+
+The reference re-seeds the process-wide RNG inside every k-means call (from
+``torch.initial_seed()``), so each reference call here is preceded by
+``torch.manual_seed(seed)`` and the global RNG state (CPU and CUDA) is saved before and
+restored after it, outside the timed region.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import importlib
+import inspect
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from dsekit.metrics.dse import dse
+
+N_PATCHES = 196
+DIM = 384
+SETTINGS = dict(local_clusters=3, global_clusters=24, images_per_group=8, normalize=True)
+
+# Features for timing: 48 classes, 2-6 per image, moderate noise.
+TIMING_INPUT = dict(num_classes=48, classes_per_image=(2, 6), shift=0.25, noise=0.35, unevenness=8.0)
+# Features for the seed-to-seed spread: exactly global_clusters (24) classes in every group
+# of 8 images (3 per image), sizes uneven (weights 1..4), well separated: the right
+# clustering is clear, but one k-means++ attempt can miss a smaller class and split a
+# larger one instead, which changes DSE.
+SPREAD_INPUT = dict(num_classes=24, classes_per_image=(3, 3), shift=0.05, noise=0.2, unevenness=4.0, cover_group=8)
+
+TARGET_CPU_RATIO_B256 = 10.0
+TARGET_GPU_SECONDS_B1024 = 0.5
+TARGET_GPU_RATIO_B1024 = 30.0
+TARGET_CPU_MEMORY_BYTES = 2e9
+TARGET_SPREAD_FRACTION = 0.25
+
+
+# --------------------------------------------------------------------------- input
+
+
+def clustered_features(
+    B: int,
+    N: int = N_PATCHES,
+    d: int = DIM,
+    *,
+    num_classes: int = 48,
+    classes_per_image: tuple[int, int] = (2, 6),
+    shift: float = 0.25,
+    noise: float = 0.35,
+    offset: float = 1.0,
+    unevenness: float = 8.0,
+    cover_group: int | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Deterministic clustered dense features ``(B, N, d)``, float32 on CPU.
+
+    Orthonormal class centres in ``d`` dimensions are shared by all images; each image
+    holds between ``classes_per_image[0]`` and ``[1]`` classes in uneven proportions
+    (class weights uniform in ``[1, unevenness]``); each class gets a per-image shift of norm about
+    ``shift``; every patch gets a small gain jitter, Gaussian noise of norm about ``noise``
+    and a shared offset (the common mean direction of real backbone features).
+
+    With ``cover_group = G`` every run of ``G`` consecutive images (a DSE group) holds
+    every class: image ``b`` always contains the classes ``c`` with ``c % G == b % G``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(d, num_classes + 1, generator=g, dtype=torch.float64))
+    centres = q[:, :num_classes].T.float()  # (K, d), orthonormal
+    common = offset * q[:, num_classes].float()  # (d,), orthogonal to every centre
+    lo, hi = classes_per_image
+    classes = torch.arange(num_classes)
+    if cover_group:
+        owned = classes.unsqueeze(0) % cover_group == (torch.arange(B) % cover_group).unsqueeze(1)  # (B, K)
+        n_owned = int(owned[0].sum())
+        if not bool((owned.sum(1) == n_owned).all()) or n_owned > hi:
+            raise ValueError(f"cover_group: {num_classes} classes do not split evenly into {cover_group} images of <= {hi} classes")
+        key = torch.rand(B, num_classes, generator=g) - 2.0 * owned  # owned classes sort first
+        lo = max(lo, n_owned)
+    else:
+        key = torch.rand(B, num_classes, generator=g)
+    order = key.argsort(1)[:, :hi]  # (B, hi) class ids of each image's slots
+    present = torch.randint(lo, hi + 1, (B,), generator=g)  # classes per image
+    weights = 1.0 + (unevenness - 1.0) * torch.rand(B, hi, generator=g)  # uneven class sizes
+    weights = weights * (torch.arange(hi).unsqueeze(0) < present.unsqueeze(1))
+    slot = torch.multinomial(weights, N, replacement=True, generator=g)  # (B, N)
+    cls = order.gather(1, slot)  # (B, N) class of every patch
+    per_image = centres.unsqueeze(0) + shift / math.sqrt(d) * torch.randn(B, num_classes, d, generator=g)
+    base = per_image.gather(1, cls.unsqueeze(-1).expand(-1, -1, d))  # (B, N, d)
+    gain = 1.0 + 0.1 * torch.randn(B, N, 1, generator=g)
+    z = gain * base + noise / math.sqrt(d) * torch.randn(B, N, d, generator=g) + common
+    return z.contiguous()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Save the process-wide RNG state (CPU and CUDA) and restore it afterwards."""
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def load_reference(path: str | None) -> tuple[Callable[..., Any] | None, str]:
+    """Import ``compute_DSE`` from ``path/estimator.py``; ``(None, why)`` when impossible."""
+    if not path:
+        return None, "reference: not given (--reference DIR); timing dsekit alone"
+    directory = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isfile(os.path.join(directory, "estimator.py")):
+        return None, f"reference: no estimator.py in {directory}; timing dsekit alone"
+    sys.path.insert(0, directory)
+    try:
+        module = importlib.import_module("estimator")
+        fn = module.compute_DSE
+    except Exception as exc:  # noqa: BLE001 - any import problem means: no reference
+        return None, f"reference: could not import compute_DSE from {directory} ({type(exc).__name__}: {exc}); timing dsekit alone"
+    finally:
+        sys.path.remove(directory)
+    return fn, f"reference: compute_DSE from {os.path.join(directory, 'estimator.py')}"
+
+
+def run_dsekit(x: torch.Tensor, seed: int, n_init: int | None = None) -> float:
+    kwargs = {} if n_init is None else {"n_init": n_init}
+    return dse(x, seed=seed, **SETTINGS, **kwargs).dse_raw
+
+
+def run_reference(ref: Callable[..., Any], x: torch.Tensor, seed: int) -> tuple[float, float]:
+    """One reference call under ``torch.manual_seed(seed)`` -> (seconds, DSE); RNG restored."""
+    device = str(x.device)
+    with preserved_rng(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the reference's own UserWarnings
+        torch.manual_seed(seed)
+        sync(device)
+        t0 = time.perf_counter()
+        out = ref(
+            x,
+            inter_class_distance_images=SETTINGS["images_per_group"],
+            normalize=SETTINGS["normalize"],
+            local_clusters=SETTINGS["local_clusters"],
+            global_clusters=SETTINGS["global_clusters"],
+        )
+        sync(device)
+        seconds = time.perf_counter() - t0
+    return seconds, float(out[4])
+
+
+def time_dsekit(x: torch.Tensor, repeats: int, seed: int) -> tuple[float, list[float], float]:
+    """Warm-up call, then ``repeats`` timed calls -> (median seconds, all times, DSE)."""
+    device = str(x.device)
+    value = run_dsekit(x, seed)  # warm-up
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        value = run_dsekit(x, seed)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times, value
+
+
+def time_reference(
+    ref: Callable[..., Any], x: torch.Tensor, repeats: int, seed: int, budget: float
+) -> tuple[float, list[float], float]:
+    """Up to ``repeats`` timed reference calls, fewer once ``budget`` seconds are spent."""
+    times: list[float] = []
+    value = float("nan")
+    while len(times) < repeats:
+        seconds, value = run_reference(ref, x, seed)
+        times.append(seconds)
+        if sum(times) + seconds > budget:
+            break
+    return statistics.median(times), times, value
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def _status_kib(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class _RSSSampler:
+    """Samples VmRSS every millisecond in a thread (when VmHWM cannot be reset)."""
+
+    def __init__(self) -> None:
+        self.peak_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_kib = max(self.peak_kib, _status_kib("VmRSS") or 0)
+            time.sleep(0.001)
+
+    def __enter__(self) -> _RSSSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_kib = max(self.peak_kib, _status_kib("VmRSS") or 0)
+
+
+def memory_child(B: int, device: str, threads: int, seed: int) -> dict[str, Any]:
+    """Peak extra memory of one dsekit call on a fresh process (run by ``--_memory-child``)."""
+    torch.set_num_threads(threads)
+    x = clustered_features(B, **TIMING_INPUT, seed=seed).to(device)
+    run_dsekit(x[: min(B, 16)], seed)  # initialise libraries and kernels (not counted)
+    gc.collect()
+    sync(device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        run_dsekit(x, seed)
+        sync(device)
+        extra = torch.cuda.max_memory_allocated() - before
+        return dict(device=device, B=B, extra_bytes=int(extra), method="torch.cuda.max_memory_allocated - allocated before")
+    base_kib = _status_kib("VmRSS")
+    if base_kib is None:  # no /proc: growth of the lifetime peak (a lower bound)
+        unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is in bytes on macOS, KiB on Linux
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        run_dsekit(x, seed)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return dict(device=device, B=B, extra_bytes=int((peak - base) * unit), method="growth of ru_maxrss (lower bound)")
+    try:  # reset the peak (VmHWM) to the current RSS
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        hwm = _status_kib("VmHWM")
+        hwm_reset = hwm is not None and hwm <= base_kib + 4096
+    except OSError:
+        hwm_reset = False
+    if hwm_reset:
+        run_dsekit(x, seed)
+        peak_kib = max(_status_kib("VmHWM") or 0, _status_kib("VmRSS") or 0)
+        method = "VmHWM (peak reset via /proc/self/clear_refs)"
+    else:
+        with _RSSSampler() as sampler:
+            run_dsekit(x, seed)
+        peak_kib = sampler.peak_kib
+        method = "VmRSS sampled every 1 ms"
+    method += " minus VmRSS once the input exists"
+    return dict(device=device, B=B, extra_bytes=int((peak_kib - base_kib) * 1024), method=method)
+
+
+def measure_memory(B: int, device: str, threads: int, seed: int) -> dict[str, Any]:
+    """Run :func:`memory_child` in a fresh interpreter and parse its result."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--_memory-child", str(B), "--device", device,
+           "--threads", str(threads), "--seed", str(seed)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("MEMORY "):
+            return json.loads(line[len("MEMORY "):])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    return dict(device=device, B=B, extra_bytes=None, method="failed: " + " | ".join(tail))
+
+
+# --------------------------------------------------------------------------- spread
+
+
+@dataclass
+class Spread:
+    name: str
+    values: list[float] = field(default_factory=list)
+    seconds: float = float("nan")  # mean seconds per call
+
+    @property
+    def std(self) -> float:
+        return statistics.pstdev(self.values) if len(self.values) > 1 else 0.0
+
+    @property
+    def range(self) -> float:
+        return max(self.values) - min(self.values) if self.values else float("nan")
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values) if self.values else float("nan")
+
+
+def seed_spread(ref: Callable[..., Any] | None, B: int, device: str, seeds: int, n_inits: list[int | None]) -> list[Spread]:
+    """DSE of one clustered input (:data:`SPREAD_INPUT`) under seeds ``0..seeds-1``.
+
+    ``n_inits``: dsekit settings to try (``None``: its default). The reference is seeded
+    with ``torch.manual_seed(seed)`` before each call.
+    """
+    x = clustered_features(B, **SPREAD_INPUT, seed=0).to(device)
+    out = []
+    for n_init in n_inits:
+        s = Spread("dsekit" if n_init is None else f"dsekit, n_init={n_init}")
+        sync(device)
+        t0 = time.perf_counter()
+        s.values = [run_dsekit(x, seed, n_init) for seed in range(seeds)]
+        sync(device)
+        s.seconds = (time.perf_counter() - t0) / seeds
+        out.append(s)
+    if ref is not None:
+        s = Spread("reference")
+        calls = [run_reference(ref, x, seed) for seed in range(seeds)]
+        s.values = [v for _, v in calls]
+        s.seconds = statistics.fmean(t for t, _ in calls)
+        out.append(s)
+    return out
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _fmt_s(v: float | None) -> str:
+    if v is None:
+        return "—"
+    return f"{v * 1000:.0f} ms" if v < 1 else f"{v:.2f} s"
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("met" if ok else "NOT met")
+
+
+def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(columns)]
+        print(title)
+        print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+        print("  ".join("-" * w for w in widths))
+        for r in rows:
+            print("  ".join(v.rjust(w) for v, w in zip(r, widths)))
+        return
+    table = Table(title=title, title_justify="left")
+    for c in columns:
+        table.add_column(c, justify="right")
+    for r in rows:
+        table.add_row(*r)
+    Console(width=max(100, len(title) + 4)).print(table)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--reference", metavar="DIR", help="directory holding the authors' estimator.py (compute_DSE)")
+    p.add_argument("--sizes", type=int, nargs="+", metavar="B", help="batch sizes (default 64 256 1024; --quick: 64)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--device", choices=("cpu", "cuda", "all"), default="all", help="cpu, cuda, or all available (default)")
+    p.add_argument("--repeats", type=int, default=None, help="timed calls per size after a warm-up (default 3; --quick: 1)")
+    p.add_argument("--max-ref-seconds", type=float, default=180.0,
+                   help="skip the reference at a size when one call extrapolates beyond this (default 180)")
+    p.add_argument("--ref-budget", type=float, default=90.0,
+                   help="stop repeating reference calls at a size after about this many seconds (default 90)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds for the spread (default 10; --quick: 3)")
+    p.add_argument("--spread-size", type=int, default=64, help="B of the spread input (default 64)")
+    p.add_argument("--spread-n-init", type=int, nargs="*", default=[3], metavar="R",
+                   help="further dsekit n_init values for the spread, besides the default (default: 3)")
+    p.add_argument("--memory-size", type=int, default=None, help="B of the memory measurement (default 1024; --quick: largest size)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the timed calls (default 0)")
+    p.add_argument("--parts", nargs="+", choices=("timing", "memory", "spread"), default=["timing", "memory", "spread"],
+                   help="what to measure (default: all three)")
+    p.add_argument("--json", metavar="OUT", help="also write every number to this JSON file")
+    p.add_argument("--quick", action="store_true", help="smoke run: B = 64 (or --sizes), 1 repeat, 3 seeds")
+    p.add_argument("--_memory-child", dest="memory_child", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.sizes is None:
+        args.sizes = [64] if args.quick else [64, 256, 1024]
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
+    if args.seeds is None:
+        args.seeds = 3 if args.quick else 10
+    if args.memory_size is None:
+        args.memory_size = max(args.sizes) if args.quick else 1024
+    if args.quick:
+        args.spread_size = min(args.spread_size, max(args.sizes))
+    for name in ("threads", "repeats", "seeds", "spread_size", "memory_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')}: expected >= 1, got {getattr(args, name)}")
+    if min(args.sizes) < 1:
+        p.error(f"--sizes: expected positive batch sizes, got {args.sizes}")
+    return args
+
+
+def bench_timings(args: argparse.Namespace, devices: list[str], ref: Callable[..., Any] | None) -> list[dict[str, Any]]:
+    """Time dsekit and the reference per device and size; print the table."""
+    entries, rows = [], []
+    for device in devices:
+        if ref is not None:  # warm-up of the reference at a small size
+            run_reference(ref, clustered_features(8, **TIMING_INPUT, seed=args.seed).to(device), args.seed)
+        last_ref: tuple[int, float] | None = None
+        for B in args.sizes:
+            x = clustered_features(B, **TIMING_INPUT, seed=args.seed).to(device)
+            t_dse, all_dse, v_dse = time_dsekit(x, args.repeats, args.seed)
+            e: dict[str, Any] = dict(device=device, B=B, dsekit_s=t_dse, dsekit_times=all_dse, dsekit_dse=v_dse,
+                                     reference_s=None, reference_times=[], reference_dse=None, ratio=None, note="")
+            if ref is not None:
+                estimate = last_ref[1] * B / last_ref[0] if last_ref else None
+                if estimate is not None and estimate > args.max_ref_seconds:
+                    e["note"] = f"reference skipped: ~{estimate:.0f} s expected (> --max-ref-seconds {args.max_ref_seconds:g})"
+                    print(f"note: {device} B={B}: {e['note']}", flush=True)
+                else:
+                    try:
+                        t_ref, all_ref, v_ref = time_reference(ref, x, args.repeats, args.seed, args.ref_budget)
+                    except Exception as exc:  # noqa: BLE001 - report and go on
+                        e["note"] = f"reference failed: {type(exc).__name__}: {exc}"
+                        print(f"note: {device} B={B}: {e['note']}", flush=True)
+                    else:
+                        e.update(reference_s=t_ref, reference_times=all_ref, reference_dse=v_ref, ratio=t_ref / t_dse)
+                        last_ref = (B, t_ref)
+            entries.append(e)
+            print(f"  {device} B={B}: dsekit {_fmt_s(t_dse)}"
+                  + (f", reference {_fmt_s(e['reference_s'])}" if e["reference_s"] is not None else ""), flush=True)
+            rows.append([
+                device, str(B), _fmt_s(t_dse), str(len(all_dse)), _fmt_s(e["reference_s"]),
+                str(len(e["reference_times"])) if e["reference_times"] else "—",
+                f"{e['ratio']:.1f}x" if e["ratio"] is not None else "—",
+                f"{v_dse:.4f}", f"{e['reference_dse']:.4f}" if e["reference_dse"] is not None else "—",
+            ])
+            del x
+    print()
+    print_table(
+        "DSE time per batch (median; dsekit after a warm-up call)",
+        ["device", "B", "dsekit", "runs", "reference", "runs", "ref/dsekit", "DSE dsekit", "DSE ref"],
+        rows,
+    )
+    for e in entries:
+        if e["note"]:
+            print(f"  {e['device']} B={e['B']}: {e['note']}")
+    return entries
+
+
+def bench_spread(args: argparse.Namespace, device: str, ref: Callable[..., Any] | None) -> dict[str, Any]:
+    """DSE over seeds for dsekit (default and further ``n_init``) and the reference; print the table."""
+    default_n_init = inspect.signature(dse).parameters["n_init"].default
+    extra = [n for n in args.spread_n_init if n != default_n_init]
+    spreads = seed_spread(ref, args.spread_size, device, args.seeds, [None, *extra])
+    rs = next((s for s in spreads if s.name == "reference"), None)
+    print()
+    print_table(
+        f"DSE over seeds 0..{args.seeds - 1} ({device}, B = {args.spread_size}, "
+        f"{SPREAD_INPUT['num_classes']} uneven classes per group, {SETTINGS['global_clusters']} global clusters)",
+        ["implementation", "mean DSE", "std", "max - min", "std / ref std", "time / call"],
+        [[s.name, f"{s.mean:.4f}", f"{s.std:.4f}", f"{s.range:.4f}",
+          f"{s.std / rs.std:.3f}" if rs is not None and rs.std > 0 else "—", _fmt_s(s.seconds)] for s in spreads],
+    )
+    print(f"  'dsekit' runs with its default n_init = {default_n_init} (greedy k-means++ seeding, D^2 sampling); "
+          "the target is judged on it")
+    out: dict[str, Any] = dict(
+        device=device, B=args.spread_size, seeds=args.seeds, dsekit_n_init=default_n_init,
+        results={s.name: dict(values=s.values, mean=s.mean, std=s.std, range=s.range, seconds_per_call=s.seconds)
+                 for s in spreads},
+    )
+    if rs is not None and rs.std > 0:
+        for s in spreads:
+            if s is not rs:
+                out["results"][s.name].update(std_ratio=s.std / rs.std, range_ratio=s.range / rs.range)
+    return out
+
+
+def print_targets(report: dict[str, Any]) -> dict[str, bool | None]:
+    """Print each target with its measured value and verdict (``None``: not measured)."""
+    print("\nTargets")
+    verdicts: dict[str, bool | None] = {}
+    by = {(e["device"], e["B"]): e for e in report.get("timings", [])}
+    e = by.get(("cpu", 256))
+    ok = None if e is None or e["ratio"] is None else e["ratio"] >= TARGET_CPU_RATIO_B256
+    verdicts["cpu_b256_ratio"] = ok
+    print(f"  CPU, B = 256: >= {TARGET_CPU_RATIO_B256:g}x faster than the reference: "
+          + (f"{e['ratio']:.1f}x" if e is not None and e["ratio"] is not None else "not measured") + f" -> {_verdict(ok)}")
+    e = by.get(("cuda", 1024))
+    ok_t = None if e is None else e["dsekit_s"] <= TARGET_GPU_SECONDS_B1024
+    ok_r = None if e is None or e["ratio"] is None else e["ratio"] >= TARGET_GPU_RATIO_B1024
+    verdicts["gpu_b1024_seconds"], verdicts["gpu_b1024_ratio"] = ok_t, ok_r
+    print(f"  GPU, B = 1024: <= {TARGET_GPU_SECONDS_B1024:g} s: " + (_fmt_s(e["dsekit_s"]) if e else "not measured")
+          + f" -> {_verdict(ok_t)}; >= {TARGET_GPU_RATIO_B1024:g}x faster: "
+          + (f"{e['ratio']:.1f}x" if e is not None and e["ratio"] is not None else "not measured") + f" -> {_verdict(ok_r)}")
+    for m in report.get("memory", []):
+        mb = None if m["extra_bytes"] is None else m["extra_bytes"] / 1e6
+        ok = None if mb is None or m["device"] != "cpu" or m["B"] != 1024 else m["extra_bytes"] <= TARGET_CPU_MEMORY_BYTES
+        if m["device"] == "cpu":
+            verdicts["cpu_memory_b1024"] = ok
+        target = f" (target at B = 1024: <= {TARGET_CPU_MEMORY_BYTES / 1e9:g} GB)" if m["device"] == "cpu" else ""
+        print(f"  peak extra memory, {m['device']}, B = {m['B']}{target}: "
+              + (f"{mb:.0f} MB" if mb is not None else "not measured") + f" [{m['method']}] -> {_verdict(ok)}")
+    spread = report.get("spread")
+    if spread is not None:
+        ds = spread["results"]["dsekit"]
+        if "std_ratio" in ds:
+            ok = ds["std_ratio"] <= TARGET_SPREAD_FRACTION and ds["range_ratio"] <= TARGET_SPREAD_FRACTION
+            print(f"  seed spread, dsekit (n_init = {spread['dsekit_n_init']}) / reference: std {ds['std_ratio']:.3f}, "
+                  f"max - min {ds['range_ratio']:.3f} (target <= {TARGET_SPREAD_FRACTION:g}) -> {_verdict(ok)}")
+            for name, r in spread["results"].items():
+                if name not in ("dsekit", "reference") and "std_ratio" in r:
+                    print(f"    {name} / reference: std {r['std_ratio']:.3f}, max - min {r['range_ratio']:.3f}")
+        else:
+            ok = None
+            print(f"  seed spread: dsekit std = {ds['std']:.4f}, max - min = {ds['range']:.4f}; no reference spread -> n/a")
+        verdicts["seed_spread"] = ok
+    return verdicts
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.memory_child is not None:
+        print("MEMORY " + json.dumps(memory_child(args.memory_child, args.device, args.threads, args.seed)), flush=True)
+        return 0
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda: no CUDA device is available", file=sys.stderr)
+        return 2
+    devices = ["cpu"] if args.device == "cpu" else ["cuda"] if args.device == "cuda" else (
+        ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+
+    ref, ref_note = load_reference(args.reference)
+    load0 = os.getloadavg()
+    print(f"dsekit DSE benchmark: N = {N_PATCHES}, d = {DIM}, {SETTINGS}")
+    print(f"torch {torch.__version__}, Python {platform.python_version()}, CPU threads = {args.threads} "
+          f"(of {os.cpu_count()} cores), devices: {', '.join(devices)}"
+          + (f" ({torch.cuda.get_device_name()})" if "cuda" in devices else ""))
+    print(f"load average at start: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
+    if load0[0] > 0.5 * (os.cpu_count() or 1):
+        print(f"warning: the machine is busy (load {load0[0]:.2f} on {os.cpu_count()} cores): CPU timings are unreliable")
+    print(ref_note, flush=True)
+    report: dict[str, Any] = dict(
+        settings=SETTINGS, N=N_PATCHES, d=DIM, threads=args.threads, torch=torch.__version__, devices=devices,
+        reference=args.reference if ref is not None else None, reference_note=ref_note,
+        timing_input=TIMING_INPUT, spread_input=SPREAD_INPUT, load_average_start=load0,
+    )
+    if "timing" in args.parts:
+        report["timings"] = bench_timings(args, devices, ref)
+    if "memory" in args.parts:
+        report["memory"] = [measure_memory(args.memory_size, device, args.threads, args.seed) for device in devices]
+    if "spread" in args.parts:
+        report["spread"] = bench_spread(args, devices[0], ref)
+    report["targets"] = print_targets(report)
+
+    load1 = os.getloadavg()
+    report["load_average_end"] = load1
+    print(f"load average at end: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
