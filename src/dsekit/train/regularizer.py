@@ -114,6 +114,8 @@ def dse_with_grad(
     Returns:
         :class:`dsekit.metrics.dse.DSETerms` (0-d tensors); ``terms.dse(lam)`` is the score.
     """
+    if not isinstance(features, Tensor):
+        raise ValueError(f"features: expected a torch tensor of shape (B, N, d), got {type(features).__name__}")
     with _autocast_off(features.device.type):
         z = as_features(features)
         B, N, _ = z.shape
