@@ -15,6 +15,8 @@ Two paths compute singular values of a batch of matrices ``x`` of shape ``(..., 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -35,6 +37,25 @@ def center(x: Tensor) -> Tensor:
     return x - x.mean(dim=-2, keepdim=True)
 
 
+@contextlib.contextmanager
+def _lapack_threads(device: torch.device) -> Iterator[None]:
+    """Run CPU eigen-decompositions with one intra-op thread, then restore the setting.
+
+    A batched eigen-decomposition is a loop of small LAPACK calls; their OpenMP threading
+    gains little on an idle CPU and, when the cores are busy, spinning threads make it
+    tens to hundreds of times slower.
+    """
+    if device.type != "cpu" or torch.get_num_threads() == 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _gram_spectrum(x: Tensor, vectors: bool) -> tuple[Tensor, Tensor | None, bool]:
     """Eigen-decomposition of the smaller float64 Gram matrix of ``x`` (..., m, n).
 
@@ -47,10 +68,11 @@ def _gram_spectrum(x: Tensor, vectors: bool) -> tuple[Tensor, Tensor | None, boo
     m, n = x64.shape[-2], x64.shape[-1]
     left = m <= n
     gram = x64 @ x64.transpose(-1, -2) if left else x64.transpose(-1, -2) @ x64
-    if vectors:
-        eig, vec = torch.linalg.eigh(gram)
-    else:
-        eig, vec = torch.linalg.eigvalsh(gram), None
+    with _lapack_threads(gram.device):
+        if vectors:
+            eig, vec = torch.linalg.eigh(gram)
+        else:
+            eig, vec = torch.linalg.eigvalsh(gram), None
     floor = max(m, n) * torch.finfo(torch.float64).eps * eig[..., -1:].clamp_min(0)
     sv = torch.where(eig > floor, eig, torch.zeros_like(eig)).sqrt()
     return sv, vec, left
