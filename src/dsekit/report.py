@@ -15,7 +15,6 @@ Outputs: ``report.md``, ``report.json`` and ``report_<dataset>.png``.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path

@@ -49,6 +49,8 @@ __all__ = [
     "DSEAccumulator",
     "as_features",
     "cluster_radii",
+    "ClusterAssignments",
+    "cluster_assignments",
 ]
 
 TERMS = ("inter_class_distance", "intra_class_image", "intra_class_batch", "effective_dimensionality", "dse_raw")
@@ -349,6 +351,41 @@ def _label_blocks(z: Tensor, global_labels: Tensor, images_per_group: int, k: in
     return blocks
 
 
+@dataclass
+class ClusterAssignments:
+    """Fixed k-means assignments of one batch (no gradient).
+
+    Attributes:
+        local_labels: (B, N) cluster of each patch within its image.
+        global_blocks: per block of equal-size groups of consecutive images,
+            ``(labels (P, G·N), centroids (P, k, d), present (P, k))``, the format of
+            :func:`dsekit.metrics.dse.dse_terms`.
+    """
+
+    local_labels: Tensor
+    global_blocks: list[tuple[Tensor, Tensor, Tensor]]
+
+
+@torch.no_grad()
+def cluster_assignments(
+    z: Tensor,
+    *,
+    local_clusters: int = 3,
+    global_clusters: int = 24,
+    images_per_group: int = 8,
+    n_init: int = 1,
+    generator: torch.Generator,
+) -> ClusterAssignments:
+    """The estimator's k-means on (already normalised) features ``z`` (B, N, d), no gradient.
+
+    Draws from ``generator`` in the estimator's order: per-image k-means first, then the
+    per-group k-means.
+    """
+    local = kmeans(z, local_clusters, n_init=n_init, generator=generator).labels
+    blocks = _kmeans_blocks(z, images_per_group, global_clusters, generator, n_init)
+    return ClusterAssignments(local_labels=local, global_blocks=blocks)
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -400,9 +437,15 @@ def dse(
     if normalize:
         z = F.normalize(z, dim=-1)
     g = generator if generator is not None else make_generator(seed, z.device)
-    local = kmeans(z, local_clusters, n_init=n_init, generator=g).labels
-    blocks = _kmeans_blocks(z, images_per_group, global_clusters, g, n_init)
-    terms = dse_terms(z, local, blocks, g)
+    assign = cluster_assignments(
+        z,
+        local_clusters=local_clusters,
+        global_clusters=global_clusters,
+        images_per_group=images_per_group,
+        n_init=n_init,
+        generator=g,
+    )
+    terms = dse_terms(z, assign.local_labels, assign.global_blocks, g)
     settings = dict(
         local_clusters=local_clusters,
         global_clusters=global_clusters,

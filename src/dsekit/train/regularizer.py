@@ -29,32 +29,16 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from ..metrics.dse import DSETerms, _check_settings, _kmeans_blocks, as_features, dse_terms
-from ..metrics.kmeans import kmeans, make_generator
+from ..metrics.dse import ClusterAssignments, DSETerms, _check_settings, as_features, cluster_assignments, dse_terms
+from ..metrics.kmeans import make_generator
 
 __all__ = ["ClusterAssignments", "DSERegularizer", "cluster_assignments", "dse_with_grad", "safe_normalize"]
 
 _NORM_EPS = 1e-12
-
-
-@dataclass
-class ClusterAssignments:
-    """Fixed k-means assignments of one batch (no gradient).
-
-    Attributes:
-        local_labels: (B, N) cluster of each patch within its image.
-        global_blocks: per block of equal-size groups of consecutive images,
-            ``(labels (P, G·N), centroids (P, k, d), present (P, k))``, the format of
-            :func:`dsekit.metrics.dse.dse_terms`.
-    """
-
-    local_labels: Tensor
-    global_blocks: list[tuple[Tensor, Tensor, Tensor]]
 
 
 def safe_normalize(z: Tensor, eps: float = _NORM_EPS) -> Tensor:
@@ -65,26 +49,6 @@ def safe_normalize(z: Tensor, eps: float = _NORM_EPS) -> Tensor:
     norm = torch.linalg.vector_norm(z, dim=-1, keepdim=True)
     ok = norm > eps
     return torch.where(ok, z / torch.where(ok, norm, torch.ones_like(norm)), torch.zeros_like(z))
-
-
-@torch.no_grad()
-def cluster_assignments(
-    z: Tensor,
-    *,
-    local_clusters: int = 3,
-    global_clusters: int = 24,
-    images_per_group: int = 8,
-    n_init: int = 1,
-    generator: torch.Generator,
-) -> ClusterAssignments:
-    """The estimator's k-means on (already normalised) features ``z`` (B, N, d), no gradient.
-
-    Draws from ``generator`` in the estimator's order: per-image k-means first, then the
-    per-group k-means.
-    """
-    local = kmeans(z, local_clusters, n_init=n_init, generator=generator).labels
-    blocks = _kmeans_blocks(z, images_per_group, global_clusters, generator, n_init)
-    return ClusterAssignments(local_labels=local, global_blocks=blocks)
 
 
 def dse_with_grad(
