@@ -702,6 +702,7 @@ class ProbeConfig:
     cache_memory_gb: float = 4.0
     cache_dtype: str = "float16"
     workers: int | None = None  #: image decoding processes (default: min(4, CPUs); 0 for scenes)
+    threads: int | None = None  #: CPU threads for the run (``torch.set_num_threads``, restored after); None: as set
     device: str | None = None
     precision: str = "fp32"
 
@@ -714,7 +715,10 @@ class ProbeConfig:
         keyed = {
             k: v
             for k, v in asdict(self).items()
-            if k not in ("run_dir", "out", "glob", "device", "batch_size", "cache_memory_gb", "workers", "trust_checkpoints", "root")
+            if k not in (
+                "run_dir", "out", "glob", "device", "batch_size", "cache_memory_gb", "workers", "threads",
+                "trust_checkpoints", "root",
+            )
         }
         keyed["data"] = data_fingerprint
         return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()
@@ -1025,6 +1029,8 @@ def probe(
         raise ValueError(f"precision: expected one of {sorted(_PRECISIONS)}, got {cfg.precision!r}")
     if cfg.cache_dtype not in ("float16", "float32"):
         raise ValueError(f"cache_dtype: expected 'float16' or 'float32', got {cfg.cache_dtype!r}")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ValueError(f"threads must be a positive int or None, got {cfg.threads!r}")
     if not cfg.cache_memory_gb >= 0:
         raise ValueError(f"cache_memory_gb must be >= 0, got {cfg.cache_memory_gb}")
     _make_optimizer(cfg.optimizer, [torch.zeros(1, requires_grad=True)], 1.0, 0.0)  # validates the name
@@ -1039,6 +1045,9 @@ def probe(
     label = _dataset_label(cfg)
     train_split = cfg.train_split or default_train_split(spec.name, cfg.root)
 
+    threads_before = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     store = FeatureCache(int(cfg.cache_memory_gb * (1 << 30)), cache_dir / "spill")
     t_start = time.perf_counter()
     run_timings: dict[str, float] = {}
@@ -1111,6 +1120,7 @@ def probe(
         return ProbeResult(results, label, out, failed, computed, store.stats(), report, run_timings)
     finally:
         store.close()
+        torch.set_num_threads(threads_before)
         if owns_group:
             import torch.distributed as dist
 
@@ -1244,6 +1254,8 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="RAM for cached images, masks and features; beyond it they spill to disk (default 4)")
     p.add_argument("--cache-dtype", default="float16", choices=["float16", "float32"], help="cached feature dtype")
     p.add_argument("--workers", type=int, default=None, help="image decoding processes (default min(4, CPUs))")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="CPU threads (default: torch's; 1 is steadier on a busy shared CPU)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="extraction precision")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -1287,6 +1299,7 @@ def run_probe(args: argparse.Namespace) -> int:
         cache_memory_gb=args.cache_memory_gb,
         cache_dtype=args.cache_dtype,
         workers=args.workers,
+        threads=args.threads,
         device=args.device,
         precision=args.precision,
     )
