@@ -112,3 +112,27 @@ def test_numpy_like_dtype_float64():
     assert res.centroids.dtype == torch.float64
     assert all(_same_partition(res.labels[p], truth[p]) for p in range(2))
     assert isinstance(np.asarray(res.labels), np.ndarray)
+
+
+def test_more_seeding_trials_find_small_clusters_more_often():
+    # 8 clusters per problem, sizes 2..40 points: one D² draw per centre often lands a second
+    # centre in a big cluster and leaves a small one uncovered; 16 candidates rarely do.
+    g = torch.Generator().manual_seed(11)
+    P, k, d = 40, 8, 16
+    sizes = torch.tensor([40, 40, 30, 20, 10, 5, 3, 2])
+    centres = torch.randn(P, k, d, generator=g) * 6
+    truth = torch.arange(k).repeat_interleave(sizes).expand(P, -1)
+    x = centres.gather(1, truth.unsqueeze(-1).expand(-1, -1, d)) + torch.randn(P, len(truth[0]), d, generator=g)
+
+    def found(trials):
+        res = kmeans(x, k, seed=0, n_local_trials=trials)
+        return sum(_same_partition(res.labels[p], truth[p]) for p in range(P))
+
+    default = found(None)  # 2 + ln 8 = 4 candidates
+    assert found(16) >= P - 1
+    assert found(16) > default > found(1)
+
+
+def test_invalid_seeding_trials():
+    with pytest.raises(ValueError, match="n_local_trials"):
+        kmeans(torch.randn(1, 10, 2), 2, n_local_trials=0)

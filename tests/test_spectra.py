@@ -73,3 +73,28 @@ def test_erank_eps_variant():
 def test_bad_method():
     with pytest.raises(ValueError, match="method"):
         singular_values(torch.randn(3, 3), method="qr")
+
+
+def test_threaded_eigen_decomposition_equals_single_thread():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(9, 30, 50, generator=g)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = singular_values(x)
+        torch.set_num_threads(3)
+        three = singular_values(x)
+        assert torch.get_num_threads() == 3  # the setting is restored afterwards
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, three)
+
+
+def test_centred_nuclear_norms_ignore_padding_values():
+    g = torch.Generator().manual_seed(6)
+    rows = torch.randn(3, 12, 5, generator=g, dtype=torch.float64)
+    counts = torch.tensor([12, 3, 7])
+    clean = rows.clone()
+    for i, n in enumerate(counts.tolist()):
+        clean[i, n:] = 0
+    torch.testing.assert_close(centered_nuclear_norms(rows, counts), centered_nuclear_norms(clean, counts))

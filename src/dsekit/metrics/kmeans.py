@@ -8,7 +8,7 @@ all restarts, on CPU or CUDA.
 * Seeding: greedy k-means++ (Arthur & Vassilvitskii 2007; the greedy variant of
   scikit-learn): each new centre is drawn with probability ∝ D² (squared distance to
   the nearest chosen centre), ``2 + ⌊ln k⌋`` candidates are drawn and the one that lowers
-  the potential most is kept.
+  the potential most is kept (``n_local_trials`` sets another number of candidates).
 * Lloyd iterations (at most ``max_iter``) until every problem's centroid shift
   ``‖C_new − C_old‖_F`` is at most ``tol`` times the problem's RMS spread (relative, so
   the result does not depend on the scale of the data).
@@ -54,10 +54,15 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
 def pairwise_sq_dists(x: Tensor, c: Tensor, x_sq: Tensor | None = None) -> Tensor:
     """Squared Euclidean distances ``(P, n, d), (P, m, d) -> (P, n, m)``, clamped at 0."""
     if x_sq is None:
-        x_sq = x.pow(2).sum(-1)
-    c_sq = c.pow(2).sum(-1)
+        x_sq = _sq_norms(x)
+    c_sq = _sq_norms(c)
     d2 = torch.baddbmm(x_sq.unsqueeze(-1) + c_sq.unsqueeze(-2), x, c.transpose(1, 2), alpha=-2.0)
     return d2.clamp_min_(0)
+
+
+def _sq_norms(x: Tensor) -> Tensor:
+    """Squared Euclidean norms over the last dimension (a fused reduction, no temporary)."""
+    return torch.linalg.vector_norm(x, dim=-1).square()
 
 
 def _gather_points(x: Tensor, idx: Tensor) -> Tensor:
@@ -72,18 +77,19 @@ def _sample_rows(weights: Tensor, num: int, generator: torch.Generator) -> Tenso
     return torch.multinomial(w, num, replacement=True, generator=generator)
 
 
-def _kmeans_plus_plus(x: Tensor, x_sq: Tensor, k: int, restarts: int, generator: torch.Generator) -> Tensor:
+def _kmeans_plus_plus(
+    x: Tensor, x_sq: Tensor, k: int, restarts: int, trials: int, generator: torch.Generator
+) -> Tensor:
     """Greedy k-means++ seeding of ``restarts`` independent runs per problem.
 
     Args:
-        x: (P, n, d); x_sq: (P, n) squared norms.
+        x: (P, n, d); x_sq: (P, n) squared norms; trials: candidates drawn per new centre.
 
     Returns:
         (P, restarts, k, d) initial centres.
     """
     P, n, d = x.shape
     R = restarts
-    trials = 2 + int(math.log(k)) if k > 1 else 1
     first = torch.randint(0, n, (P, R), device=x.device, generator=generator)
     centres = [_gather_points(x, first)]  # each (P, R, d)
     closest = pairwise_sq_dists(x, centres[0], x_sq).transpose(1, 2)  # (P, R, n)
@@ -154,6 +160,7 @@ def kmeans(
     tol: float = 1e-4,
     seed: int | None = 0,
     generator: torch.Generator | None = None,
+    n_local_trials: int | None = None,
 ) -> KMeansResult:
     """Cluster each of ``P`` point sets into ``k`` clusters.
 
@@ -165,20 +172,28 @@ def kmeans(
         tol: stop when every centroid shift ``‖ΔC‖_F <= tol · RMS spread`` of its problem.
         seed: seed of a private generator (ignored when ``generator`` is given).
         generator: a ``torch.Generator`` on ``x.device`` to draw from instead.
+        n_local_trials: candidates drawn per new centre in the greedy seeding (``None``:
+            ``2 + ⌊ln k⌋``, scikit-learn's choice); more trials seed closer to a
+            farthest-point cover, so small clusters are missed less often.
 
     Returns:
         :class:`KMeansResult` with centroids (P, k, d), labels (P, n) and inertia (P,).
     """
     _validate(x, k, n_init, max_iter)
+    if n_local_trials is None:
+        n_local_trials = 2 + int(math.log(k)) if k > 1 else 1
+    elif n_local_trials < 1:
+        raise ValueError(f"n_local_trials: expected >= 1 candidates per centre, got {n_local_trials}")
     if generator is None:
         generator = make_generator(seed, x.device)
     x = x.detach()
     P, n, d = x.shape
-    x_sq = x.pow(2).sum(-1)
-    spread = (x - x.mean(1, keepdim=True)).pow(2).sum(-1).mean(1).sqrt()  # (P,)
+    x_sq = _sq_norms(x)
+    # RMS distance to the problem's mean: mean ‖x‖² − ‖mean‖² (no centred copy of x)
+    spread = (x_sq.mean(1) - _sq_norms(x.mean(1))).clamp_min(0).sqrt()  # (P,)
     threshold = (tol * spread).view(P, 1)
 
-    centres = _kmeans_plus_plus(x, x_sq, k, n_init, generator)
+    centres = _kmeans_plus_plus(x, x_sq, k, n_init, n_local_trials, generator)
     labels, dist = _assign(x, x_sq, centres)
     it = 0
     for it in range(1, max_iter + 1):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -38,22 +39,50 @@ def center(x: Tensor) -> Tensor:
 
 
 @contextlib.contextmanager
-def _lapack_threads(device: torch.device) -> Iterator[None]:
-    """Run CPU eigen-decompositions with one intra-op thread, then restore the setting.
-
-    A batched eigen-decomposition is a loop of small LAPACK calls; their OpenMP threading
-    gains little on an idle CPU and, when the cores are busy, spinning threads make it
-    tens to hundreds of times slower.
-    """
-    if device.type != "cpu" or torch.get_num_threads() == 1:
-        yield
-        return
+def _single_intra_op_thread() -> Iterator[int]:
+    """Set torch's intra-op threads to 1 for the block; yields the previous setting."""
     before = torch.get_num_threads()
+    if before == 1:
+        yield 1
+        return
     torch.set_num_threads(1)
     try:
-        yield
+        yield before
     finally:
         torch.set_num_threads(before)
+
+
+def _batched_eigh(gram: Tensor, vectors: bool) -> tuple[Tensor, Tensor | None]:
+    """Eigenvalues (ascending) and optionally eigenvectors of a batch ``(..., m, m)``.
+
+    On CPU a batched eigen-decomposition is a loop of small LAPACK calls whose own OpenMP
+    threading gains nothing (and, on busy cores, spinning threads make it many times
+    slower). Instead the batch is split across as many worker threads as torch's
+    intra-op setting allows, each running single-threaded LAPACK on its share.
+    """
+
+    def decompose(g: Tensor) -> tuple[Tensor, Tensor | None]:
+        if vectors:
+            return torch.linalg.eigh(g)
+        return torch.linalg.eigvalsh(g), None
+
+    if gram.device.type != "cpu":
+        return decompose(gram)
+    shape = gram.shape
+    flat = gram.reshape(-1, shape[-2], shape[-1])
+    with _single_intra_op_thread() as threads:
+        workers = min(threads, flat.shape[0])
+        if workers <= 1:
+            eig, vec = decompose(flat)
+        else:
+            # Workers are created inside the single-thread block, so each initialises
+            # torch's per-thread state with one intra-op thread.
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                parts = list(pool.map(decompose, flat.tensor_split(workers)))
+            eig = torch.cat([e for e, _ in parts])
+            vec = torch.cat([v for _, v in parts]) if vectors else None
+    eig = eig.reshape(*shape[:-1])
+    return eig, (vec.reshape(shape) if vec is not None else None)
 
 
 def _gram_spectrum(x: Tensor, vectors: bool) -> tuple[Tensor, Tensor | None, bool]:
@@ -68,11 +97,7 @@ def _gram_spectrum(x: Tensor, vectors: bool) -> tuple[Tensor, Tensor | None, boo
     m, n = x64.shape[-2], x64.shape[-1]
     left = m <= n
     gram = x64 @ x64.transpose(-1, -2) if left else x64.transpose(-1, -2) @ x64
-    with _lapack_threads(gram.device):
-        if vectors:
-            eig, vec = torch.linalg.eigh(gram)
-        else:
-            eig, vec = torch.linalg.eigvalsh(gram), None
+    eig, vec = _batched_eigh(gram, vectors)
     floor = max(m, n) * torch.finfo(torch.float64).eps * eig[..., -1:].clamp_min(0)
     sv = torch.where(eig > floor, eig, torch.zeros_like(eig)).sqrt()
     return sv, vec, left
@@ -199,11 +224,11 @@ def effective_rank(
 
 
 def centered_nuclear_norms(rows: Tensor, counts: Tensor) -> Tensor:
-    """Nuclear norms of zero-padded point sets after centring each on its own mean.
+    """Nuclear norms of padded point sets after centring each on its own mean.
 
     Args:
-        rows: ``(c, m, d)``; set ``i`` is ``rows[i, :counts[i]]``, the remaining rows are 0
-            (zero rows do not change singular values).
+        rows: ``(c, m, d)``; set ``i`` is ``rows[i, :counts[i]]``, the remaining rows are
+            padding and ignored whatever their values.
         counts: ``(c,)`` number of points of each set (>= 1).
 
     Returns:
@@ -211,7 +236,7 @@ def centered_nuclear_norms(rows: Tensor, counts: Tensor) -> Tensor:
         dtype and the gradient path).
     """
     c, m, d = rows.shape
-    valid = torch.arange(m, device=rows.device).unsqueeze(0) < counts.unsqueeze(1)  # (c, m)
-    n = counts.to(rows.dtype).view(c, 1, 1)
-    centred = (rows - rows.sum(1, keepdim=True) / n) * valid.unsqueeze(-1)
+    valid = (torch.arange(m, device=rows.device).unsqueeze(0) < counts.unsqueeze(1)).to(rows.dtype)  # (c, m)
+    mean = (valid.unsqueeze(1) @ rows) / counts.to(rows.dtype).view(c, 1, 1)  # (c, 1, d)
+    centred = (rows - mean) * valid.unsqueeze(-1)  # padding rows become 0: no effect on σ
     return singular_values(centred).sum(-1)
