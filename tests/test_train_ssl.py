@@ -301,3 +301,17 @@ def test_bad_settings(tmp_path, dino_run):
     with pytest.raises(NotADirectoryError):
         (tmp_path / "file").write_text("")
         train(_tiny("dino", tmp_path / "file"), progress=False)
+
+
+def test_probe_cli_reads_the_run_info(dino_run, tmp_path):
+    # No --arch/--model-kwarg/--image-size: they come from RUN_DIR/dsekit.json as for scan
+    # (the method's default architecture would not load these checkpoints).
+    from dsekit.cli import main
+
+    out = tmp_path / "probe"
+    rc = main(["probe", str(dino_run), "--method", "dino", "--dataset", "scenes", "--num-train", "8",
+               "--num-val", "4", "--epochs", "1", "--batch-size", "8", "--workers", "0", "--out", str(out),
+               "--quiet"])
+    assert rc == 0
+    rows = (out / "probe.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("checkpoint,epoch,dataset,miou")

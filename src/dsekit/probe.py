@@ -1241,7 +1241,8 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--val-split", default="val", help="evaluation split (default val)")
     p.add_argument("--num-train", type=_positive_int, default=None, help="training images (default all; scenes 1000)")
     p.add_argument("--num-val", type=_positive_int, default=None, help="validation images (default all; scenes 250)")
-    p.add_argument("--image-size", type=_positive_int, default=224, help="crop side = mask resolution (default 224)")
+    p.add_argument("--image-size", type=_positive_int, default=None,
+                   help="crop side = mask resolution (default 224, or the run's dsekit.json)")
     p.add_argument("--resize", type=_positive_int, default=None, help="shorter side before the crop (default: image size)")
     p.add_argument("--epochs", type=_positive_int, default=10, help="head epochs on cached features (default 10)")
     p.add_argument("--head-batch-size", type=_positive_int, default=32, help="images per head step (default 32)")
@@ -1267,8 +1268,9 @@ def run_probe(args: argparse.Namespace) -> int:
     """Handler of ``dsekit probe``: 0 when every checkpoint was probed, 1 otherwise."""
     import sys
 
-    from .cli import _model_kwargs
+    from .cli import _architecture
 
+    arch, model_kwargs, image_size = _architecture(args)
     cfg = ProbeConfig(
         run_dir=str(args.run_dir),
         method=args.method,
@@ -1279,15 +1281,15 @@ def run_probe(args: argparse.Namespace) -> int:
         val_split=args.val_split,
         num_train=args.num_train,
         num_val=args.num_val,
-        arch=args.arch,
-        model_kwargs=_model_kwargs(args.model_kwarg),
+        arch=arch,
+        model_kwargs=model_kwargs,
         glob=args.glob,
         branch=args.branch,
         prefix=args.prefix,
         allow_partial=args.allow_partial,
         trust_checkpoints=args.trust_checkpoints,
         layer=args.layer,
-        image_size=args.image_size,
+        image_size=image_size,
         resize=args.resize,
         epochs=args.epochs,
         head_batch_size=args.head_batch_size,
