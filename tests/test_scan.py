@@ -514,6 +514,19 @@ def test_killed_scan_resumes_to_the_uninterrupted_outputs(dino_run, dino_scan, t
     assert (out / "dse.png").read_bytes()[:8] == PNG_MAGIC
 
 
+def test_moved_run_reuses_results_and_names_the_new_paths(dino_run, dino_scan, tmp_path):
+    """A run folder copied elsewhere with its outputs: nothing is recomputed, dse.csv names the new files."""
+    cfg, _, _ = dino_scan
+    moved = tmp_path / "moved"
+    shutil.copytree(dino_run, moved)
+    shutil.copytree(cfg.out_dir, moved / "dse")
+    again = scan(replace(cfg, run_dir=str(moved), out=str(moved / "dse")), progress=False)
+    assert again.ok and again.computed == 0
+    _, rows = _read_csv(moved / "dse" / "dse.csv")
+    assert [Path(r["checkpoint"]).parent for r in rows] == [moved] * len(EPOCHS)
+    assert again.dse == dino_scan[1].dse
+
+
 # --------------------------------------------------------------------------------------------------
 # other families: a ResNet method (SimSiam) and a Swin method (EsViT)
 # --------------------------------------------------------------------------------------------------

@@ -8,14 +8,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .cliargs import add_checkpoint_arguments, checkpoint_settings, positive_int, report_failed
+
 __all__ = ["main", "build_parser"]
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
 
 
 def _print_terms(title: str, rows: dict[str, float], notes: Sequence[str] = ()) -> None:
@@ -48,13 +43,13 @@ def _add_dse(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--key", default=None, help="array name inside .npz/.pt/.safetensors files")
     p.add_argument("--local-labels", type=Path, default=None, help="(B, N) cluster of each patch in its image")
     p.add_argument("--global-labels", type=Path, default=None, help="(B, N) cluster of each patch in its group")
-    p.add_argument("--local-clusters", type=_positive_int, default=3, help="k per image (default 3)")
-    p.add_argument("--global-clusters", type=_positive_int, default=24, help="k per group (default 24)")
-    p.add_argument("--images-per-group", type=_positive_int, default=8, help="images per group (default 8)")
-    p.add_argument("--batch-size", type=_positive_int, default=1024, help="images per DSE batch (default 1024)")
+    p.add_argument("--local-clusters", type=positive_int, default=3, help="k per image (default 3)")
+    p.add_argument("--global-clusters", type=positive_int, default=24, help="k per group (default 24)")
+    p.add_argument("--images-per-group", type=positive_int, default=8, help="images per group (default 8)")
+    p.add_argument("--batch-size", type=positive_int, default=1024, help="images per DSE batch (default 1024)")
     p.add_argument("--no-normalize", action="store_true", help="do not L2-normalise patches")
     p.add_argument("--seed", type=int, default=0, help="seed of k-means and the M_dim permutation")
-    p.add_argument("--n-init", type=_positive_int, default=1, help="k-means restarts (default 1)")
+    p.add_argument("--n-init", type=positive_int, default=1, help="k-means restarts (default 1)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object with the five terms")
     p.set_defaults(func=_run_dse)
@@ -108,19 +103,6 @@ def _run_dse(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- scan
 
 
-def _model_kwargs(items: Sequence[str]) -> dict:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--model-kwarg: expected KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 def _add_scan(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "scan",
@@ -131,75 +113,37 @@ def _add_scan(sub: argparse._SubParsersAction) -> None:
         "Under torchrun the checkpoints are split across processes.",
     )
     p.add_argument("run_dir", type=Path, help="folder holding the run's checkpoints")
-    p.add_argument("--method", required=True, help="checkpoint format: dino, ibot, mugs, mocov3, mae, ijepa, esvit, "
-                   "swav, densecl, simsiam, mec, resa, byol, vicreg, vicregl, barlowtwins, generic")
-    p.add_argument("--arch", default=None, help="timm architecture (default: the method's)")
-    p.add_argument("--model-kwarg", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra timm model argument, e.g. img_size=448 (repeatable)")
+    add_checkpoint_arguments(p)
     p.add_argument("--images", type=Path, default=None, help="image folder (default: the built-in scenes)")
-    p.add_argument("--num-images", type=_positive_int, default=2048, help="images in the sample (default 2048)")
-    p.add_argument("--image-size", type=_positive_int, default=None,
+    p.add_argument("--num-images", type=positive_int, default=2048, help="images in the sample (default 2048)")
+    p.add_argument("--image-size", type=positive_int, default=None,
                    help="centre-crop size (default 224, or the run's dsekit.json)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default RUN_DIR/dse)")
-    p.add_argument("--glob", default=None, help="checkpoint files to use, relative to RUN_DIR (e.g. '*.pth')")
-    p.add_argument("--branch", default=None, help="network to read: teacher/student (DINO family), "
-                   "momentum/base (MoCo v3), target/online (BYOL)")
-    p.add_argument("--prefix", default=None, help="state-dict prefix to keep (generic)")
-    p.add_argument("--allow-partial", action="store_true", help="warn instead of failing on missing/unexpected keys")
-    p.add_argument("--trust-checkpoints", action="store_true",
-                   help="allow full unpickling of checkpoints (only for files you trust)")
-    p.add_argument("--layer", type=int, default=-1, help="block/stage to read (default -1: the last)")
     p.add_argument("--seed", type=int, default=0, help="image sample, k-means and M_dim seed")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward pass")
-    p.add_argument("--dse-batch-size", type=_positive_int, default=1024, help="images per DSE batch (default 1024)")
-    p.add_argument("--local-clusters", type=_positive_int, default=3)
-    p.add_argument("--global-clusters", type=_positive_int, default=24)
-    p.add_argument("--images-per-group", type=_positive_int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
+    p.add_argument("--dse-batch-size", type=positive_int, default=1024, help="images per DSE batch (default 1024)")
+    p.add_argument("--local-clusters", type=positive_int, default=3)
+    p.add_argument("--global-clusters", type=positive_int, default=24)
+    p.add_argument("--images-per-group", type=positive_int, default=8)
     p.add_argument("--no-normalize", action="store_true")
-    p.add_argument("--n-init", type=_positive_int, default=1, help="k-means restarts")
+    p.add_argument("--n-init", type=positive_int, default=1, help="k-means restarts")
     p.add_argument("--metrics", nargs="*", default=[],
                    help="baseline metric columns: rankme alpha_req dense_rankme lidar")
-    p.add_argument("--lidar-images", type=_positive_int, default=64, help="images with augmented views for LiDAR (default 64)")
-    p.add_argument("--lidar-views", type=_positive_int, default=8, help="augmented views per image for LiDAR (default 8)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="extraction precision")
+    p.add_argument("--lidar-images", type=positive_int, default=64, help="images with augmented views for LiDAR (default 64)")
+    p.add_argument("--lidar-views", type=positive_int, default=8, help="augmented views per image for LiDAR (default 8)")
     p.add_argument("--window", type=int, default=2, help="local-maximum window (default ±2 checkpoints)")
-    p.add_argument("--top", type=_positive_int, default=3, help="candidates to keep (default 3)")
+    p.add_argument("--top", type=positive_int, default=3, help="candidates to keep (default 3)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_run_scan)
-
-
-def _architecture(args: argparse.Namespace) -> tuple[str | None, dict, int]:
-    """--arch/--model-kwarg/--image-size, defaulting to RUN_DIR/dsekit.json (written by dsekit train)."""
-    info_path = args.run_dir / "dsekit.json"
-    if args.arch is None and not args.model_kwarg and info_path.is_file():
-        info = json.loads(info_path.read_text())
-        size = args.image_size if args.image_size is not None else int(info["image_size"])
-        if info.get("method") and info["method"] != args.method:
-            raise ValueError(f"--method {args.method}: {info_path} says the run was trained with {info['method']}")
-        return info["arch"], dict(info["model_kwargs"]), size
-    return args.arch, _model_kwargs(args.model_kwarg), args.image_size if args.image_size is not None else 224
 
 
 def _run_scan(args: argparse.Namespace) -> int:
     from .scan import ScanConfig, scan
 
-    arch, model_kwargs, image_size = _architecture(args)
     cfg = ScanConfig(
-        run_dir=str(args.run_dir),
-        method=args.method,
-        out=None if args.out is None else str(args.out),
-        arch=arch,
-        model_kwargs=model_kwargs,
-        glob=args.glob,
-        branch=args.branch,
-        prefix=args.prefix,
-        allow_partial=args.allow_partial,
-        trust_checkpoints=args.trust_checkpoints,
-        layer=args.layer,
+        **checkpoint_settings(args),
         images=None if args.images is None else str(args.images),
         num_images=args.num_images,
-        image_size=image_size,
         seed=args.seed,
         batch_size=args.batch_size,
         dse_batch_size=args.dse_batch_size,
@@ -211,16 +155,11 @@ def _run_scan(args: argparse.Namespace) -> int:
         metrics=tuple(args.metrics),
         lidar_images=args.lidar_images,
         lidar_views=args.lidar_views,
-        device=args.device,
-        precision=args.precision,
         window=args.window,
         top=args.top,
     )
     result = scan(cfg, progress=not args.quiet)
-    if result.failed:
-        names = ", ".join(Path(r.checkpoint).name for r in result.failed)
-        print(f"dsekit scan: {len(result.failed)} checkpoint(s) failed: {names} (see {result.out_dir / 'run.json'})",
-              file=sys.stderr)
+    if report_failed("scan", result.failed, result.out_dir / "run.json"):
         return 1
     print(f"outputs in {result.out_dir}: dse.csv, selection.json, dse.png, run.json")
     return 0
@@ -239,7 +178,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dir", type=Path, help="the run folder (its dse/ output folder is used) or the output folder itself")
     p.add_argument("--window", type=int, default=2)
-    p.add_argument("--top", type=_positive_int, default=3)
+    p.add_argument("--top", type=positive_int, default=3)
     p.set_defaults(func=_run_report)
 
 
@@ -275,9 +214,9 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
         "ImageSets/Segmentation/{train,val}.txt, classes.txt.",
     )
     s.add_argument("out", type=Path, help="output folder")
-    s.add_argument("--n", type=_positive_int, default=1000, help="scenes per split (default 1000)")
+    s.add_argument("--n", type=positive_int, default=1000, help="scenes per split (default 1000)")
     s.add_argument("--splits", nargs="+", default=["train", "val"], choices=["train", "val"])
-    s.add_argument("--image-size", type=_positive_int, default=None, help="side in pixels (default 224)")
+    s.add_argument("--image-size", type=positive_int, default=None, help="side in pixels (default 224)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_run_data_scenes)
 

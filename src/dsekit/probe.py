@@ -82,13 +82,12 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .scan import (  # shared with the scan (private helpers of that module)
@@ -936,20 +935,10 @@ def _probe_checkpoint(
     device: torch.device,
     progress: bool,
 ) -> tuple[ProbeMetrics, dict[str, float]]:
-    from .backbones import FeatureExtractor, load_backbone
+    from .backbones import FeatureExtractor, load_backbone_as
 
     t0 = time.perf_counter()
-    model = load_backbone(
-        path,
-        cfg.method,
-        model if model is not None else cfg.arch,
-        branch=cfg.branch,
-        prefix=cfg.prefix,
-        allow_partial=cfg.allow_partial,
-        trust_checkpoints=cfg.trust_checkpoints,
-        model_kwargs=cfg.model_kwargs,
-        img_size=cfg.image_size,
-    )
+    model = load_backbone_as(cfg, path, model)
     extractor = FeatureExtractor(model, cfg.layer)
     t1 = time.perf_counter()
     for split in ("train", "val"):
@@ -1107,7 +1096,7 @@ def probe(
                 res = _read_cached(_failed_path(cache_dir, path, label)) or CheckpointProbe(
                     str(path), epoch, label, "failed", error="no result (not probed)"
                 )
-            results.append(res)
+            results.append(replace(res, checkpoint=str(path)))  # where it is now (the run may have moved)
         failed = [r for r in results if r.status != "ok"]
         report = None
         run_timings["total"] = time.perf_counter() - t_start
@@ -1214,7 +1203,7 @@ def _print_summary(console: Any, results: list[CheckpointProbe], label: str) -> 
 
 def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``dsekit probe`` to an ``argparse`` sub-parser set (``run_probe`` is its handler)."""
-    from .cli import _positive_int
+    from .cliargs import add_checkpoint_arguments, positive_int
 
     p = subparsers.add_parser(
         "probe",
@@ -1227,38 +1216,28 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path, help="folder holding the run's checkpoints")
     p.add_argument("--dataset", required=True, help="voc, ade20k, cocostuff, cocostuff27, cityscapes, folder or scenes")
     p.add_argument("--root", type=Path, default=None, help="dataset directory (not for scenes)")
-    p.add_argument("--method", required=True, help="checkpoint format (as for scan)")
-    p.add_argument("--arch", default=None, help="timm architecture (default: the method's)")
-    p.add_argument("--model-kwarg", action="append", default=[], metavar="KEY=VALUE", help="extra timm model argument")
+    add_checkpoint_arguments(p)
     p.add_argument("--out", type=Path, default=None, help="output folder (default RUN_DIR/dse, next to dse.csv)")
-    p.add_argument("--glob", default=None, help="checkpoint files to use, relative to RUN_DIR")
-    p.add_argument("--branch", default=None, help="network to read (teacher/student, momentum/base, ...)")
-    p.add_argument("--prefix", default=None, help="state-dict prefix to keep (generic)")
-    p.add_argument("--allow-partial", action="store_true", help="warn instead of failing on missing/unexpected keys")
-    p.add_argument("--trust-checkpoints", action="store_true", help="allow full unpickling (only for files you trust)")
-    p.add_argument("--layer", type=int, default=-1, help="block/stage to read (default -1: the last)")
     p.add_argument("--train-split", default=None, help="training split (default: train; VOC: train_aug when present)")
     p.add_argument("--val-split", default="val", help="evaluation split (default val)")
-    p.add_argument("--num-train", type=_positive_int, default=None, help="training images (default all; scenes 1000)")
-    p.add_argument("--num-val", type=_positive_int, default=None, help="validation images (default all; scenes 250)")
-    p.add_argument("--image-size", type=_positive_int, default=None,
+    p.add_argument("--num-train", type=positive_int, default=None, help="training images (default all; scenes 1000)")
+    p.add_argument("--num-val", type=positive_int, default=None, help="validation images (default all; scenes 250)")
+    p.add_argument("--image-size", type=positive_int, default=None,
                    help="crop side = mask resolution (default 224, or the run's dsekit.json)")
-    p.add_argument("--resize", type=_positive_int, default=None, help="shorter side before the crop (default: image size)")
-    p.add_argument("--epochs", type=_positive_int, default=10, help="head epochs on cached features (default 10)")
-    p.add_argument("--head-batch-size", type=_positive_int, default=32, help="images per head step (default 32)")
+    p.add_argument("--resize", type=positive_int, default=None, help="shorter side before the crop (default: image size)")
+    p.add_argument("--epochs", type=positive_int, default=10, help="head epochs on cached features (default 10)")
+    p.add_argument("--head-batch-size", type=positive_int, default=32, help="images per head step (default 32)")
     p.add_argument("--lr", type=float, default=1e-2, help="peak learning rate, cosine to 0 (default 1e-2)")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="default 1e-4")
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"], help="default adamw")
     p.add_argument("--seed", type=int, default=0, help="head init, batch order and dataset subset seed")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="images per backbone forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per backbone forward pass")
     p.add_argument("--cache-memory-gb", type=float, default=4.0,
                    help="RAM for cached images, masks and features; beyond it they spill to disk (default 4)")
     p.add_argument("--cache-dtype", default="float16", choices=["float16", "float32"], help="cached feature dtype")
     p.add_argument("--workers", type=int, default=None, help="image decoding processes (default min(4, CPUs))")
-    p.add_argument("--threads", type=_positive_int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads (default: torch's; 1 is steadier on a busy shared CPU)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="extraction precision")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run_probe)
     return p
@@ -1266,30 +1245,16 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_probe(args: argparse.Namespace) -> int:
     """Handler of ``dsekit probe``: 0 when every checkpoint was probed, 1 otherwise."""
-    import sys
+    from .cliargs import checkpoint_settings, report_failed
 
-    from .cli import _architecture
-
-    arch, model_kwargs, image_size = _architecture(args)
     cfg = ProbeConfig(
-        run_dir=str(args.run_dir),
-        method=args.method,
+        **checkpoint_settings(args),
         dataset=args.dataset,
         root=None if args.root is None else str(args.root),
-        out=None if args.out is None else str(args.out),
         train_split=args.train_split,
         val_split=args.val_split,
         num_train=args.num_train,
         num_val=args.num_val,
-        arch=arch,
-        model_kwargs=model_kwargs,
-        glob=args.glob,
-        branch=args.branch,
-        prefix=args.prefix,
-        allow_partial=args.allow_partial,
-        trust_checkpoints=args.trust_checkpoints,
-        layer=args.layer,
-        image_size=image_size,
         resize=args.resize,
         epochs=args.epochs,
         head_batch_size=args.head_batch_size,
@@ -1302,13 +1267,9 @@ def run_probe(args: argparse.Namespace) -> int:
         cache_dtype=args.cache_dtype,
         workers=args.workers,
         threads=args.threads,
-        device=args.device,
-        precision=args.precision,
     )
     result = probe(cfg, progress=not args.quiet)
-    if result.failed:
-        names = ", ".join(Path(r.checkpoint).name for r in result.failed)
-        print(f"dsekit probe: {len(result.failed)} checkpoint(s) failed: {names}", file=sys.stderr)
+    if report_failed("probe", result.failed, result.out_dir / "probe.csv"):
         return 1
     extra = ", report.md" if result.report is not None else ""
     print(f"outputs in {result.out_dir}: probe.csv{extra}")

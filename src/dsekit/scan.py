@@ -26,7 +26,7 @@ import platform
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -227,20 +227,10 @@ def _score_checkpoint(
     ``model``: a backbone of the right architecture to load into (every weight is
     overwritten, as loading is strict); None builds a new one.
     """
-    from .backbones import FeatureExtractor, extract_features, load_backbone
+    from .backbones import FeatureExtractor, extract_features, load_backbone_as
 
     t0 = time.perf_counter()
-    model = load_backbone(
-        path,
-        cfg.method,
-        model if model is not None else cfg.arch,
-        branch=cfg.branch,
-        prefix=cfg.prefix,
-        allow_partial=cfg.allow_partial,
-        trust_checkpoints=cfg.trust_checkpoints,
-        model_kwargs=cfg.model_kwargs,
-        img_size=cfg.image_size,
-    )
+    model = load_backbone_as(cfg, path, model)
     t1 = time.perf_counter()
     extractor = FeatureExtractor(model, cfg.layer)
     feats = extract_features(
@@ -450,7 +440,7 @@ def scan(
             if res is None:
                 failed = _read_cached(cache / f"{path.name}.failed.json")
                 res = failed or CheckpointResult(str(path), epoch, "failed", error="no result (not scored)")
-            results.append(res)
+            results.append(replace(res, checkpoint=str(path)))  # where it is now (the run may have moved)
         ok = [r for r in results if r.status == "ok"]
         failed = [r for r in results if r.status != "ok"]
         summary = _assemble(cfg, ok, failed, out, sample, key, write=rank == 0)

@@ -45,6 +45,7 @@ __all__ = [
     "get_adapter",
     "list_methods",
     "load_backbone",
+    "load_backbone_as",
     "load_into",
     "load_state_dict_for",
     "read_checkpoint",
@@ -1107,3 +1108,25 @@ def load_backbone(
     obj = read_checkpoint(path, trust_checkpoints=trust_checkpoints, map_location=map_location)
     adapted = adapt_state_dict(obj, adapter, branch=branch, prefix=prefix, model=model, source=Path(path))
     return load_into(model, adapted.state_dict, allow_partial=allow_partial, source=Path(path))
+
+
+def load_backbone_as(settings: Any, path: str | Path, model: nn.Module | None = None) -> nn.Module:
+    """:func:`load_backbone` with the checkpoint settings of a scan or probe configuration.
+
+    ``settings`` has the attributes ``method``, ``arch``, ``branch``, ``prefix``,
+    ``allow_partial``, ``trust_checkpoints``, ``model_kwargs`` and ``image_size`` (as
+    :class:`dsekit.scan.ScanConfig` and :class:`dsekit.probe.ProbeConfig`); ``model``, a
+    backbone of the right architecture to load into again (every weight is overwritten, as
+    loading is strict), saves rebuilding it for each checkpoint.
+    """
+    return load_backbone(
+        path,
+        settings.method,
+        model if model is not None else settings.arch,
+        branch=settings.branch,
+        prefix=settings.prefix,
+        allow_partial=settings.allow_partial,
+        trust_checkpoints=settings.trust_checkpoints,
+        model_kwargs=settings.model_kwargs,
+        img_size=settings.image_size,
+    )

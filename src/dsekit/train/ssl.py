@@ -53,6 +53,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..cliargs import parse_model_kwargs, positive_int
+
 __all__ = [
     "METHODS",
     "PRESETS",
@@ -1084,26 +1086,6 @@ def _train(run: _Resolved, device: torch.device, out: Path, progress: bool, emit
 # --------------------------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _kwargs(items: Sequence[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--model-kwarg: expected KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 def build_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``train`` options to ``parser``."""
     p = parser
@@ -1114,15 +1096,15 @@ def build_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help=f"preset ({', '.join(PRESETS)}) or timm architecture (default vit_tiny_scenes)")
     p.add_argument("--model-kwarg", action="append", default=[], metavar="KEY=VALUE",
                    help="timm model argument overriding the preset's, e.g. depth=6 (repeatable)")
-    p.add_argument("--image-size", type=_positive_int, default=None,
+    p.add_argument("--image-size", type=positive_int, default=None,
                    help="training resolution (default: the preset's, 64 for vit_tiny_scenes)")
-    p.add_argument("--num-images", type=_positive_int, default=512, help="training images (default 512)")
-    p.add_argument("--epochs", type=_positive_int, default=20, help="epochs (default 20)")
-    p.add_argument("--save-every", type=_positive_int, default=2,
+    p.add_argument("--num-images", type=positive_int, default=512, help="training images (default 512)")
+    p.add_argument("--epochs", type=positive_int, default=20, help="epochs (default 20)")
+    p.add_argument("--save-every", type=positive_int, default=2,
                    help="save an official checkpoint after epochs 0, K, 2K, ... and the last (default 2)")
     p.add_argument("--dse-weight", type=float, default=0.0, metavar="BETA",
                    help="loss = loss_ssl - BETA * DSE(student patch tokens) (default 0: off; paper 0.001)")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="images per step (default 64)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per step (default 64)")
     p.add_argument("--lr", type=float, default=None,
                    help="peak learning rate (default base_lr * batch_size / 256; DINO 5e-4, MoCo v3 1.5e-4)")
     p.add_argument("--min-lr", type=float, default=None, help="final learning rate (DINO 1e-6, MoCo v3 0)")
@@ -1130,11 +1112,11 @@ def build_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (DINO 0.04, MoCo v3 0.1)")
     p.add_argument("--weight-decay-end", type=float, default=None, help="final weight decay (DINO 0.4)")
     p.add_argument("--momentum", type=float, default=None, help="initial EMA momentum (DINO 0.996, MoCo v3 0.99)")
-    p.add_argument("--out-dim", type=_positive_int, default=None, help="DINO prototypes / MoCo v3 embedding size")
-    p.add_argument("--hidden-dim", type=_positive_int, default=None, help="head hidden width (default 512)")
-    p.add_argument("--bottleneck-dim", type=_positive_int, default=None, help="DINO head bottleneck (default 128)")
+    p.add_argument("--out-dim", type=positive_int, default=None, help="DINO prototypes / MoCo v3 embedding size")
+    p.add_argument("--hidden-dim", type=positive_int, default=None, help="head hidden width (default 512)")
+    p.add_argument("--bottleneck-dim", type=positive_int, default=None, help="DINO head bottleneck (default 128)")
     p.add_argument("--local-crops", type=int, default=4, help="DINO local views (default 4)")
-    p.add_argument("--local-crop-size", type=_positive_int, default=None, help="DINO local view size")
+    p.add_argument("--local-crop-size", type=positive_int, default=None, help="DINO local view size")
     p.add_argument("--teacher-temp", type=float, default=0.04, help="DINO teacher temperature (default 0.04)")
     p.add_argument("--temperature", type=float, default=0.2, help="MoCo v3 temperature (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of everything random (default 0)")
@@ -1167,7 +1149,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         out=str(args.out),
         images=None if args.images is None else str(args.images),
         arch=args.arch,
-        model_kwargs=_kwargs(args.model_kwarg),
+        model_kwargs=parse_model_kwargs(args.model_kwarg),
         image_size=args.image_size,
         num_images=args.num_images,
         epochs=args.epochs,
