@@ -1046,8 +1046,14 @@ def probe(
         num_classes, ignore_index = int(train_ds.num_classes), int(train_ds.ignore_index)
         key = cfg.result_key(_fingerprint(train_ds, val_ds) + label + train_split)
         identities = [file_identity(p) if p.is_file() else "" for p, _ in checkpoints]
-        mine = [i for i in range(len(checkpoints)) if i % world == rank]
-        todo = [i for i in mine if _read_cached(_cache_path(cache_dir, checkpoints[i][0], identities[i], key)) is None]
+        # the checkpoints still to probe, split evenly across processes (every process lists
+        # the cache before any of them writes to it)
+        pending = [
+            i for i in range(len(checkpoints))
+            if _read_cached(_cache_path(cache_dir, checkpoints[i][0], identities[i], key)) is None
+        ]
+        _barrier(world)
+        todo = pending[rank::world]
         computed = 0
         if todo:
             # set-up errors (architecture, dataset files, labels) stop the run; checkpoint errors do not

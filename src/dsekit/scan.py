@@ -387,8 +387,14 @@ def scan(
             key_source += json.dumps([(f, (Path(cfg.images) / f).stat().st_size) for f in files])
         key = cfg.result_key(hashlib.sha256(key_source.encode()).hexdigest())
 
-        mine = [i for i in range(len(checkpoints)) if i % world == rank]
-        todo = [i for i in mine if _read_cached(_cache_path(cache, checkpoints[i][0], identities[i], key)) is None]
+        # the checkpoints still to score, split evenly across processes (every process lists
+        # the cache before any of them writes to it)
+        pending = [
+            i for i in range(len(checkpoints))
+            if _read_cached(_cache_path(cache, checkpoints[i][0], identities[i], key)) is None
+        ]
+        _barrier(world)
+        todo = pending[rank::world]
         computed = 0
         if todo:
             sample = load_image_sample(

@@ -697,9 +697,9 @@ def discover_checkpoints(
 
     if not found:
         n_files = sum(1 for p in root.iterdir())
-        what = "the folder is empty" if n_files == 0 else f"none of its {n_files} entries matches"
+        what = "the folder is empty" if n_files == 0 else f"none of its {n_files} entries matches the {tried}"
         raise FileNotFoundError(
-            f"no checkpoints found in {root}: {what} the {tried}; "
+            f"no checkpoints found in {root}: {what}; "
             "pass glob= (CLI: --glob) to choose the files explicitly"
         )
     found.sort(key=lambda pe: (pe[1] is None, pe[1] if pe[1] is not None else 0, pe[0].name))
