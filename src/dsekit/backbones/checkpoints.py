@@ -697,7 +697,8 @@ def discover_checkpoints(
 
     if not found:
         n_files = sum(1 for p in root.iterdir())
-        what = "the folder is empty" if n_files == 0 else f"none of its {n_files} entries matches the {tried}"
+        what = (f"the folder is empty (looked for the {tried})" if n_files == 0
+                else f"none of its {n_files} entries matches the {tried}")
         raise FileNotFoundError(
             f"no checkpoints found in {root}: {what}; "
             "pass glob= (CLI: --glob) to choose the files explicitly"
