@@ -39,7 +39,6 @@ restored after it, outside the timed region.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import importlib
 import inspect
@@ -54,7 +53,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +64,8 @@ from typing import Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
+
+from _common import preserved_rng, sync  # noqa: E402
 
 from dsekit.metrics.dse import dse  # noqa: E402
 
@@ -144,24 +145,6 @@ def clustered_features(
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-@contextlib.contextmanager
-def preserved_rng() -> Iterator[None]:
-    """Save the process-wide RNG state (CPU and CUDA) and restore it afterwards."""
-    cpu = torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    try:
-        yield
-    finally:
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
 
 
 def load_reference(path: str | None) -> tuple[Callable[..., Any] | None, str]:

@@ -42,7 +42,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import os
@@ -50,10 +49,11 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
+from _common import preserved_rng, sync
 from torch import Tensor, nn
 
 from dsekit import dse
@@ -66,24 +66,6 @@ TARGET_SHARE = 0.15
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-@contextlib.contextmanager
-def preserved_rng() -> Iterator[None]:
-    """Save the process-wide RNG state (CPU and CUDA) and restore it afterwards."""
-    cpu = torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    try:
-        yield
-    finally:
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
 
 
 @dataclass
