@@ -303,6 +303,7 @@ def test_regularizer_speed_bench_runs(tmp_path, capsys, monkeypatch):
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "bench" / "regularizer_speed.py"
+    monkeypatch.syspath_prepend(str(path.parent))  # as `python bench/regularizer_speed.py` has it (bench/_common.py)
     spec = importlib.util.spec_from_file_location("regularizer_speed", path)
     bench = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, bench)  # dataclasses look their module up

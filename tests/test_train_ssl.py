@@ -315,3 +315,15 @@ def test_probe_cli_reads_the_run_info(dino_run, tmp_path):
     assert rc == 0
     rows = (out / "probe.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[0].startswith("checkpoint,epoch,dataset,miou")
+
+
+def test_unreadable_run_info_names_the_file(tmp_path, capsys):
+    from dsekit.cli import main
+
+    (tmp_path / "dsekit.json").write_text('{"method": "dino", "arch": ')
+    for command in ("scan", "probe"):
+        extra = ["--dataset", "scenes"] if command == "probe" else []
+        rc = main([command, str(tmp_path), "--method", "dino", *extra, "--quiet"])
+        assert rc == 2
+        err = capsys.readouterr().err
+        assert str(tmp_path / "dsekit.json") in err and "--arch" in err

@@ -68,11 +68,17 @@ def run_architecture(args: argparse.Namespace) -> tuple[str | None, dict[str, An
     """
     info_path = Path(args.run_dir) / "dsekit.json"
     if args.arch is None and not args.model_kwarg and info_path.is_file():
-        info = json.loads(info_path.read_text())
-        size = args.image_size if args.image_size is not None else int(info["image_size"])
+        try:
+            info = json.loads(info_path.read_text())
+            arch, model_kwargs, trained_size = info["arch"], dict(info["model_kwargs"]), int(info["image_size"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f"{info_path}: expected the JSON written by `dsekit train` with 'arch', 'model_kwargs' and "
+                f"'image_size' ({type(exc).__name__}: {exc}); pass --arch/--model-kwarg/--image-size instead"
+            ) from exc
         if info.get("method") and info["method"] != args.method:
             raise ValueError(f"--method {args.method}: {info_path} says the run was trained with {info['method']}")
-        return info["arch"], dict(info["model_kwargs"]), size
+        return arch, model_kwargs, args.image_size if args.image_size is not None else trained_size
     return args.arch, parse_model_kwargs(args.model_kwarg), args.image_size if args.image_size is not None else 224
 
 
