@@ -203,37 +203,63 @@ def _size_buckets(sizes: list[int], d: int) -> list[tuple[int, int, int]]:
     return runs
 
 
-def cluster_radii(x: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Radius ``‖C - mean(C)‖_* / sqrt(max(n - 1, d))`` of every cluster.
+def cluster_radii(points: Tensor, partitions: list[tuple[Tensor, int, int]]) -> list[tuple[Tensor, Tensor]]:
+    """Radius ``‖C - mean(C)‖_* / sqrt(max(n - 1, d))`` of every cluster of several partitions.
+
+    All clusters of all partitions are sorted by size and decomposed together in size
+    buckets, each padded to a common size (see :func:`_size_buckets`). With gradient, every
+    bucket's points are gathered in one indexing operation, so the backward pass writes
+    into one gradient buffer.
 
     Args:
-        x: (P, n, d) points of ``P`` problems; labels: (P, n) in ``[0, k)``.
+        points: (M, d) points.
+        partitions: ``(labels (P, n), k, first)``: ``P`` problems, problem ``p`` holding
+            ``points[first + p·n : first + (p + 1)·n]``, labelled in ``[0, k)``.
 
     Returns:
-        radii (P, k) (0 where undefined) and valid (P, k), True for clusters of >= 2 points.
+        per partition, radii (P, k) (0 where undefined) and valid (P, k), True for
+        clusters of >= 2 points.
     """
-    P, n, d = x.shape
-    flat_ids = (labels + k * torch.arange(P, device=x.device).unsqueeze(1)).reshape(-1)
-    counts = torch.bincount(flat_ids, minlength=P * k)
-    order = torch.argsort(flat_ids, stable=True)
+    M, d = points.shape
+    counts_all, order_all, shapes = [], [], []
+    for labels, k, first in partitions:
+        P, n = labels.shape
+        flat_ids = (labels + k * torch.arange(P, device=points.device).unsqueeze(1)).reshape(-1)
+        counts_all.append(torch.bincount(flat_ids, minlength=P * k))
+        order_all.append(torch.argsort(flat_ids, stable=True) + first)  # members, cluster by cluster
+        shapes.append((P, k))
+    counts, order = torch.cat(counts_all), torch.cat(order_all)
     starts = counts.cumsum(0) - counts
-    points = x.reshape(P * n, d)
-    grad = x.requires_grad and torch.is_grad_enabled()
-    radii = x.new_zeros(P * k, dtype=x.dtype if grad else torch.float64)
+    grad = points.requires_grad and torch.is_grad_enabled()
 
     valid = counts >= 2
     ids = torch.nonzero(valid).squeeze(1)
     ids = ids[torch.argsort(counts[ids], stable=True)]
-    sizes = counts[ids].tolist()
-    for lo, hi, m in _size_buckets(sizes, d):
-        chunk = ids[lo:hi]
-        c_counts = counts[chunk]
-        t = torch.arange(m, device=x.device)
-        idx = order[(starts[chunk].unsqueeze(1) + t).clamp_max(P * n - 1)]
-        nuc = centered_nuclear_norms(points[idx], c_counts)  # rows past a cluster's count: padding
-        denom = torch.sqrt(torch.clamp(c_counts - 1, min=d).to(nuc.dtype))
-        radii = radii.index_put((chunk,), (nuc / denom).to(radii.dtype))
-    return radii.reshape(P, k), valid.reshape(P, k)
+    buckets = _size_buckets(counts[ids].tolist(), d)
+    last = order.numel() - 1
+    index = [
+        order[(starts[ids[lo:hi]].unsqueeze(1) + torch.arange(m, device=points.device)).clamp_max(last)]
+        for lo, hi, m in buckets
+    ]  # (c, m) point indices per bucket; rows past a cluster's count are padding
+    if grad:
+        flat = points.index_select(0, torch.cat([i.reshape(-1) for i in index]))  # backward: one index_add_
+        rows = [r.reshape(*i.shape, d) for r, i in zip(flat.split([i.numel() for i in index]), index)]
+    else:
+        rows = (points[i] for i in index)  # one bucket at a time: bounded memory
+    values = []
+    for (lo, hi, _), r in zip(buckets, rows):
+        c_counts = counts[ids[lo:hi]]
+        nuc = centered_nuclear_norms(r, c_counts)
+        values.append(nuc / torch.sqrt(torch.clamp(c_counts - 1, min=d).to(nuc.dtype)))
+    dtype = points.dtype if grad else torch.float64
+    radii = points.new_zeros(counts.numel(), dtype=dtype)
+    if values:
+        radii = radii.index_put((ids,), torch.cat(values).to(dtype))
+    sizes = [P * k for P, k in shapes]
+    return [
+        (r.reshape(P, k), v.reshape(P, k))
+        for r, v, (P, k) in zip(radii.split(sizes), valid.split(sizes), shapes)
+    ]
 
 
 def _member_means(x: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -262,11 +288,14 @@ def effective_dimensionality(z: Tensor, generator: torch.Generator) -> Tensor:
     """
     B, N, d = z.shape
     perm = torch.rand(B, N, generator=generator, device=z.device).argsort(1)
+    # flat point index, position-major: row j·B + b is patch perm[b, j] of image b
+    flat = (perm + N * torch.arange(B, device=z.device).unsqueeze(1)).t().reshape(-1)
+    points = z.reshape(B * N, d)
     step = max(1, _CHUNK_ELEMENTS // (B * d))
     values = []
     for lo in range(0, N, step):
-        idx = perm[:, lo : lo + step]  # (B, c)
-        cols = torch.gather(z, 1, idx.unsqueeze(-1).expand(-1, -1, d)).transpose(0, 1)  # (c, B, d)
+        idx = flat[lo * B : (lo + step) * B]
+        cols = points.index_select(0, idx).reshape(-1, B, d)  # (c, B, d)
         values.append(effective_rank(cols, normalize=True))
     return torch.cat(values).mean()
 
@@ -294,24 +323,22 @@ def dse_terms(
     degenerate = bool(scale <= _DEGENERATE_RTOL * rms) or bool(scale == 0)
 
     k_local = int(local_labels.max()) + 1
-    radii, valid = cluster_radii(z, local_labels, k_local)
+    partitions, views, start = [(local_labels, k_local, 0)], [], 0
+    for labels, centroids, present in global_blocks:
+        P, n = labels.shape
+        partitions.append((labels, centroids.shape[1], start * N))
+        views.append((z[start : start + P * n // N].reshape(P, n, d), labels, centroids, present))
+        start += P * n // N
+    (radii, valid), *global_radii = cluster_radii(z.reshape(B * N, d), partitions)
+
     per_image = (radii * valid).sum(1) / valid.sum(1).clamp_min(1)
     has = valid.any(1)
     intra_image = per_image[has].mean() if bool(has.any()) else radii.sum() * 0
 
-    radii_b, valid_b, inter = [], [], []
-    start = 0
-    for labels, centroids, present in global_blocks:
-        P, n = labels.shape
-        x = z[start : start + P * n // N].reshape(P, n, d)
-        start += P * n // N
-        r, v = cluster_radii(x, labels, centroids.shape[1])
-        radii_b.append(r.reshape(-1))
-        valid_b.append(v.reshape(-1))
-        inter.append(_inter_distance(x, labels, centroids, present))
-    r_all, v_all = torch.cat(radii_b), torch.cat(valid_b)
+    r_all = torch.cat([r.reshape(-1) for r, _ in global_radii])
+    v_all = torch.cat([v.reshape(-1) for _, v in global_radii])
     intra_batch = r_all[v_all].mean() if bool(v_all.any()) else r_all.sum() * 0
-    inter_all = torch.cat(inter).mean()
+    inter_all = torch.cat([_inter_distance(*view) for view in views]).mean()
 
     m_dim = effective_dimensionality(z, generator)
     if degenerate:

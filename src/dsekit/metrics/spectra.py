@@ -5,12 +5,19 @@ Everything in dsekit that needs a spectrum goes through this module.
 Two paths compute singular values of a batch of matrices ``x`` of shape ``(..., m, n)``:
 
 * ``"gram"`` (the default, estimator and regulariser alike): eigenvalues of the smaller
-  Gram matrix (``x xᵀ`` when ``m <= n``, else ``xᵀ x``), formed and decomposed in float64
-  so that small singular values keep their precision; ``σ = sqrt(max(λ, 0))``. This is
+  Gram matrix (``x xᵀ`` when ``m <= n``, else ``xᵀ x``); ``σ = sqrt(max(λ, 0))``. This is
   several times faster than an SVD on CPU for the tall/wide matrices DSE uses. Its
   gradient ``W diag(g/σ) Wᵀ x`` reuses the eigenvectors and stays finite for repeated or
   vanishing singular values (see :class:`_GramSingularValues`).
 * ``"svd"``: ``torch.linalg.svdvals`` (reference path, used in tests).
+
+Precision: without gradient (the estimator) the Gram matrix is formed and decomposed in
+float64, so that small singular values keep their precision. With gradient (the
+regulariser) it is computed in the input's precision, float32 at least: training runs in
+float32, the eigenvectors the gradient needs cost twice as much in float64, and singular
+values below the float32 rounding level (``max(m, n) · eps32 · σ_max²`` in ``λ``, about
+0.7 % of ``σ_max`` for ``d = 384``) count as zero. On features of full rank the two
+agree to float32 rounding; float64 inputs (``gradcheck``) stay float64.
 """
 
 from __future__ import annotations
@@ -85,26 +92,33 @@ def _batched_eigh(gram: Tensor, vectors: bool) -> tuple[Tensor, Tensor | None]:
     return eig, (vec.reshape(shape) if vec is not None else None)
 
 
-def _gram_spectrum(x: Tensor, vectors: bool) -> tuple[Tensor, Tensor | None, bool]:
-    """Eigen-decomposition of the smaller float64 Gram matrix of ``x`` (..., m, n).
+def _grad_precision(x: Tensor) -> torch.dtype:
+    """Precision of a spectrum computed with gradient: the input's (float32 at least)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _gram_spectrum(x: Tensor, vectors: bool, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor | None, bool]:
+    """Eigen-decomposition of the smaller Gram matrix of ``x`` (..., m, n), in ``dtype``.
 
     Returns ascending singular values ``σ``, the eigenvectors (or None) and whether the Gram
     matrix is ``x xᵀ`` (``m <= n``). Eigenvalues at or below the rounding level of the
-    decomposition (``max(m, n) · eps64 · λ_max``, as ``torch.linalg.matrix_rank``) are set
+    decomposition (``max(m, n) · eps · λ_max``, as ``torch.linalg.matrix_rank``) are set
     to 0: their square roots would otherwise be ``sqrt(eps)``-sized noise, not spectrum.
     """
-    x64 = x.detach().to(torch.float64)
-    m, n = x64.shape[-2], x64.shape[-1]
+    xd = x.detach().to(dtype)
+    m, n = xd.shape[-2], xd.shape[-1]
     left = m <= n
-    gram = x64 @ x64.transpose(-1, -2) if left else x64.transpose(-1, -2) @ x64
+    gram = xd @ xd.transpose(-1, -2) if left else xd.transpose(-1, -2) @ xd
     eig, vec = _batched_eigh(gram, vectors)
-    floor = max(m, n) * torch.finfo(torch.float64).eps * eig[..., -1:].clamp_min(0)
+    floor = max(m, n) * torch.finfo(dtype).eps * eig[..., -1:].clamp_min(0)
     sv = torch.where(eig > floor, eig, torch.zeros_like(eig)).sqrt()
     return sv, vec, left
 
 
 class _GramSingularValues(torch.autograd.Function):
-    """Singular values from the float64 eigen-decomposition of the smaller Gram matrix.
+    """Singular values from the eigen-decomposition of the smaller Gram matrix.
+
+    Computed in the input's precision, float32 at least (see the module docstring).
 
     Forward: ``G = x xᵀ`` (``m <= n``) or ``xᵀ x``, ``G = W Λ Wᵀ``, ``σ = sqrt(Λ)``.
     Backward: ``dσᵢ/dx = uᵢ vᵢᵀ = uᵢ uᵢᵀ x / σᵢ``, so for an upstream gradient ``g``
@@ -116,7 +130,7 @@ class _GramSingularValues(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> Tensor:  # type: ignore[override]
-        sv, vec, left = _gram_spectrum(x, vectors=True)
+        sv, vec, left = _gram_spectrum(x, vectors=True, dtype=_grad_precision(x))
         ctx.save_for_backward(x, vec, sv)
         ctx.left = left
         return sv.flip(-1)
@@ -124,17 +138,25 @@ class _GramSingularValues(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
         x, vec, sv = ctx.saved_tensors
-        g = grad.to(torch.float64).flip(-1)  # ascending, like sv
-        keep = sv > 0
-        scale = torch.where(keep, g / torch.where(keep, sv, torch.ones_like(sv)), torch.zeros_like(sv))
-        proj = (vec * scale.unsqueeze(-2)) @ vec.transpose(-1, -2)  # W diag(g/σ) Wᵀ
-        x64 = x.to(torch.float64)
-        gx = proj @ x64 if ctx.left else x64 @ proj
-        return gx.to(x.dtype)
+        return _singular_value_grad(x, vec, sv, ctx.left, grad.flip(-1))
+
+
+def _singular_value_grad(x: Tensor, vec: Tensor, sv: Tensor, left: bool, grad: Tensor) -> Tensor:
+    """``∂(Σ gᵢ σᵢ)/∂x = W diag(g / σ) Wᵀ x`` (or ``x W diag(g / σ) Wᵀ``), from the Gram
+    eigenvectors ``W`` and ascending ``σ``; ``grad`` (..., r) ascending like ``sv`` or (...)
+    for the same weight on every ``σ``. Zero ``σ`` contribute nothing."""
+    g = grad.to(sv.dtype)
+    if g.ndim < sv.ndim:
+        g = g.unsqueeze(-1)
+    keep = sv > 0
+    scale = torch.where(keep, g / torch.where(keep, sv, torch.ones_like(sv)), torch.zeros_like(sv))
+    # W diag(g/σ) Wᵀ in the spectrum's precision, then the large product in the input's dtype
+    proj = ((vec * scale.unsqueeze(-2)) @ vec.transpose(-1, -2)).to(x.dtype)
+    return proj @ x if left else x @ proj
 
 
 def _gram_singular_values(x: Tensor) -> Tensor:
-    """Singular values (descending, float64); differentiable through :class:`_GramSingularValues`."""
+    """Singular values (descending); float64, or with gradient the input's precision (float32 at least)."""
     if x.requires_grad and torch.is_grad_enabled():
         return _GramSingularValues.apply(x)
     return _gram_spectrum(x, vectors=False)[0].flip(-1)
@@ -146,12 +168,13 @@ def singular_values(x: Tensor, *, center_rows: bool = False, method: str = "auto
     Args:
         x: ``(..., m, n)`` float tensor.
         center_rows: subtract the mean row of each matrix first.
-        method: ``"gram"`` (float64 eigenvalues of the smaller Gram matrix, with the
+        method: ``"gram"`` (eigenvalues of the smaller Gram matrix, with the
             gradient of :class:`_GramSingularValues`), ``"svd"`` (``torch.linalg.svdvals``)
             or ``"auto"`` (``"gram"``).
 
     Returns:
-        ``(..., min(m, n))`` tensor; float64 for ``"gram"``, ``x.dtype`` for ``"svd"``.
+        ``(..., min(m, n))`` tensor; for ``"gram"`` float64 (with gradient: float64 or
+        float32, see the module docstring), ``x.dtype`` for ``"svd"``.
     """
     if x.ndim < 2:
         raise ValueError(f"x: expected a (..., m, n) tensor, got shape {tuple(x.shape)}")
@@ -232,11 +255,42 @@ def centered_nuclear_norms(rows: Tensor, counts: Tensor) -> Tensor:
         counts: ``(c,)`` number of points of each set (>= 1).
 
     Returns:
-        ``(c,)`` nuclear norms ``‖C_i - mean(C_i)‖_*`` (see :func:`singular_values` for the
-        dtype and the gradient path).
+        ``(c,)`` nuclear norms ``‖C_i - mean(C_i)‖_*``, from the Gram spectrum of the
+        centred sets, centred and decomposed in float64 (with gradient: in the input's
+        precision, float32 at least; see the module docstring). With gradient:
+        ``∂‖HC‖_*/∂C = U Vᵀ`` of the centred set, whose columns ``U`` are orthogonal to
+        the constant vector, so the centring adds nothing to it and padding rows get 0.
     """
-    c, m, d = rows.shape
-    valid = (torch.arange(m, device=rows.device).unsqueeze(0) < counts.unsqueeze(1)).to(rows.dtype)  # (c, m)
-    mean = (valid.unsqueeze(1) @ rows) / counts.to(rows.dtype).view(c, 1, 1)  # (c, 1, d)
-    centred = (rows - mean) * valid.unsqueeze(-1)  # padding rows become 0: no effect on σ
-    return singular_values(centred).sum(-1)
+    if rows.requires_grad and torch.is_grad_enabled():
+        return _CentredNuclearNorms.apply(rows, counts)
+    return _centred_spectrum(rows, counts, vectors=False)[1].sum(-1)
+
+
+def _centred_spectrum(
+    rows: Tensor, counts: Tensor, vectors: bool, dtype: torch.dtype = torch.float64
+) -> tuple[Tensor, Tensor, Tensor | None, bool]:
+    """Centred copy of padded sets in ``dtype`` (padding rows 0) and its Gram spectrum."""
+    c, m, _ = rows.shape
+    xd = rows.detach().to(dtype)
+    valid = (torch.arange(m, device=rows.device).unsqueeze(0) < counts.unsqueeze(1)).to(dtype)  # (c, m)
+    mean = (valid.unsqueeze(1) @ xd) / counts.to(dtype).view(c, 1, 1)  # (c, 1, d)
+    centred = (xd - mean).mul_(valid.unsqueeze(-1))  # padding rows become 0: no effect on σ
+    sv, vec, left = _gram_spectrum(centred, vectors, dtype)
+    return centred, sv, vec, left
+
+
+class _CentredNuclearNorms(torch.autograd.Function):
+    """``‖C_i - mean(C_i)‖_*`` of padded sets with the gradient ``U Vᵀ`` (see
+    :func:`centered_nuclear_norms`); no ``1 / (σᵢ - σⱼ)``, finite for collapsed sets."""
+
+    @staticmethod
+    def forward(ctx: Any, rows: Tensor, counts: Tensor) -> Tensor:  # type: ignore[override]
+        centred, sv, vec, left = _centred_spectrum(rows, counts, vectors=True, dtype=_grad_precision(rows))
+        ctx.save_for_backward(centred.to(rows.dtype), vec, sv)
+        ctx.left = left
+        return sv.sum(-1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        centred, vec, sv = ctx.saved_tensors
+        return _singular_value_grad(centred, vec, sv, ctx.left, grad), None

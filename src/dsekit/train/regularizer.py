@@ -12,6 +12,10 @@ authors' released regulariser differs from their estimator here (one effective r
 ``B·N`` patches, normalised by ``min(B·N, d)``, i.e. ``d``); dsekit keeps the two identical, so the
 quantity that is optimised is the quantity that is monitored.
 
+Precision: float32 features are scored in float32 throughout, the spectra included (the
+estimator forms and decomposes its Gram matrices in float64); singular values below the
+float32 rounding level count as zero. float64 features stay float64.
+
 Gradient safety (collapsed or partly collapsed features give finite gradients):
 
 * singular values come from :mod:`dsekit.metrics.spectra`, whose gradient (``U diag(g) Vᵀ``
@@ -47,8 +51,8 @@ def safe_normalize(z: Tensor, eps: float = _NORM_EPS) -> Tensor:
     Values equal ``F.normalize(z, dim=-1)`` bit for bit wherever ``‖z‖ > eps``.
     """
     norm = torch.linalg.vector_norm(z, dim=-1, keepdim=True)
-    ok = norm > eps
-    return torch.where(ok, z / torch.where(ok, norm, torch.ones_like(norm)), torch.zeros_like(z))
+    # dividing by +inf gives 0 and passes 0 gradient to z and to the norm: one large operation
+    return z / torch.where(norm > eps, norm, torch.full_like(norm, math.inf))
 
 
 def dse_with_grad(
