@@ -415,7 +415,10 @@ def test_other_datasets_rows_are_kept_in_probe_csv(vit_run, tmp_path):
     )
     res = probe(_cfg(vit_run, out, epochs=1), progress=False)
     rows = _rows(out / "probe.csv")
-    assert rows[0] == {"checkpoint": "/x/a.pth", "epoch": "1", "dataset": "voc", "miou": "0.5", "pixel_accuracy": "0.9"}
+    assert rows[0] == {
+        "checkpoint": "/x/a.pth", "epoch": "1", "dataset": "voc", "miou": "0.5", "pixel_accuracy": "0.9",
+        "miou_low": "", "miou_high": "", "heads": "",
+    }
     assert [r["checkpoint"] for r in rows[1:]] == [r.checkpoint for r in res.results]  # old scenes rows replaced
 
 
@@ -501,7 +504,9 @@ def test_two_gloo_processes_give_the_single_process_probe_csv(probed, vit_run, t
     # rank 0 assembled the probe.csv of one process (the numbers are identical)
     rows = _rows(tmp_path / "dist" / "probe.csv")
     expected = [[r.checkpoint, str(r.epoch), "scenes", repr(r.miou), repr(r.pixel_accuracy)] for r in probed.results]
-    assert [[r[c] for c in PROBE_COLUMNS] for r in rows] == expected
+    assert [[r[c] for c in PROBE_COLUMNS[:5]] for r in rows] == expected
+    single = _rows(probed.out_dir / "probe.csv")  # the intervals too: same confusions, same resamples
+    assert [[r[c] for c in PROBE_COLUMNS[5:]] for r in rows] == [[r[c] for c in PROBE_COLUMNS[5:]] for r in single]
     names = [Path(r.checkpoint).name for r in probed.results]
     for rank, text in rank_logs.items():
         done = re.findall(r"probing \[\d+/\d+\] (\S+)", text)

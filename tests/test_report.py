@@ -79,7 +79,7 @@ def test_write_report_outputs(tmp_path):
 def test_report_cli(tmp_path, capsys):
     _write(tmp_path)
     assert main(["report", str(tmp_path)]) == 0
-    assert "gain top-1 vs last" in capsys.readouterr().out
+    assert "top-1 − last" in capsys.readouterr().out
     assert main(["report", str(tmp_path / "nothing")]) == 2
 
 

@@ -180,8 +180,16 @@ def test_scan_writes_csv_with_exact_columns_sorted_by_epoch(dino_scan):
     assert result.ok and result.computed == len(EPOCHS)
     header, rows = _read_csv(cfg.out_dir / "dse.csv")
     assert list(CSV_COLUMNS) == EXPECTED_COLUMNS
-    assert header == EXPECTED_COLUMNS + list(METRICS)
+    scored = EXPECTED_COLUMNS[2:] + list(METRICS)
+    assert header == EXPECTED_COLUMNS + list(METRICS) + [f"{c}_{s}" for c in scored for s in ("low", "high")]
     assert [int(r["epoch"]) for r in rows] == sorted(EPOCHS)
+    for r in rows:  # every value inside its own interval, the interval not empty
+        for c in scored:
+            assert float(r[f"{c}_low"]) <= float(r[c]) <= float(r[f"{c}_high"]), (c, r)
+            assert float(r[f"{c}_low"]) < float(r[f"{c}_high"]), (c, r)
+    rep_header, reps = _read_csv(cfg.out_dir / "dse_replicates.csv")
+    assert rep_header == ["checkpoint", "replicate", *scored]
+    assert len(reps) == cfg.intervals * len(EPOCHS)
     assert [Path(r["checkpoint"]).name for r in rows] == [f"checkpoint{e}.pth" for e in sorted(EPOCHS)]
     for r in rows:
         assert all(math.isfinite(float(r[c])) for c in header[2:])
@@ -326,7 +334,8 @@ def test_corrupt_checkpoints_are_recorded_and_the_rest_scored(dino_run, dino_sca
     assert "failed checkpoint800.pth: CheckpointError: cannot read checkpoint" in err
 
     header, rows = _read_csv(out / "dse.csv")
-    assert header == EXPECTED_COLUMNS  # no --metrics: exactly the eight columns
+    # no --metrics: the eight columns, then the interval of each scored one
+    assert header == EXPECTED_COLUMNS + [f"{c}_{s}" for c in EXPECTED_COLUMNS[2:] for s in ("low", "high")]
     assert [int(r["epoch"]) for r in rows] == sorted(EPOCHS)
     # the good checkpoints got the same numbers as in the clean scan
     _, ref_rows = _read_csv(cfg.out_dir / "dse.csv")

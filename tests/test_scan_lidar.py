@@ -34,6 +34,8 @@ def test_scan_lidar_column(tmp_path):
     res = scan(cfg, progress=False)
     assert res.ok
     rows = list(csv.DictReader(open(res.out_dir / "dse.csv")))
-    assert list(rows[0])[-2:] == ["rankme", "lidar"]
+    assert list(rows[0])[8:10] == ["rankme", "lidar"] and list(rows[0])[-2:] == ["lidar_low", "lidar_high"]
     values = [float(r["lidar"]) for r in rows]
     assert all(math.isfinite(v) and 1.0 <= v <= 384 for v in values)
+    # LiDAR's interval comes from half-samples of its own images
+    assert all(float(r["lidar_low"]) <= float(r["lidar"]) <= float(r["lidar_high"]) for r in rows)

@@ -25,6 +25,7 @@ from dsekit.train.ssl import (
     _resolve,
     add_train_parser,
     checkpoint_name,
+    init_checkpoint_name,
     read_run_info,
     train,
 )
@@ -176,7 +177,8 @@ def test_scan_reads_the_checkpoints(dino_run, mocov3_run, tmp_path):
                          dse_batch_size=16, global_clusters=8, **kw)
         res = scan(cfg, progress=False)
         assert res.ok and not res.failed
-        assert [r.epoch for r in res.results] == [0, 1]
+        assert [r.epoch for r in res.results] == [-1, 0, 1]  # the initial weights first
+        assert Path(res.results[0].checkpoint).name == init_checkpoint_name(kw["method"])
         assert all(np.isfinite(r.terms["dse_raw"]) for r in res.results)
 
 
@@ -314,7 +316,8 @@ def test_probe_cli_reads_the_run_info(dino_run, tmp_path):
                "--quiet"])
     assert rc == 0
     rows = (out / "probe.csv").read_text().splitlines()
-    assert len(rows) == 3 and rows[0].startswith("checkpoint,epoch,dataset,miou")
+    assert len(rows) == 4 and rows[0].startswith("checkpoint,epoch,dataset,miou")  # header, init, epochs 0 and 1
+    assert "checkpoint_init.pth,-1," in rows[1]
 
 
 def test_unreadable_run_info_names_the_file(tmp_path, capsys):

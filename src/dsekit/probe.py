@@ -56,9 +56,17 @@ built-in reader), ``int16`` otherwise.
 
 Outputs (``OUT``, default ``RUN_DIR/dse``, the folder ``dsekit scan`` writes to)
 --------------------------------------------------------------------------------
-* ``probe.csv``: ``checkpoint, epoch, dataset, miou, pixel_accuracy``, one row per checkpoint
-  and dataset; rows of other datasets already in the file are kept, those of the probed
-  dataset replaced;
+* ``probe.csv``: ``checkpoint, epoch, dataset, miou, pixel_accuracy, miou_low, miou_high,
+  heads``, one row per checkpoint and dataset; rows of other datasets already in the file are
+  kept (with any column they have), those of the probed dataset replaced. ``miou`` is the mean
+  over ``head_seeds`` heads; ``miou_low`` / ``miou_high`` its bootstrap interval over the
+  validation images and the heads (:func:`dsekit.metrics.intervals.miou_bootstrap`,
+  ``confidence``, 1000 resamples shared by all checkpoints);
+* ``probe_<dataset>_classes.csv``: ``checkpoint, epoch, class_id, class_name, iou, iou_low,
+  iou_high`` (empty IoU: the class is absent from truth and prediction);
+* ``probe_<dataset>_confusion.npz``: every image's confusion matrix per checkpoint and head
+  (sparse: ``checkpoint, head, image, cell, count`` with ``cell = truth * C + prediction``),
+  from which :mod:`dsekit.report` draws the paired resamples of its τ and selection intervals;
 * ``probe_<dataset>.json``: settings, library versions, the datasets used and, per checkpoint,
   per-class IoU, training loss per epoch and timings;
 * ``report.md`` / ``report.json`` / PNGs through :func:`dsekit.report.write_report` when
@@ -84,7 +92,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -98,11 +106,14 @@ from .scan import (  # shared with the scan (private helpers of that module)
     _resolve_device,
     _versions,
     file_identity,
+    write_csv_atomic,
     write_json_atomic,
 )
 
 __all__ = [
     "PROBE_COLUMNS",
+    "CLASS_COLUMNS",
+    "read_confusion_table",
     "CheckpointProbe",
     "FeatureCache",
     "LinearHead",
@@ -122,7 +133,8 @@ __all__ = [
     "upsampled_cross_entropy",
 ]
 
-PROBE_COLUMNS = ("checkpoint", "epoch", "dataset", "miou", "pixel_accuracy")
+PROBE_COLUMNS = ("checkpoint", "epoch", "dataset", "miou", "pixel_accuracy", "miou_low", "miou_high", "heads")
+CLASS_COLUMNS = ("checkpoint", "epoch", "class_id", "class_name", "iou", "iou_low", "iou_high")
 SCENES_DEFAULT_COUNTS = {"train": 1000, "val": 250}
 _CPU_CHUNK_ELEMENTS = 1 << 21  # full-resolution logits held at once (8 MB of float32: stays in cache)
 _CUDA_CHUNK_ELEMENTS = 1 << 27
@@ -371,6 +383,7 @@ class ProbeMetrics:
     train_loss: list[float]  #: mean training loss per epoch
     confusion: Tensor  #: (C, C) int64, rows = truth
     timings: dict[str, float] = field(default_factory=dict)  #: seconds: train, epoch_mean, epoch_median, eval
+    image_confusion: Any = None  #: (n_val, C*C) ``scipy.sparse.csr_matrix``: each image's confusion, row-major
     epoch_times: list[float] = field(default_factory=list)  #: seconds per epoch
 
     def as_dict(self) -> dict[str, Any]:
@@ -539,7 +552,7 @@ def linear_probe(
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     t1 = time.perf_counter()
-    conf = _evaluate(head, val_feats, val_masks, num_classes, ignore_index, h, w, dev, batch_size)
+    conf, per_image = _evaluate(head, val_feats, val_masks, num_classes, ignore_index, h, w, dev, batch_size)
     t2 = time.perf_counter()
     iou, present = iou_from_confusion(conf)
     return ProbeMetrics(
@@ -555,6 +568,7 @@ def linear_probe(
             "eval": t2 - t1,
         },
         epoch_times=epoch_times,
+        image_confusion=per_image,
     )
 
 
@@ -562,7 +576,10 @@ def linear_probe(
 def _evaluate(
     head: LinearHead, feats: Any, masks: Any, num_classes: int, ignore_index: int | None,
     h: int, w: int, dev: torch.device, batch_size: int,
-) -> Tensor:
+) -> tuple[Tensor, Any]:
+    """The confusion matrix (C, C) over all images (torchmetrics) and each image's, as a sparse
+    ``(n, C*C)`` matrix (for the bootstrap over validation images)."""
+    from scipy import sparse
     from torchmetrics.classification import MulticlassConfusionMatrix
 
     head.eval()
@@ -573,12 +590,30 @@ def _evaluate(
     H, W = int(masks.shape[1]), int(masks.shape[2])
     u_h, u_w = _cached_bilinear(H, h, dev), _cached_bilinear(W, w, dev)
     step = max(1, min(batch_size, _chunk_elements(dev) // (num_classes * H * W)))
+    C2 = num_classes * num_classes
+    rows: list[np.ndarray] = []
+    cols: list[np.ndarray] = []
+    vals: list[np.ndarray] = []
     for lo in range(0, n, step):
         idx = np.arange(lo, min(n, lo + step))
         logits = head(_feature_batch(feats, idx, h, w, dev))
         pred = _upsample(logits, u_h, u_w).argmax(1)
-        metric.update(pred.reshape(-1), _take(masks, idx).to(dev).reshape(-1).long())
-    return metric.compute().long()
+        target = _take(masks, idx).to(dev).long()
+        metric.update(pred.reshape(-1), target.reshape(-1))
+        valid = target != ignore_index if ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
+        image = torch.arange(len(idx), device=dev).view(-1, 1, 1).expand_as(target)
+        key = (image * num_classes + target) * num_classes + pred
+        counts = torch.bincount(key[valid], minlength=len(idx) * C2).view(len(idx), C2).cpu()
+        r, c = counts.nonzero(as_tuple=True)
+        rows.append((r + lo).numpy())
+        cols.append(c.numpy())
+        vals.append(counts[r, c].numpy())
+    per_image = sparse.csr_matrix(
+        (np.concatenate(vals) if vals else np.zeros(0, np.int64),
+         (np.concatenate(rows) if rows else np.zeros(0, np.int64), np.concatenate(cols) if cols else np.zeros(0, np.int64))),
+        shape=(n, C2), dtype=np.int64,
+    )
+    return metric.compute().long(), per_image
 
 
 # =========================================================================== the feature cache
@@ -697,6 +732,8 @@ class ProbeConfig:
     weight_decay: float = 1e-4
     optimizer: str = "adamw"
     seed: int = 0
+    head_seeds: int = 1  #: heads trained per checkpoint (seeds ``seed, seed+1, ...``); mIoU is their mean
+    confidence: float = 0.95  #: nominal coverage of the mIoU intervals
     batch_size: int = 64  #: images per backbone forward pass
     cache_memory_gb: float = 4.0
     cache_dtype: str = "float16"
@@ -716,7 +753,7 @@ class ProbeConfig:
             for k, v in asdict(self).items()
             if k not in (
                 "run_dir", "out", "glob", "device", "batch_size", "cache_memory_gb", "workers", "threads",
-                "trust_checkpoints", "root",
+                "trust_checkpoints", "root", "confidence",
             )
         }
         keyed["data"] = data_fingerprint
@@ -740,6 +777,7 @@ class CheckpointProbe:
     identity: str = ""
     num_train: int = 0
     num_val: int = 0
+    head_miou: list[float] = field(default_factory=list)  #: mIoU of each head (seed, seed+1, ...)
 
 
 @dataclass
@@ -946,25 +984,72 @@ def _probe_checkpoint(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t2 = time.perf_counter()
-    metrics = linear_probe(
-        feats["train"],
-        data["train"].masks,
-        feats["val"],
-        data["val"].masks,
-        num_classes,
-        ignore_index=ignore_index,
-        epochs=cfg.epochs,
-        batch_size=cfg.head_batch_size,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        optimizer=cfg.optimizer,
-        seed=cfg.seed,
-        device=device,
-        progress=f"{path.name} head" if progress else False,
-    )
-    timings = {"load": t1 - t0, "extract": t2 - t1, **{f"head_{k}": v for k, v in metrics.timings.items()}}
+    heads = [
+        linear_probe(
+            feats["train"],
+            data["train"].masks,
+            feats["val"],
+            data["val"].masks,
+            num_classes,
+            ignore_index=ignore_index,
+            epochs=cfg.epochs,
+            batch_size=cfg.head_batch_size,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            optimizer=cfg.optimizer,
+            seed=cfg.seed + h,
+            device=device,
+            progress=f"{path.name} head {h + 1}/{cfg.head_seeds}" if progress else False,
+        )
+        for h in range(cfg.head_seeds)
+    ]
+    timings = {"load": t1 - t0, "extract": t2 - t1}
+    for k in heads[0].timings:
+        timings[f"head_{k}"] = sum(m.timings[k] for m in heads)
     timings["total"] = time.perf_counter() - t0
-    return metrics, timings
+    return heads, timings
+
+
+def _combine_heads(heads: list[ProbeMetrics]) -> tuple[float, float, list[float | None]]:
+    """mIoU, pixel accuracy and per-class IoU averaged over heads (a class absent for every head: None)."""
+    miou = float(np.mean([m.miou for m in heads]))
+    acc = float(np.mean([m.pixel_accuracy for m in heads]))
+    iou: list[float | None] = []
+    for c in range(len(heads[0].iou)):
+        vals = [m.iou[c] for m in heads if m.iou[c] is not None]
+        iou.append(float(np.mean(vals)) if vals else None)
+    return miou, acc, iou
+
+
+def _save_confusions(path: Path, heads: list[ProbeMetrics]) -> None:
+    """Each head's per-image confusion matrices (sparse) to ``path`` (.npz, atomic)."""
+    parts = [m.image_confusion.tocoo() for m in heads]
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    np.savez(
+        tmp,
+        head=np.concatenate([np.full(p.nnz, h, np.int32) for h, p in enumerate(parts)]),
+        image=np.concatenate([p.row.astype(np.int32) for p in parts]),
+        cell=np.concatenate([p.col.astype(np.int32) for p in parts]),
+        count=np.concatenate([p.data.astype(np.int64) for p in parts]),
+        shape=np.array([len(parts), *parts[0].shape], np.int64),
+    )
+    os.replace(tmp, path)
+
+
+def _load_confusions(path: Path) -> list[Any] | None:
+    """The per-head sparse (n, C*C) matrices saved by :func:`_save_confusions` (None if unreadable)."""
+    from scipy import sparse
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            H, n, cc = (int(v) for v in z["shape"])
+            head, image, cell, count = z["head"], z["image"], z["cell"], z["count"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return [
+        sparse.csr_matrix((count[head == h], (image[head == h], cell[head == h])), shape=(n, cc), dtype=np.int64)
+        for h in range(H)
+    ]
 
 
 def _cache_path(cache: Path, path: Path, identity: str, key: str) -> Path:
@@ -1020,6 +1105,10 @@ def probe(
         raise ValueError(f"cache_dtype: expected 'float16' or 'float32', got {cfg.cache_dtype!r}")
     if cfg.threads is not None and cfg.threads < 1:
         raise ValueError(f"threads must be a positive int or None, got {cfg.threads!r}")
+    if isinstance(cfg.head_seeds, bool) or not isinstance(cfg.head_seeds, int) or cfg.head_seeds < 1:
+        raise ValueError(f"head_seeds must be a positive int, got {cfg.head_seeds!r}")
+    if not 0 < cfg.confidence < 1:
+        raise ValueError(f"confidence: expected a level in (0, 1), got {cfg.confidence!r}")
     if not cfg.cache_memory_gb >= 0:
         raise ValueError(f"cache_memory_gb must be >= 0, got {cfg.cache_memory_gb}")
     _make_optimizer(cfg.optimizer, [torch.zeros(1, requires_grad=True)], 1.0, 0.0)  # validates the name
@@ -1074,14 +1163,16 @@ def probe(
                 if progress:
                     console.print(f"probing [{n}/{len(todo)}] {path.name} on {label}")
                 try:
-                    metrics, timings = _probe_checkpoint(
+                    heads, timings = _probe_checkpoint(
                         cfg, path, model, data, feats, num_classes, ignore_index, device, progress
                     )
+                    miou, acc, iou = _combine_heads(heads)
                     res = CheckpointProbe(
-                        str(path), epoch, label, "ok", metrics.miou, metrics.pixel_accuracy, metrics.iou,
-                        metrics.train_loss, timings, identity=identities[i],
-                        num_train=len(train_ds), num_val=len(val_ds),
+                        str(path), epoch, label, "ok", miou, acc, iou,
+                        heads[0].train_loss, timings, identity=identities[i],
+                        num_train=len(train_ds), num_val=len(val_ds), head_miou=[m.miou for m in heads],
                     )
+                    _save_confusions(target.with_suffix(".npz"), heads)
                     write_json_atomic(target, asdict(res))
                     _failed_path(cache_dir, path, label).unlink(missing_ok=True)
                     computed += 1
@@ -1096,8 +1187,15 @@ def probe(
         _barrier(world)
 
         results: list[CheckpointProbe] = []
+        confusions: dict[str, list[Any]] = {}
         for i, (path, epoch) in enumerate(checkpoints):
-            res = _read_cached(_cache_path(cache_dir, path, identities[i], key))
+            cached = _cache_path(cache_dir, path, identities[i], key)
+            res = _read_cached(cached)
+            conf = _load_confusions(cached.with_suffix(".npz")) if res is not None else None
+            if res is not None and conf is not None:
+                confusions[str(path)] = conf
+            elif res is not None:  # the confusions are gone: this result cannot be given an interval
+                res = None
             if res is None:
                 res = _read_cached(_failed_path(cache_dir, path, label)) or CheckpointProbe(
                     str(path), epoch, label, "failed", error="no result (not probed)"
@@ -1107,7 +1205,9 @@ def probe(
         report = None
         run_timings["total"] = time.perf_counter() - t_start
         if rank == 0:
-            _write_outputs(cfg, results, label, train_split, train_ds, val_ds, store.stats(), key, out, run_timings)
+            _write_outputs(
+                cfg, results, confusions, label, train_split, train_ds, val_ds, store.stats(), key, out, run_timings
+            )
             report = _maybe_report(out, console)
             if progress:
                 _print_summary(console, results, label)
@@ -1122,13 +1222,49 @@ def probe(
             dist.destroy_process_group()
 
 
-def _fmt(v: float) -> str:
+def _fmt(v: float | None) -> str:
     return repr(float(v)) if v is not None and math.isfinite(v) else ""
+
+
+def _write_confusion_table(path: Path, ok: list[CheckpointProbe], confusions: dict[str, list[Any]]) -> None:
+    """Every checkpoint's per-head, per-image confusions in one sparse table (see the module docstring)."""
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("checkpoint", "head", "image", "cell", "count")}
+    shape = np.zeros(3, np.int64)
+    for t, r in enumerate(ok):
+        for h, m in enumerate(confusions[r.checkpoint]):
+            coo = m.tocoo()
+            shape = np.array([len(confusions[r.checkpoint]), *coo.shape], np.int64)
+            for k, v in (("checkpoint", np.full(coo.nnz, t)), ("head", np.full(coo.nnz, h)), ("image", coo.row),
+                         ("cell", coo.col), ("count", coo.data)):
+                cols[k].append(np.asarray(v))
+    arrays = {k: (np.concatenate(v) if v else np.zeros(0)).astype(np.int64) for k, v in cols.items()}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, **arrays, shape=shape, checkpoints=np.array([r.checkpoint for r in ok], dtype=str))
+    os.replace(tmp, path)
+
+
+def read_confusion_table(path: str | os.PathLike) -> tuple[list[str], list[list[Any]]]:
+    """The checkpoints of a ``probe_<dataset>_confusion.npz`` and their per-head sparse (n, C*C) matrices."""
+    from scipy import sparse
+
+    with np.load(path, allow_pickle=False) as z:
+        names = [str(c) for c in z["checkpoints"]]
+        H, n, cc = (int(v) for v in z["shape"])
+        t, h, i, c, v = (z[k] for k in ("checkpoint", "head", "image", "cell", "count"))
+    out = []
+    for k in range(len(names)):
+        sel_t = t == k
+        out.append([
+            sparse.csr_matrix((v[sel_t & (h == j)], (i[sel_t & (h == j)], c[sel_t & (h == j)])), shape=(n, cc))
+            for j in range(H)
+        ])
+    return names, out
 
 
 def _write_outputs(
     cfg: ProbeConfig,
     results: list[CheckpointProbe],
+    confusions: dict[str, list[Any]],
     label: str,
     train_split: str,
     train_ds: Any,
@@ -1138,23 +1274,42 @@ def _write_outputs(
     out: Path,
     run_timings: dict[str, float],
 ) -> None:
-    rows: list[list[str]] = []
+    from .metrics.intervals import miou_bootstrap
+
+    ok = [r for r in results if r.status == "ok"]
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
+    boot = (
+        miou_bootstrap([confusions[r.checkpoint] for r in ok], confidence=cfg.confidence, seed=cfg.seed)
+        if ok and ok[0].num_val >= 2 else None
+    )
+    columns = list(PROBE_COLUMNS)
+    rows: list[dict[str, str]] = []
     csv_path = out / "probe.csv"
-    if csv_path.is_file():  # keep the rows of the other datasets
+    if csv_path.is_file():  # keep the rows of the other datasets, with every column they have
         with open(csv_path, newline="") as f:
             reader = csv.DictReader(f)
-            if reader.fieldnames and list(reader.fieldnames) == list(PROBE_COLUMNS):
-                rows = [[r[c] for c in PROBE_COLUMNS] for r in reader if r["dataset"] != label]
-    for r in results:
-        if r.status == "ok":
-            rows.append([r.checkpoint, "" if r.epoch is None else str(r.epoch), label, _fmt(r.miou), _fmt(r.pixel_accuracy)])
-    tmp = out / f".probe.csv.{os.getpid()}.tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(PROBE_COLUMNS)
-        w.writerows(rows)
-    os.replace(tmp, csv_path)
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
+            if reader.fieldnames and "dataset" in reader.fieldnames:
+                columns += [c for c in reader.fieldnames if c not in columns and c]
+                rows = [dict(r) for r in reader if r.get("dataset") != label]
+    for t, r in enumerate(ok):
+        rows.append({
+            "checkpoint": r.checkpoint, "epoch": "" if r.epoch is None else str(r.epoch), "dataset": label,
+            "miou": _fmt(r.miou), "pixel_accuracy": _fmt(r.pixel_accuracy),
+            "miou_low": _fmt(boot.low[t]) if boot else "", "miou_high": _fmt(boot.high[t]) if boot else "",
+            "heads": str(len(r.head_miou) or 1),
+        })
+    write_csv_atomic(out / "probe.csv", columns, rows)
+    names = list(getattr(train_ds, "class_names", ()))
+    class_rows = []
+    for t, r in enumerate(ok):
+        for c, v in enumerate(r.iou):
+            class_rows.append({
+                "checkpoint": r.checkpoint, "epoch": "" if r.epoch is None else str(r.epoch), "class_id": str(c),
+                "class_name": names[c] if c < len(names) else str(c), "iou": _fmt(v),
+                "iou_low": _fmt(boot.iou_low[t, c]) if boot else "", "iou_high": _fmt(boot.iou_high[t, c]) if boot else "",
+            })
+    write_csv_atomic(out / f"probe_{safe}_classes.csv", list(CLASS_COLUMNS), class_rows)
+    _write_confusion_table(out / f"probe_{safe}_confusion.npz", ok, confusions)
     record = {
         "settings": {**asdict(cfg), "train_split": train_split},
         "dataset": label,
@@ -1237,6 +1392,10 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=1e-4, help="default 1e-4")
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"], help="default adamw")
     p.add_argument("--seed", type=int, default=0, help="head init, batch order and dataset subset seed")
+    p.add_argument("--head-seeds", type=positive_int, default=1,
+                   help="heads trained per checkpoint (seeds SEED, SEED+1, ...): mIoU is their mean and its "
+                   "interval covers the head's seed too (default 1)")
+    p.add_argument("--confidence", type=float, default=0.95, help="nominal coverage of the intervals (default 0.95)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per backbone forward pass")
     p.add_argument("--cache-memory-gb", type=float, default=4.0,
                    help="RAM for cached images, masks and features; beyond it they spill to disk (default 4)")
@@ -1268,6 +1427,8 @@ def run_probe(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay,
         optimizer=args.optimizer,
         seed=args.seed,
+        head_seeds=args.head_seeds,
+        confidence=args.confidence,
         batch_size=args.batch_size,
         cache_memory_gb=args.cache_memory_gb,
         cache_dtype=args.cache_dtype,

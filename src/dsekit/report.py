@@ -3,13 +3,27 @@
 ``write_report(out_dir)`` reads ``dse.csv`` (from ``dsekit scan``) and ``probe.csv`` (from
 ``dsekit probe``) in one folder and writes, per dataset of the probe:
 
-* Kendall τ (tau-b) and Spearman ρ between every metric column and mIoU across checkpoints
-  (the table of SPEC §6);
+* Kendall τ (tau-b) and Spearman ρ between every metric column and mIoU across the training
+  checkpoints (the table of SPEC §6), each with a 95 % interval that carries both sides'
+  per-checkpoint uncertainty, and whether it differs from 0 and from DSE's;
 * the selection gain: mIoU of the DSE top-1 pick and of the best of the top-3 candidates,
-  against the last checkpoint and against the best checkpoint in hindsight;
-* a figure: mIoU and each metric min–max normalised over epochs, DSE candidates marked.
+  against the last checkpoint and against the best checkpoint in hindsight, with intervals;
+* the mIoU curve: the untrained network (when the run saved its initial weights), the first,
+  best and last checkpoints, and the differences between them with intervals;
+* per-class IoU of every checkpoint (table and figure);
+* figures: mIoU and each metric min–max normalised over epochs with DSE candidates marked,
+  and each class's IoU over epochs.
 
-Outputs: ``report.md``, ``report.json`` and ``report_<dataset>.png``.
+Intervals: ``dse_replicates.csv`` (half-sample values of every label-free column, from the
+scan) and ``probe_<dataset>_confusion.npz`` (per-image confusions, from the probe) give
+paired draws of both curves: draw ``b`` takes bootstrap resample ``b`` of the validation
+images (shared by all checkpoints) and a random half-sample replicate of the scan (shared by
+all checkpoints), recomputes λ, the calibrated DSE, its pick, τ and ρ, and the intervals are
+the percentiles of these draws (:mod:`dsekit.metrics.intervals`). Without those files the
+report has no intervals and says so. The initial weights (epoch -1) are shown but are never a
+candidate and do not enter τ, ρ or λ.
+
+Outputs: ``report.md``, ``report.json``, ``report_<dataset>.png`` and ``classes_<dataset>.png``.
 """
 
 from __future__ import annotations
@@ -31,6 +45,8 @@ __all__ = [
     "SelectionGain",
     "read_table",
     "build_report",
+    "plot_classes",
+    "selection_sentence",
     "write_report",
 ]
 
@@ -42,6 +58,7 @@ _TERM_LABELS = {
 }
 #: columns of dse.csv that are not metrics
 _ID_COLUMNS = ("checkpoint", "epoch")
+_TERMS4 = tuple(_TERM_LABELS)
 #: metrics shown in the report, in this order when present (others follow)
 _METRIC_ORDER = ("dse", "dse_raw", "rankme", "alpha_req", "dense_rankme", "lidar")
 
@@ -131,38 +148,245 @@ def _float(value: str) -> float:
         return math.nan
 
 
-def build_report(dse_rows: list[dict[str, str]], probe_rows: list[dict[str, str]], *, window: int = 2, top: int = 3) -> dict[str, Any]:
-    """Correlations and selection gains per dataset from dse.csv and probe.csv rows.
+def _metric_columns(columns: Sequence[str]) -> list[str]:
+    cols = [c for c in columns if c not in _ID_COLUMNS and not c.endswith(("_low", "_high"))]
+    return [m for m in _METRIC_ORDER if m in cols] + [m for m in cols if m not in _METRIC_ORDER]
 
-    Checkpoints are matched by the ``checkpoint`` column and kept in the order of dse.csv
-    (training order). Every numeric column of dse.csv is a metric.
+
+def build_report(
+    dse_rows: list[dict[str, str]],
+    probe_rows: list[dict[str, str]],
+    *,
+    window: int = 2,
+    top: int = 3,
+    replicate_rows: list[dict[str, str]] | None = None,
+    confusions: dict[str, tuple[list[str], list[list[Any]]]] | None = None,
+    class_rows: dict[str, list[dict[str, str]]] | None = None,
+    confidence: float = 0.95,
+    n_draws: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Correlations, selection gains and the mIoU curve per dataset, with intervals where possible.
+
+    Args:
+        dse_rows, probe_rows: rows of dse.csv and probe.csv. Checkpoints are matched by the
+            ``checkpoint`` column and kept in the order of dse.csv (training order). Every
+            numeric column of dse.csv that does not end in ``_low`` / ``_high`` is a metric.
+        replicate_rows: rows of dse_replicates.csv (None: no intervals on the metric side).
+        confusions: dataset -> ``(checkpoints, per-head sparse per-image confusions)`` as read by
+            :func:`dsekit.probe.read_confusion_table` (None: no intervals on the mIoU side).
+        class_rows: dataset -> rows of ``probe_<dataset>_classes.csv``.
+        confidence, n_draws, seed: the intervals' coverage, number of paired draws and seed.
     """
     if not dse_rows:
         raise ValueError("dse.csv has no rows: run `dsekit scan` first")
-    metrics = [c for c in dse_rows[0] if c not in _ID_COLUMNS]
-    metrics = [m for m in _METRIC_ORDER if m in metrics] + [m for m in metrics if m not in _METRIC_ORDER]
-    by_ckpt = {r["checkpoint"]: r for r in dse_rows}
+    metrics = _metric_columns(list(dse_rows[0]))
     datasets = sorted({r["dataset"] for r in probe_rows})
-    report: dict[str, Any] = {"metrics": metrics, "window": window, "top": top, "datasets": {}}
+    report: dict[str, Any] = {
+        "metrics": metrics, "window": window, "top": top, "confidence": confidence, "datasets": {},
+    }
     for ds in datasets:
-        miou_of = {r["checkpoint"]: _float(r["miou"]) for r in probe_rows if r["dataset"] == ds}
-        rows = [r for r in dse_rows if r["checkpoint"] in miou_of and math.isfinite(miou_of[r["checkpoint"]])]
-        if not rows:
-            continue
-        miou = [miou_of[r["checkpoint"]] for r in rows]
-        entry: dict[str, Any] = {
-            "checkpoints": [r["checkpoint"] for r in rows],
-            "epochs": [int(r["epoch"]) if r.get("epoch") not in (None, "") else None for r in rows],
-            "miou": miou,
-            "values": {m: [_float(r[m]) for r in rows] for m in metrics},
-            "correlation": {m: rank_correlations([_float(r[m]) for r in rows], miou) for m in metrics},
-        }
-        if "dse" in metrics:
-            entry["selection"] = asdict(selection_gain(entry["values"]["dse"], miou, window=window, top=top))
-        report["datasets"][ds] = entry
-    missing = [c for c in by_ckpt if not any(c in e["checkpoints"] for e in report["datasets"].values())]
-    report["unprobed_checkpoints"] = missing
+        entry = _dataset_entry(
+            ds, dse_rows, probe_rows, metrics, window, top, replicate_rows, (confusions or {}).get(ds),
+            (class_rows or {}).get(ds), confidence, n_draws, seed,
+        )
+        if entry is not None:
+            report["datasets"][ds] = entry
+    report["unprobed_checkpoints"] = [
+        r["checkpoint"] for r in dse_rows
+        if not any(r["checkpoint"] in e["checkpoints"] or r["checkpoint"] == (e.get("init") or {}).get("checkpoint")
+                   for e in report["datasets"].values())
+    ]
     return report
+
+
+def _epoch(r: dict[str, str]) -> int | None:
+    return int(r["epoch"]) if r.get("epoch") not in (None, "") else None
+
+
+def _dataset_entry(
+    ds: str,
+    dse_rows: list[dict[str, str]],
+    probe_rows: list[dict[str, str]],
+    metrics: list[str],
+    window: int,
+    top: int,
+    replicate_rows: list[dict[str, str]] | None,
+    confusion: tuple[list[str], list[list[Any]]] | None,
+    class_rows: list[dict[str, str]] | None,
+    confidence: float,
+    n_draws: int,
+    seed: int,
+) -> dict[str, Any] | None:
+    from .backbones import INIT_EPOCH
+
+    probe_of = {r["checkpoint"]: r for r in probe_rows if r["dataset"] == ds}
+    rows = [r for r in dse_rows if r["checkpoint"] in probe_of and math.isfinite(_float(probe_of[r["checkpoint"]]["miou"]))]
+    init_rows = [r for r in rows if _epoch(r) == INIT_EPOCH]
+    rows = [r for r in rows if _epoch(r) != INIT_EPOCH]
+    if not rows:
+        return None
+    names = [r["checkpoint"] for r in rows]
+    miou = [_float(probe_of[c]["miou"]) for c in names]
+    entry: dict[str, Any] = {
+        "checkpoints": names,
+        "epochs": [_epoch(r) for r in rows],
+        "miou": miou,
+        "miou_low": [_float(probe_of[c].get("miou_low", "")) for c in names],
+        "miou_high": [_float(probe_of[c].get("miou_high", "")) for c in names],
+        "values": {m: [_float(r[m]) for r in rows] for m in metrics},
+        "values_low": {m: [_float(r.get(f"{m}_low", "")) for r in rows] for m in metrics},
+        "values_high": {m: [_float(r.get(f"{m}_high", "")) for r in rows] for m in metrics},
+        "correlation": {m: rank_correlations([_float(r[m]) for r in rows], miou) for m in metrics},
+        "init": None,
+    }
+    if init_rows:
+        c = init_rows[0]["checkpoint"]
+        entry["init"] = {
+            "checkpoint": c, "miou": _float(probe_of[c]["miou"]), "miou_low": _float(probe_of[c].get("miou_low", "")),
+            "miou_high": _float(probe_of[c].get("miou_high", "")),
+            "values": {m: _float(init_rows[0][m]) for m in metrics},
+        }
+    if "dse" in metrics:
+        entry["selection"] = asdict(selection_gain(entry["values"]["dse"], miou, window=window, top=top))
+    draws = _paired_draws(rows, init_rows, metrics, replicate_rows, confusion, n_draws, seed)
+    entry["intervals"] = draws is not None
+    entry["curve"] = _curve_summary(entry, draws, confidence)
+    if draws is not None:
+        from .metrics.intervals import correlation_intervals, percentile_interval
+
+        y, _, metric_draws, terms = draws
+        ci = correlation_intervals(metric_draws, y, confidence=confidence, reference="dse" if "dse" in metric_draws else None)
+        for m, c in ci.items():
+            entry["correlation"][m].update(c)
+        sel = entry.get("selection")
+        if sel is not None and terms is not None:
+            gains = _selection_draws(terms, y, window, top)
+            for k in ("gain_top1_vs_last", "gap_top1_to_best"):
+                lo, hi = percentile_interval(gains[k], confidence)
+                sel[f"{k}_low"], sel[f"{k}_high"] = _nan_none(lo), _nan_none(hi)
+            sel["pick_agreement"] = float(np.mean(gains["pick"] == sel["top1_index"]))
+    if class_rows:
+        entry["classes"] = _class_table(class_rows, names, entry["init"])
+    return entry
+
+
+def _nan_none(v: Any) -> float | None:
+    f = float(v)
+    return f if math.isfinite(f) else None
+
+
+def _paired_draws(
+    rows: list[dict[str, str]],
+    init_rows: list[dict[str, str]],
+    metrics: list[str],
+    replicate_rows: list[dict[str, str]] | None,
+    confusion: tuple[list[str], list[list[Any]]] | None,
+    n_draws: int,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray], dict[str, np.ndarray] | None] | None:
+    """Paired draws: mIoU of the training checkpoints (R, T) and of the initial weights (R,) or
+    None; every metric (R, T); the four DSE terms (R, T) for recomputing λ and the pick. None
+    when either side has no replicates."""
+    from .metrics.intervals import half_sample_draws, miou_bootstrap
+
+    if not replicate_rows or confusion is None:
+        return None
+    names = [r["checkpoint"] for r in rows]
+    conf_names, conf = confusion
+    where = {c: i for i, c in enumerate(conf_names)}
+    order = [r["checkpoint"] for r in init_rows[:1]] + names
+    if any(c not in where for c in order):
+        return None
+    boot = miou_bootstrap([conf[where[c]] for c in order], n_resamples=n_draws, seed=seed)
+    y_init = boot.replicates[:, 0] if init_rows else None
+    y = boot.replicates[:, 1:] if init_rows else boot.replicates  # (R, T)
+    reps: dict[str, dict[int, dict[str, float]]] = {}
+    for r in replicate_rows:
+        reps.setdefault(r["checkpoint"], {})[int(r["replicate"])] = {k: _float(v) for k, v in r.items()}
+    if any(c not in reps for c in names):
+        return None
+    k_reps = min(len(reps[c]) for c in names)
+    if k_reps < 2:
+        return None
+    pick = np.random.default_rng([seed, 0x5E1EC7]).integers(0, k_reps, size=y.shape[0])
+    metric_draws: dict[str, np.ndarray] = {}
+    for m in [*metrics, *_TERMS4]:
+        if m == "dse" or any(m not in reps[c][0] for c in names):
+            continue
+        rep_m = np.array([[reps[c][k][m] for c in names] for k in range(k_reps)])  # (K, T)
+        point = np.array([_float(r[m]) for r in rows])
+        metric_draws[m] = half_sample_draws(point, rep_m)[pick]
+    terms = {t: metric_draws[t] for t in _TERMS4} if all(t in metric_draws for t in _TERMS4) else None
+    if terms is not None and "dse" in metrics:
+        metric_draws["dse"] = np.stack([_calibrated(terms, b) for b in range(y.shape[0])])
+    metric_draws = {m: metric_draws[m] for m in metrics if m in metric_draws}
+    return y, y_init, metric_draws, terms
+
+
+def _calibrated(terms: dict[str, np.ndarray], b: int) -> np.ndarray:
+    """The calibrated DSE curve of draw ``b`` (λ recomputed from the draw's own terms)."""
+    from .select import calibrate
+
+    return calibrate(*[terms[t][b] for t in _TERMS4]).dse
+
+
+def _selection_draws(terms: dict[str, np.ndarray], y: np.ndarray, window: int, top: int) -> dict[str, np.ndarray]:
+    """Per draw: DSE's pick, its gain over the last checkpoint and its gap to the best (mIoU of the draw)."""
+    out = {k: np.empty(y.shape[0]) for k in ("pick", "gain_top1_vs_last", "gap_top1_to_best")}
+    for b in range(y.shape[0]):
+        p = select_checkpoints(_calibrated(terms, b), window=window, top=top).selected[0]
+        out["pick"][b] = p
+        out["gain_top1_vs_last"][b] = y[b, p] - y[b, -1]
+        out["gap_top1_to_best"][b] = y[b, p] - y[b].max()
+    return out
+
+
+def _curve_summary(
+    entry: dict[str, Any],
+    draws: tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray], dict[str, np.ndarray] | None] | None,
+    confidence: float,
+) -> dict[str, Any]:
+    """Untrained, first, best and last mIoU and their differences (paired intervals when drawn)."""
+    from .metrics.intervals import percentile_interval
+
+    miou = np.asarray(entry["miou"])
+    best = int(np.argmax(miou))
+    out: dict[str, Any] = {
+        "best_index": best, "first": float(miou[0]), "best": float(miou[best]), "last": float(miou[-1]),
+        "untrained": entry["init"]["miou"] if entry["init"] else None,
+    }
+    trained = None if draws is None else draws[0]
+    y_init = None if draws is None else draws[1]
+    has_init = entry["init"] is not None
+    pairs = {"best_minus_first": (best, 0), "best_minus_last": (best, len(miou) - 1)}
+    for name, (i, j) in pairs.items():
+        out[name] = float(miou[i] - miou[j])
+        if trained is not None:
+            lo, hi = percentile_interval(trained[:, i] - trained[:, j], confidence)
+            out[f"{name}_low"], out[f"{name}_high"] = _nan_none(lo), _nan_none(hi)
+    if has_init:
+        out["best_minus_untrained"] = float(miou[best] - entry["init"]["miou"])
+        if trained is not None and y_init is not None:
+            lo, hi = percentile_interval(trained[:, best] - y_init, confidence)
+            out["best_minus_untrained_low"], out["best_minus_untrained_high"] = _nan_none(lo), _nan_none(hi)
+    return out
+
+
+def _class_table(class_rows: list[dict[str, str]], names: list[str], init: dict[str, Any] | None) -> dict[str, Any]:
+    """class name -> IoU, low, high per checkpoint (in ``names`` order), and the untrained value."""
+    by = {(r["checkpoint"], r["class_name"]): r for r in class_rows}
+    classes = list(dict.fromkeys(r["class_name"] for r in sorted(class_rows, key=lambda r: int(r["class_id"]))))
+    out: dict[str, Any] = {}
+    for c in classes:
+        get = lambda ck, k: _float(by[(ck, c)][k]) if (ck, c) in by else math.nan  # noqa: E731
+        out[c] = {
+            "iou": [get(n, "iou") for n in names],
+            "low": [get(n, "iou_low") for n in names],
+            "high": [get(n, "iou_high") for n in names],
+            "untrained": get(init["checkpoint"], "iou") if init else None,
+        }
+    return out
 
 
 # --------------------------------------------------------------------------- figures
@@ -183,7 +407,25 @@ def _pyplot():
     return plt
 
 
-def plot_dse_curve(results: Sequence[Any], dse: Sequence[float], selection: dict[str, Any], path: str | Path) -> Path:
+def _band(ax: Any, x: Sequence[float], bands: Sequence[dict[str, str]] | None, name: str, color: str) -> None:
+    """Shade ``<name>_low .. <name>_high`` (from dse.csv-style dicts) where both are present."""
+    if not bands:
+        return
+    lo = np.array([_float(b.get(f"{name}_low", "")) for b in bands])
+    hi = np.array([_float(b.get(f"{name}_high", "")) for b in bands])
+    ok = np.isfinite(lo) & np.isfinite(hi)
+    if ok.any():
+        ax.fill_between(np.asarray(x, dtype=float)[ok], lo[ok], hi[ok], color=color, alpha=0.2, lw=0)
+
+
+def plot_dse_curve(
+    results: Sequence[Any],
+    dse: Sequence[float],
+    selection: dict[str, Any],
+    path: str | Path,
+    *,
+    bands: Sequence[dict[str, str]] | None = None,
+) -> Path:
     """DSE over epochs (candidates marked, the selection starred) above its four terms.
 
     Args:
@@ -191,6 +433,8 @@ def plot_dse_curve(results: Sequence[Any], dse: Sequence[float], selection: dict
         dse: calibrated DSE per result.
         selection: as written to ``selection.json`` (``candidates``, ``best``, ``lambda``).
         path: PNG to write.
+        bands: per result, ``{"<column>_low": ..., "<column>_high": ...}`` (dse.csv's interval
+            columns), drawn as shaded bands.
     """
     plt = _pyplot()
     x = [r.epoch if r.epoch is not None else i for i, r in enumerate(results)]
@@ -198,7 +442,8 @@ def plot_dse_curve(results: Sequence[Any], dse: Sequence[float], selection: dict
     fig = plt.figure(figsize=(8, 7))
     grid = fig.add_gridspec(3, 2, height_ratios=[2.2, 1, 1])
     top = fig.add_subplot(grid[0, :])
-    top.plot(x, dse, "-o", color="C0", ms=4, label="DSE")
+    _band(top, x, bands, "dse", "C0")
+    top.plot(x, dse, "-o", color="C0", ms=4, label="DSE" + (" (95 % interval shaded)" if bands else ""))
     cand = [index[c["checkpoint"]] for c in selection.get("candidates", []) if c["checkpoint"] in index]
     if cand:
         top.plot([x[i] for i in cand], [dse[i] for i in cand], "o", mfc="none", mec="C3", ms=11, mew=1.5,
@@ -213,6 +458,7 @@ def plot_dse_curve(results: Sequence[Any], dse: Sequence[float], selection: dict
     top.grid(alpha=0.3)
     for j, (term, label) in enumerate(_TERM_LABELS.items()):
         ax = fig.add_subplot(grid[1 + j // 2, j % 2], sharex=top)
+        _band(ax, x, bands, term, f"C{j + 1}")
         ax.plot(x, [r.terms[term] for r in results], "-", color=f"C{j + 1}")
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3)
@@ -231,13 +477,20 @@ def plot_metrics_vs_miou(entry: dict[str, Any], dataset: str, path: str | Path) 
     plt = _pyplot()
     x = [e if e is not None else i for i, e in enumerate(entry["epochs"])]
     fig, ax = plt.subplots(figsize=(8, 4.5))
+    m = np.asarray(entry["miou"], dtype=float)
+    lo, hi = np.asarray(entry.get("miou_low", [math.nan] * len(m)), float), np.asarray(entry.get("miou_high", [math.nan] * len(m)), float)
+    span = np.nanmax(m) - np.nanmin(m)
+    if span > 0 and np.isfinite(lo).all() and np.isfinite(hi).all():  # the band on the same normalised scale
+        ax.fill_between(x, (lo - np.nanmin(m)) / span, (hi - np.nanmin(m)) / span, color="black", alpha=0.12, lw=0)
     ax.plot(x, _minmax(entry["miou"]), "-o", color="black", lw=2.2, ms=4, label="mIoU")
     for j, (name, values) in enumerate(entry["values"].items()):
         if name not in _METRIC_ORDER:
             continue
-        tau = entry["correlation"][name]["kendall_tau"]
+        c = entry["correlation"][name]
+        tau = c["kendall_tau"]
         style = "-" if name == "dse" else "--"
-        ax.plot(x, _minmax(values), style, color=f"C{j}", lw=2 if name == "dse" else 1.2, label=f"{name} (τ = {tau:.2f})")
+        ci = f" [{c['tau_low']:+.2f}, {c['tau_high']:+.2f}]" if c.get("tau_low") is not None else ""
+        ax.plot(x, _minmax(values), style, color=f"C{j}", lw=2 if name == "dse" else 1.2, label=f"{name} (τ = {tau:.2f}{ci})")
     sel = entry.get("selection")
     if sel:
         dse_n = _minmax(entry["values"]["dse"])
@@ -257,6 +510,39 @@ def plot_metrics_vs_miou(entry: dict[str, Any], dataset: str, path: str | Path) 
     return path
 
 
+def plot_classes(entry: dict[str, Any], dataset: str, path: str | Path) -> Path:
+    """Each class's IoU over epochs (95 % bands), the untrained network at the left edge."""
+    plt = _pyplot()
+    x = np.array([e if e is not None else i for i, e in enumerate(entry["epochs"])], dtype=float)
+    classes = entry["classes"]
+    fig, ax = plt.subplots(figsize=(9, 5))
+    cmap = plt.get_cmap("tab20")
+    x0 = x[0] - max(1.0, (x[-1] - x[0]) / 20) if len(x) else -1.0
+    for j, (name, c) in enumerate(classes.items()):
+        colour = cmap(j % 20)
+        iou, lo, hi = (np.asarray(c[k], dtype=float) for k in ("iou", "low", "high"))
+        ok = np.isfinite(lo) & np.isfinite(hi)
+        if ok.any():
+            ax.fill_between(x[ok], lo[ok], hi[ok], color=colour, alpha=0.12, lw=0)
+        ax.plot(x, iou, "-", color=colour, lw=1.4, label=name)
+        if c.get("untrained") is not None and math.isfinite(c["untrained"]):
+            ax.plot([x0], [c["untrained"]], "o", color=colour, ms=4)
+    if entry.get("init"):
+        ax.axvline(x0, color="grey", lw=0.6, ls=":")
+        ax.text(x0, 1.0, " untrained", fontsize=7, va="top", color="grey")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("IoU")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"{dataset}: IoU of each class over training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 # --------------------------------------------------------------------------- writing
 
 
@@ -264,34 +550,95 @@ def _fmt(v: float, spec: str = ".3f") -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{100 * v:.1f}"
+
+
+def _ci(lo: float | None, hi: float | None, scale: float = 100.0, spec: str = ".1f") -> str:
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return ""
+    return f" [{format(scale * lo, spec)}, {format(scale * hi, spec)}]"
+
+
+def selection_sentence(e: dict[str, Any], confidence: float = 0.95) -> str:
+    """One plain sentence on DSE's pick against the last checkpoint."""
+    s = e.get("selection")
+    if not s:
+        return "No DSE column: no selection."
+    ep = e["epochs"]
+    gain = f"{100 * s['gain_top1_vs_last']:+.1f} mIoU"
+    lo, hi = s.get("gain_top1_vs_last_low"), s.get("gain_top1_vs_last_high")
+    where = f"DSE's pick (epoch {ep[s['top1_index']]}) vs the last checkpoint (epoch {ep[-1]}): {gain}"
+    if lo is None or hi is None:
+        return where + " (no interval: the run has no replicates)."
+    ci = f"{int(round(100 * confidence))} % interval{_ci(lo, hi)}"
+    if lo <= 0 <= hi:
+        return where + f" ({ci}): the pick is not distinguishable from the last checkpoint."
+    better = "better" if lo > 0 else "worse"
+    return where + f" ({ci}): the pick is {better} than the last checkpoint."
+
+
 def _markdown(report: dict[str, Any]) -> str:
+    conf = report.get("confidence", 0.95)
+    pc = f"{int(round(100 * conf))} %"
     lines = ["# DSE report", ""]
-    metrics = [m for m in report["metrics"]]
-    lines += ["## Rank correlation with linear-probe mIoU across checkpoints", ""]
-    lines += ["| dataset | metric | Kendall τ | Spearman ρ |", "|---|---|---|---|"]
     for ds, e in report["datasets"].items():
-        for m in metrics:
-            c = e["correlation"][m]
-            lines.append(f"| {ds} | {m} | {_fmt(c['kendall_tau'], '.2f')} | {_fmt(c['spearman_rho'], '.2f')} |")
-    lines += ["", "## Selection by DSE", ""]
-    lines += [
-        "| dataset | checkpoints | last mIoU | DSE top-1 mIoU | best of top-3 mIoU | best in hindsight | gain top-1 vs last |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for ds, e in report["datasets"].items():
-        s = e.get("selection")
-        if not s:
-            continue
-        ep = e["epochs"]
+        lines += [f"## {ds}", ""]
+        c = e["curve"]
+        iv = "" if e["intervals"] else " (no intervals: the scan or the probe left no replicates)"
+        lines += [f"### mIoU curve{iv}", ""]
+        lines += ["| untrained | first | best | last | best − untrained | best − first | best − last |", "|---|---|---|---|---|---|---|"]
         lines.append(
-            f"| {ds} | {len(e['miou'])} | {_fmt(s['last_miou'])} | {_fmt(s['top1_miou'])} (epoch {ep[s['top1_index']]}) | "
-            f"{_fmt(s['best_of_top_miou'])} (epoch {ep[s['best_of_top_index']]}) | {_fmt(s['best_miou'])} "
-            f"(epoch {ep[s['best_index']]}) | {s['gain_top1_vs_last']:+.3f} |"
+            f"| {_pct(c['untrained'])} | {_pct(c['first'])} (epoch {e['epochs'][0]}) | {_pct(c['best'])} "
+            f"(epoch {e['epochs'][c['best_index']]}) | {_pct(c['last'])} | "
+            + " | ".join(
+                (f"{100 * c[k]:+.1f}{_ci(c.get(k + '_low'), c.get(k + '_high'))}" if c.get(k) is not None else "n/a")
+                for k in ("best_minus_untrained", "best_minus_first", "best_minus_last")
+            )
+            + " |"
         )
+        lines += ["", f"mIoU in %, differences in points, {pc} intervals in brackets (paired resamples of the "
+                  "validation images and heads)."]
+        lines += ["", "### Rank correlation with mIoU across the training checkpoints", ""]
+        lines += [f"| metric | Kendall τ [{pc}] | Spearman ρ [{pc}] | τ ≠ 0 | τ ≠ τ(dse) |", "|---|---|---|---|---|"]
+        for m in report["metrics"]:
+            r = e["correlation"][m]
+            nz = "" if r.get("tau_low") is None else ("yes" if r.get("nonzero") else "no")
+            dd = "—" if m == "dse" else ("" if r.get("tau_diff_low") is None else
+                                         ("yes" if r.get("differs_from_reference") else "no"))
+            lines.append(
+                f"| {m} | {_fmt(r['kendall_tau'], '+.2f')}{_ci(r.get('tau_low'), r.get('tau_high'), 1.0, '+.2f')} | "
+                f"{_fmt(r['spearman_rho'], '+.2f')}{_ci(r.get('rho_low'), r.get('rho_high'), 1.0, '+.2f')} | {nz} | {dd} |"
+            )
+        s = e.get("selection")
+        if s:
+            ep = e["epochs"]
+            lines += ["", "### Selection by DSE", ""]
+            lines += ["| checkpoints | last mIoU | DSE top-1 mIoU | best of top-3 | best in hindsight | top-1 − last | top-1 − best |",
+                      "|---|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {len(e['miou'])} | {_pct(s['last_miou'])} | {_pct(s['top1_miou'])} (epoch {ep[s['top1_index']]}) | "
+                f"{_pct(s['best_of_top_miou'])} (epoch {ep[s['best_of_top_index']]}) | {_pct(s['best_miou'])} "
+                f"(epoch {ep[s['best_index']]}) | {100 * s['gain_top1_vs_last']:+.1f}"
+                f"{_ci(s.get('gain_top1_vs_last_low'), s.get('gain_top1_vs_last_high'))} | "
+                f"{100 * s['gap_top1_to_best']:+.1f}{_ci(s.get('gap_top1_to_best_low'), s.get('gap_top1_to_best_high'))} |"
+            )
+            lines += ["", selection_sentence(e, conf)]
+            if "pick_agreement" in s:
+                lines.append(f"The pick was the same checkpoint in {100 * s['pick_agreement']:.0f} % of the paired draws.")
+        if e.get("classes"):
+            best, last = c["best_index"], len(e["miou"]) - 1
+            lines += ["", "### IoU per class (%)", "", "| class | untrained | first | best | last |", "|---|---|---|---|---|"]
+            for name, k in e["classes"].items():
+                lines.append(
+                    f"| {name} | {_pct(k['untrained'])} | {_pct(k['iou'][0])}{_ci(k['low'][0], k['high'][0])} | "
+                    f"{_pct(k['iou'][best])}{_ci(k['low'][best], k['high'][best])} | "
+                    f"{_pct(k['iou'][last])}{_ci(k['low'][last], k['high'][last])} |"
+                )
+            lines += ["", f"![{ds} classes](classes_{ds}.png)"]
+        lines += ["", f"![{ds}](report_{ds}.png)", ""]
     if report.get("unprobed_checkpoints"):
-        lines += ["", f"Checkpoints without mIoU: {len(report['unprobed_checkpoints'])}."]
-    for ds in report["datasets"]:
-        lines += ["", f"![{ds}](report_{ds}.png)"]
+        lines += [f"Checkpoints without mIoU: {len(report['unprobed_checkpoints'])}."]
     return "\n".join(lines) + "\n"
 
 
@@ -306,16 +653,32 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def write_report(out_dir: str | Path, *, window: int = 2, top: int = 3) -> dict[str, Any]:
-    """Read ``dse.csv`` and ``probe.csv`` in ``out_dir``; write report.md, report.json and PNGs."""
+def write_report(out_dir: str | Path, *, window: int = 2, top: int = 3, confidence: float = 0.95) -> dict[str, Any]:
+    """Read ``dse.csv``, ``probe.csv`` and (when present) ``dse_replicates.csv``,
+    ``probe_<dataset>_confusion.npz`` and ``probe_<dataset>_classes.csv`` in ``out_dir``;
+    write report.md, report.json and PNGs."""
+    from .probe import read_confusion_table
     from .scan import write_json_atomic
 
     out = Path(out_dir)
     dse_rows = read_table(out / "dse.csv")
     probe_rows = read_table(out / "probe.csv")
-    report = build_report(dse_rows, probe_rows, window=window, top=top)
+    replicates = read_table(out / "dse_replicates.csv") if (out / "dse_replicates.csv").is_file() else None
+    confusions, classes = {}, {}
+    for ds in {r["dataset"] for r in probe_rows}:
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in ds)
+        if (out / f"probe_{safe}_confusion.npz").is_file():
+            confusions[ds] = read_confusion_table(out / f"probe_{safe}_confusion.npz")
+        if (out / f"probe_{safe}_classes.csv").is_file():
+            classes[ds] = read_table(out / f"probe_{safe}_classes.csv")
+    report = build_report(
+        dse_rows, probe_rows, window=window, top=top, replicate_rows=replicates, confusions=confusions,
+        class_rows=classes, confidence=confidence,
+    )
     for ds, entry in report["datasets"].items():
         plot_metrics_vs_miou(entry, ds, out / f"report_{ds}.png")
+        if entry.get("classes"):
+            plot_classes(entry, ds, out / f"classes_{ds}.png")
     write_json_atomic(out / "report.json", _json_safe(report))
     (out / "report.md").write_text(_markdown(report))
     return report

@@ -10,7 +10,12 @@ Under ``torchrun`` (``WORLD_SIZE > 1``) the checkpoints are split across ranks (
 NCCL on GPUs; OUT on a filesystem every rank sees); rank 0 assembles the outputs:
 
 * ``dse.csv``: one row per scored checkpoint (``checkpoint, epoch``, the five terms, ``dse``
-  and any baseline metric columns);
+  and any baseline metric columns), then ``<column>_low, <column>_high`` for each of them: the
+  interval over the image sample and the k-means seed (``intervals`` half-samples of the
+  images, each with its own seed; :mod:`dsekit.metrics.intervals`). The interval of ``dse``
+  holds λ at the run's value;
+* ``dse_replicates.csv``: the half-sample values behind those intervals (``checkpoint,
+  replicate``, then the same columns), which the report pairs with mIoU resamples;
 * ``selection.json``: λ, candidates (epochs and DSE) and the selected checkpoint;
 * ``dse.png``: DSE and its terms over epochs, candidates marked;
 * ``run.json``: every setting, library versions, the image list's hash and the failures.
@@ -28,7 +33,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -36,7 +41,7 @@ import torch
 from .metrics.dse import TERMS, DSEAccumulator
 from .select import calibrate, select_checkpoints
 
-__all__ = ["ScanConfig", "ScanResult", "CheckpointResult", "scan", "write_json_atomic", "file_identity"]
+__all__ = ["ScanConfig", "ScanResult", "CheckpointResult", "scan", "write_json_atomic", "write_csv_atomic", "file_identity", "calibrated_dse"]
 
 CSV_COLUMNS = ("checkpoint", "epoch", *TERMS, "dse")
 
@@ -74,6 +79,8 @@ class ScanConfig:
     precision: str = "fp32"  #: fp32, bf16 or fp16 (autocast during extraction)
     window: int = 2
     top: int = 3
+    intervals: int = 10  #: half-samples per checkpoint for the intervals (0: none)
+    confidence: float = 0.95  #: nominal coverage of the intervals
 
     @property
     def out_dir(self) -> Path:
@@ -84,7 +91,9 @@ class ScanConfig:
         keyed = {
             k: v
             for k, v in asdict(self).items()
-            if k not in ("run_dir", "out", "glob", "device", "window", "top", "batch_size", "trust_checkpoints")
+            if k not in (
+                "run_dir", "out", "glob", "device", "window", "top", "batch_size", "trust_checkpoints", "confidence",
+            )
         }
         keyed["metrics"] = sorted(keyed["metrics"])
         if "lidar" not in keyed["metrics"]:
@@ -107,6 +116,7 @@ class CheckpointResult:
     error: str = ""
     identity: str = ""
     num_images: int = 0
+    replicates: dict[str, list[float]] = field(default_factory=dict)  #: column -> one value per half-sample
 
 
 @dataclass
@@ -137,6 +147,16 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         json.dump(obj, f, indent=2, default=str)
         f.flush()
         os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_csv_atomic(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write ``rows`` (dicts; missing keys empty, extra keys ignored) under ``columns``, atomically."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(columns), restval="", extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
     os.replace(tmp, path)
 
 
@@ -221,8 +241,8 @@ def _score_checkpoint(
     progress: Any,
     model: torch.nn.Module | None = None,
     views: torch.Tensor | None = None,
-) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
-    """Load, extract and score one checkpoint -> (terms, metrics, timings).
+) -> tuple[dict[str, float], dict[str, float], dict[str, float], dict[str, list[float]]]:
+    """Load, extract and score one checkpoint -> (terms, metrics, timings, half-sample replicates).
 
     ``model``: a backbone of the right architecture to load into (every weight is
     overwritten, as loading is strict); None builds a new one.
@@ -244,22 +264,12 @@ def _score_checkpoint(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t2 = time.perf_counter()
-    acc = DSEAccumulator(
-        cfg.dse_batch_size,
-        seed=cfg.seed,
-        local_clusters=cfg.local_clusters,
-        global_clusters=cfg.global_clusters,
-        images_per_group=cfg.images_per_group,
-        normalize=cfg.normalize,
-        n_init=cfg.n_init,
-    )
-    for lo in range(0, feats.shape[0], cfg.dse_batch_size):
-        acc.update(feats[lo : lo + cfg.dse_batch_size].to(device))
-    terms = acc.compute().as_dict()
+    terms = _dse_terms(cfg, feats, device, cfg.seed)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t3 = time.perf_counter()
     metrics = {name: _safe_metric(name, fn, feats) for name, fn in metric_fns.items()}
+    vf = None
     if views is not None:
         from .metrics.baselines import lidar_dense
 
@@ -268,10 +278,64 @@ def _score_checkpoint(
             extractor, views.flatten(0, 1), batch_size=cfg.batch_size, device=device,
             amp_dtype=_PRECISIONS[cfg.precision],
         )
-        metrics["lidar"] = _safe_metric("lidar", lidar_dense, vf.reshape(n, q, *vf.shape[1:]))
+        vf = vf.reshape(n, q, *vf.shape[1:])
+        metrics["lidar"] = _safe_metric("lidar", lidar_dense, vf)
     t4 = time.perf_counter()
-    timings = {"load": t1 - t0, "extract": t2 - t1, "score": t3 - t2, "metrics": t4 - t3}
-    return terms, metrics, timings
+    replicates = _replicates(cfg, feats, vf, device, metric_fns)
+    t5 = time.perf_counter()
+    timings = {"load": t1 - t0, "extract": t2 - t1, "score": t3 - t2, "metrics": t4 - t3, "intervals": t5 - t4}
+    return terms, metrics, timings, replicates
+
+
+def _dse_terms(cfg: ScanConfig, feats: torch.Tensor, device: torch.device, seed: int) -> dict[str, float]:
+    """The five DSE terms of ``feats`` (B, N, d), in DSE batches of ``cfg.dse_batch_size`` images."""
+    acc = DSEAccumulator(
+        cfg.dse_batch_size,
+        seed=seed,
+        local_clusters=cfg.local_clusters,
+        global_clusters=cfg.global_clusters,
+        images_per_group=cfg.images_per_group,
+        normalize=cfg.normalize,
+        n_init=cfg.n_init,
+    )
+    for lo in range(0, feats.shape[0], cfg.dse_batch_size):
+        acc.update(feats[lo : lo + cfg.dse_batch_size].to(device))
+    return acc.compute().as_dict()
+
+
+def _replicates(
+    cfg: ScanConfig,
+    feats: torch.Tensor,
+    views: torch.Tensor | None,
+    device: torch.device,
+    metric_fns: dict[str, Callable[[torch.Tensor], float]],
+) -> dict[str, list[float]]:
+    """Every column on ``cfg.intervals`` half-samples of the images (each with its own k-means
+    seed); LiDAR on half-samples of its images. Empty when intervals are off or the sample is too small."""
+    from .metrics.intervals import half_sample_replicates
+
+    if cfg.intervals < 2 or feats.shape[0] < 4:
+        return {}
+
+    def score(sub: torch.Tensor, seed: int) -> dict[str, float]:
+        with warnings.catch_warnings():  # a metric undefined at half size is NaN, said once for the full sample
+            warnings.simplefilter("ignore")
+            return {
+                **_dse_terms(cfg, sub, device, seed),
+                **{name: _safe_metric(name, fn, sub) for name, fn in metric_fns.items()},
+            }
+
+    out = half_sample_replicates(score, feats, cfg.intervals, cfg.seed)
+    if views is not None and views.shape[0] >= 4:
+        from .metrics.baselines import lidar_dense
+
+        def lidar(sub: torch.Tensor, seed: int) -> dict[str, float]:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return {"lidar": _safe_metric("lidar", lidar_dense, sub)}
+
+        out.update(half_sample_replicates(lidar, views, cfg.intervals, cfg.seed))
+    return {k: v.tolist() for k, v in out.items()}
 
 
 def _build_model(cfg: ScanConfig) -> torch.nn.Module:
@@ -364,6 +428,10 @@ def scan(
     if cfg.precision not in _PRECISIONS:
         raise ValueError(f"precision: expected one of {sorted(_PRECISIONS)}, got {cfg.precision!r}")
     metric_fns = _metric_functions(cfg.metrics)
+    if isinstance(cfg.intervals, bool) or not isinstance(cfg.intervals, int) or cfg.intervals < 0 or cfg.intervals == 1:
+        raise ValueError(f"intervals: expected 0 (none) or at least 2 half-samples, got {cfg.intervals!r}")
+    if not 0 < cfg.confidence < 1:
+        raise ValueError(f"confidence: expected a level in (0, 1), got {cfg.confidence!r}")
     checkpoints = discover_checkpoints(cfg.run_dir, cfg.method, cfg.glob)
     device = _resolve_device(cfg.device)
     rank, world, owns_group = _dist_context(device)
@@ -421,11 +489,12 @@ def scan(
                 try:
                     if model is None and not cfg.allow_partial:
                         model = _build_model(cfg)
-                    terms, metrics, timings = _score_checkpoint(
+                    terms, metrics, timings, replicates = _score_checkpoint(
                         cfg, path, sample.images, device, metric_fns, f"{path.name}" if progress else False, model, views
                     )
                     res = CheckpointResult(
-                        str(path), epoch, "ok", terms, metrics, timings, identity=identities[i], num_images=len(sample)
+                        str(path), epoch, "ok", terms, metrics, timings, identity=identities[i], num_images=len(sample),
+                        replicates=replicates,
                     )
                     write_json_atomic(target, asdict(res))
                     (cache / f"{path.name}.failed.json").unlink(missing_ok=True)
@@ -471,15 +540,21 @@ def _assemble(
     *,
     write: bool,
 ) -> dict[str, Any]:
-    if ok:
-        cal = calibrate(*[[r.terms[t] for r in ok] for t in TERMS[:4]])
+    from .backbones import INIT_EPOCH
+
+    # λ and the selection come from the training checkpoints; the initial weights (if scored)
+    # are shown with the same λ but are never a candidate
+    trained = [i for i, r in enumerate(ok) if r.epoch != INIT_EPOCH]
+    if trained:
+        cal = calibrate(*[[ok[i].terms[t] for i in trained] for t in TERMS[:4]])
         sel = select_checkpoints(cal.dse, window=cfg.window, top=cfg.top)
-        dse_values = cal.dse.tolist()
         lam, note = cal.lam, cal.note
     else:
-        sel, dse_values, lam, note = None, [], None, "no checkpoint could be scored"
+        sel, lam, note = None, None, "no checkpoint could be scored"
+    dse_values = [calibrated_dse(r.terms, lam) for r in ok]
 
-    def entry(i: int) -> dict[str, Any]:
+    def entry(j: int) -> dict[str, Any]:
+        i = trained[j]
         return {"checkpoint": ok[i].checkpoint, "epoch": ok[i].epoch, "dse": dse_values[i]}
 
     selection = {
@@ -488,8 +563,8 @@ def _assemble(
         "note": note,
         "window": cfg.window,
         "top": cfg.top,
-        "candidates": [entry(i) for i in sel.candidates] if sel else [],
-        "selected": [entry(i) for i in sel.selected] if sel else [],
+        "candidates": [entry(j) for j in sel.candidates] if sel else [],
+        "selected": [entry(j) for j in sel.selected] if sel else [],
         "best": entry(sel.best) if sel and sel.best is not None else None,
         "failed": [{"checkpoint": r.checkpoint, "epoch": r.epoch, "error": r.error} for r in failed],
     }
@@ -497,17 +572,23 @@ def _assemble(
     if not write:
         return summary
     extra = list(dict.fromkeys(m for r in ok for m in r.metrics))
-    with open(out / ".dse.csv.tmp", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow([*CSV_COLUMNS, *extra])
-        for r, value in zip(ok, dse_values):
-            w.writerow(
-                [r.checkpoint, "" if r.epoch is None else r.epoch]
-                + [repr(float(r.terms[t])) for t in TERMS]
-                + [repr(float(value))]
-                + [repr(float(r.metrics[m])) if m in r.metrics else "" for m in extra]
-            )
-    os.replace(out / ".dse.csv.tmp", out / "dse.csv")
+    columns = [*CSV_COLUMNS[2:], *extra]
+    reps = [_replicate_table(r, lam) for r in ok]
+    bands = [_bands(r, value, table, columns, cfg.confidence) for r, value, table in zip(ok, dse_values, reps)]
+    rows = []
+    for r, value, band in zip(ok, dse_values, bands):
+        row = {"checkpoint": r.checkpoint, "epoch": "" if r.epoch is None else r.epoch}
+        row.update({t: repr(float(r.terms[t])) for t in TERMS})
+        row["dse"] = repr(float(value))
+        row.update({m: repr(float(r.metrics[m])) if m in r.metrics else "" for m in extra})
+        row.update(band)
+        rows.append(row)
+    write_csv_atomic(out / "dse.csv", [*CSV_COLUMNS, *extra, *[f"{c}_{s}" for c in columns for s in ("low", "high")]], rows)
+    rep_rows = [
+        {"checkpoint": r.checkpoint, "replicate": k, **{c: repr(float(v[k])) for c, v in table.items() if c in columns}}
+        for r, table in zip(ok, reps) for k in range(len(next(iter(table.values()), [])))
+    ]
+    write_csv_atomic(out / "dse_replicates.csv", ["checkpoint", "replicate", *columns], rep_rows)
     write_json_atomic(out / "selection.json", selection)
     images_record = sample.record() if sample is not None else _cached_images_record(out / "cache", key)
     write_json_atomic(
@@ -526,8 +607,41 @@ def _assemble(
     if ok:
         from .report import plot_dse_curve
 
-        plot_dse_curve(ok, dse_values, selection, out / "dse.png")
+        plot_dse_curve(ok, dse_values, selection, out / "dse.png", bands=bands)
     return summary
+
+
+def calibrated_dse(terms: dict[str, float], lam: float | None) -> float:
+    """``S + λ · M_dim`` of one set of terms (``λ = None``: the raw score ``S + M_dim``)."""
+    s = terms["inter_class_distance"] - (terms["intra_class_batch"] + terms["intra_class_image"]) / 2
+    return float(s + (1.0 if lam is None else lam) * terms["effective_dimensionality"])
+
+
+def _replicate_table(r: CheckpointResult, lam: float | None) -> dict[str, np.ndarray]:
+    """The half-sample values of every column of one checkpoint, ``dse`` with the run's λ."""
+    table = {k: np.asarray(v, dtype=np.float64) for k, v in r.replicates.items()}
+    if table and all(t in table for t in TERMS[:4]):
+        table["dse"] = np.array([
+            calibrated_dse({t: float(table[t][k]) for t in TERMS[:4]}, lam) for k in range(len(table[TERMS[0]]))
+        ])
+    return table
+
+
+def _bands(
+    r: CheckpointResult, value: float, table: dict[str, np.ndarray], columns: Sequence[str], confidence: float
+) -> dict[str, str]:
+    """``<column>_low`` / ``<column>_high`` of one checkpoint (empty without replicates)."""
+    from .metrics.intervals import half_sample_interval
+
+    out: dict[str, str] = {}
+    for c in columns:
+        point = value if c == "dse" else r.terms.get(c, r.metrics.get(c))
+        if c not in table or point is None or len(table[c]) < 2:
+            continue
+        low, high = half_sample_interval(point, table[c], confidence)
+        out[f"{c}_low"] = repr(float(low)) if np.isfinite(low) else ""
+        out[f"{c}_high"] = repr(float(high)) if np.isfinite(high) else ""
+    return out
 
 
 def _cached_images_record(cache: Path, key: str) -> dict[str, Any] | None:

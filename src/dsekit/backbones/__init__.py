@@ -6,6 +6,7 @@
 """
 
 from dsekit.backbones.checkpoints import (
+    INIT_EPOCH,
     SAFE_GLOBALS,
     AdaptedStateDict,
     BranchSpec,
@@ -35,6 +36,7 @@ from dsekit.backbones.extract import (
 )
 
 __all__ = [
+    "INIT_EPOCH",
     "SAFE_GLOBALS",
     "AdaptedStateDict",
     "BranchSpec",

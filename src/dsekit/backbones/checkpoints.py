@@ -214,12 +214,17 @@ class MethodAdapter:
         }
 
 
+#: epoch given to a run's initial weights (``{epoch}`` of the official pattern spelt ``init`` or
+#: ``_init``: ``checkpoint_init.pth`` for DINO, ``checkpoint_init.pth.tar`` for MoCo v3), sorted first
+INIT_EPOCH = -1
+
+
 def _template_regex(template: str) -> re.Pattern[str]:
     parts = re.split(r"(\{\w+\})", template)
     out = []
     for part in parts:
         if part == "{epoch}":
-            out.append(r"(?P<epoch>\d+)")
+            out.append(r"(?P<epoch>\d+|_?init)")
         elif part.startswith("{") and part.endswith("}"):
             out.append(rf"(?P<{part[1:-1]}>.+?)")
         else:
@@ -634,7 +639,8 @@ def epoch_from_filename(path: str | Path, method: str | MethodAdapter) -> int | 
     SimSiam, MEC, ReSA), ``checkpoint-100.pth`` (MAE), ``ijepa-ep100.pth.tar`` (I-JEPA),
     ``ckp-100.pth`` (SwAV), ``epoch_100.pth`` (DenseCL), ``resnet50_100.pth.tar`` (BYOL),
     ``model_100.pth`` (VICReg, VICRegL), ``checkpoint_100.pth`` (Barlow Twins); ``generic``: the last
-    number in any checkpoint file name.
+    number in any checkpoint file name. The pattern with ``init`` (or ``_init``) for the epoch,
+    e.g. ``checkpoint_init.pth`` (DINO), names a run's initial weights: :data:`INIT_EPOCH`.
     """
     adapter = get_adapter(method)
     name = Path(path).name
@@ -646,7 +652,8 @@ def epoch_from_filename(path: str | Path, method: str | MethodAdapter) -> int | 
     for regex in adapter.file_regexes:
         m = regex.fullmatch(name)
         if m:
-            return int(m.group("epoch"))
+            e = m.group("epoch")
+            return INIT_EPOCH if e.endswith("init") else int(e)
     return None
 
 

@@ -17,6 +17,9 @@ writes, in ``out``:
 
   both also hold ``"train_log"`` (the per-epoch history), so ``dsekit scan RUN_DIR --method dino``
   / ``--method mocov3`` reads them unchanged;
+* ``checkpoint_init.pth`` (DINO) / ``checkpoint_init.pth.tar`` (MoCo v3): the initial weights, in
+  the same format with ``"epoch": 0``, written before the first step, so that scan and probe
+  score the untrained network too (its epoch is :data:`dsekit.backbones.INIT_EPOCH`, -1);
 * ``checkpoint.pth`` (DINO) / ``checkpoint.pth.tar`` (MoCo v3): the latest state, rewritten after
   every epoch (names the scan does not pick up); a rerun with the same settings resumes from it;
 * ``dsekit.json``: the timm architecture, its kwargs and image size, the settings, and the
@@ -396,6 +399,15 @@ def checkpoint_name(method: str, epoch: int) -> str:
         return f"checkpoint{epoch:04d}.pth"
     if method == "mocov3":
         return f"checkpoint_{epoch:04d}.pth.tar"
+    raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
+
+
+def init_checkpoint_name(method: str) -> str:
+    """Official-format file name of the initial weights (``{epoch}`` spelt ``_init`` / ``init``)."""
+    if method == "dino":
+        return "checkpoint_init.pth"
+    if method == "mocov3":
+        return "checkpoint_init.pth.tar"
     raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
 
 
@@ -814,10 +826,10 @@ def _find_resume(out: Path, method: str) -> Path | None:
     latest = out / latest_checkpoint_name(method)
     if latest.is_file():
         return latest
-    from dsekit.backbones import discover_checkpoints
+    from dsekit.backbones import INIT_EPOCH, discover_checkpoints
 
     try:
-        found = discover_checkpoints(out, method)
+        found = [(p, e) for p, e in discover_checkpoints(out, method) if e != INIT_EPOCH]
     except FileNotFoundError:
         return None
     return found[-1][0] if found else None
@@ -853,6 +865,7 @@ class TrainResult:
         run_dir: the run folder.
         method: ``"dino"`` or ``"mocov3"``.
         checkpoints: the official checkpoints now in ``run_dir`` as ``(path, 0-based epoch)``.
+        init_checkpoint: the initial weights (``checkpoint_init.pth[.tar]``), also read by scan and probe.
         start_epoch: first epoch run by this call (> 0 after resuming).
         end_epoch: epochs completed in total.
         history: one dict per completed epoch (this call and earlier ones).
@@ -868,6 +881,7 @@ class TrainResult:
     history: list[dict[str, float]]
     scan_args: list[str]
     images: dict[str, Any] = field(default_factory=dict)
+    init_checkpoint: Path | None = None
 
     @property
     def scan_command(self) -> str:
@@ -955,6 +969,9 @@ def _train(run: _Resolved, device: torch.device, out: Path, progress: bool, emit
         _atomic_text("".join(json.dumps(h) + "\n" for h in history), out / LOG_FILE)
 
     args = _args_namespace(run)
+    init = out / init_checkpoint_name(cfg.method)
+    if ckpt is None and not init.is_file():  # the untrained network, scored like any checkpoint
+        _atomic_save(method.checkpoint(optimizer, -1, args), init)
     info = _run_info(run)
     info["images"] = record
     _atomic_text(json.dumps(info, indent=2, default=str) + "\n", out / RUN_INFO)
@@ -1063,10 +1080,10 @@ def _train(run: _Resolved, device: torch.device, out: Path, progress: bool, emit
 
     if start >= stop:
         emit(f"{cfg.method}: nothing to do, {start} of {cfg.epochs} epochs are done in {out}")
-    from dsekit.backbones import discover_checkpoints
+    from dsekit.backbones import INIT_EPOCH, discover_checkpoints
 
     try:
-        found = [(p, int(e)) for p, e in discover_checkpoints(out, cfg.method) if e is not None]
+        found = [(p, int(e)) for p, e in discover_checkpoints(out, cfg.method) if e is not None and e != INIT_EPOCH]
     except FileNotFoundError:
         found = []
     return TrainResult(
@@ -1078,6 +1095,7 @@ def _train(run: _Resolved, device: torch.device, out: Path, progress: bool, emit
         history=history,
         scan_args=scan_arguments(run),
         images=record,
+        init_checkpoint=init if init.is_file() else None,
     )
 
 
