@@ -32,7 +32,19 @@ def test_demo_trains_scans_probes_and_reports(tmp_path, capsys):
     assert set(report["timings"]) == {"train", "scan", "probe"}
     assert json.loads((out_dir / "report.json").read_text())["datasets"]["scenes"]["epochs"] == [0, 1]
     printed = capsys.readouterr().out
-    assert "Kendall" in printed and "selection gain" in printed
+    assert "Kendall" in printed and "DSE's pick (epoch" in printed and "untrained" in printed
+    # the untrained network is scored and shown, never selected; every figure has an interval
+    assert entry["init"] is not None and 0.0 <= entry["init"]["miou"] <= 1.0
+    assert entry["intervals"] is True
+    for i, m in enumerate(entry["miou"]):
+        assert entry["miou_low"][i] <= m <= entry["miou_high"][i]
+        assert entry["values_low"]["dse"][i] <= entry["values"]["dse"][i] <= entry["values_high"]["dse"][i]
+    assert entry["correlation"]["dse"]["tau_low"] is not None
+    assert entry["selection"]["gain_top1_vs_last_low"] is not None
+    assert set(entry["classes"]) == {"brick", "grass", "gravel", "tissue", "stars", *[f"digit_{d}" for d in range(10)]}
+    text = (out_dir / "report.md").read_text()
+    assert "IoU per class" in text and "best − untrained" in text
+    assert (out_dir / "classes_scenes.png").is_file()
     # a rerun reuses everything already computed
     again = demo(DemoConfig(out=str(tmp_path / "demo")), progress=False, settings=TINY)
     assert again["datasets"]["scenes"]["miou"] == entry["miou"]

@@ -25,7 +25,9 @@ from dsekit.backbones import FeatureExtractor, create_backbone, extract_features
 from dsekit.data.images import IMAGENET_MEAN, IMAGENET_STD
 from dsekit.data.segmentation import get_dataset
 from dsekit.probe import (
+    CLASS_COLUMNS,
     PROBE_COLUMNS,
+    read_confusion_table,
     FeatureCache,
     LinearHead,
     ProbeConfig,
@@ -512,3 +514,63 @@ def test_two_gloo_processes_give_the_single_process_probe_csv(probed, vit_run, t
         done = re.findall(r"probing \[\d+/\d+\] (\S+)", text)
         assert done == names[rank::2], (rank, text[-2000:])
     assert "linear probe on scenes" in rank_logs[0] and "linear probe on scenes" not in rank_logs[1]
+
+
+# ============================================================================ per-image confusions, intervals, classes
+
+
+def test_per_image_confusions_add_up_to_the_torchmetrics_matrix(rng_state_guard):
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (12, 4, 4), generator=g)
+    feats = (torch.randn(3, 8, generator=g)[labels] + 0.5 * torch.randn(12, 4, 4, 8, generator=g)).reshape(12, 16, 8)
+    masks = labels.repeat_interleave(2, 1).repeat_interleave(2, 2)
+    masks[:, 0, :] = 255
+    r = linear_probe(feats[:8], masks[:8], feats[8:], masks[8:], 3, epochs=2, batch_size=2, device="cpu")
+    per_image = r.image_confusion.toarray().reshape(4, 3, 3)
+    assert np.array_equal(per_image.sum(0), r.confusion.numpy())
+    assert np.array_equal(per_image.sum((1, 2)), np.full(4, 8 * 8 - 8))  # each image: its labelled pixels
+    from dsekit.metrics.intervals import iou_from_confusions
+
+    iou = iou_from_confusions(r.confusion.numpy())
+    assert [None if np.isnan(v) else pytest.approx(v) for v in iou] == r.iou
+
+
+def test_probe_writes_intervals_and_per_class_iou(probed):
+    rows = _rows(probed.out_dir / "probe.csv")
+    for r in rows:
+        assert float(r["miou_low"]) <= float(r["miou"]) <= float(r["miou_high"]) and r["heads"] == "1"
+        assert float(r["miou_low"]) < float(r["miou_high"])
+    classes = _rows(probed.out_dir / "probe_scenes_classes.csv")
+    assert list(classes[0]) == list(CLASS_COLUMNS)
+    assert len(classes) == 15 * len(EPOCHS)
+    by_ckpt = {r.checkpoint: r for r in probed.results}
+    for c in classes:
+        iou = by_ckpt[c["checkpoint"]].iou[int(c["class_id"])]
+        assert (c["iou"] == "") == (iou is None)
+        if iou is not None:
+            assert float(c["iou"]) == pytest.approx(iou)
+            assert float(c["iou_low"]) <= float(c["iou"]) + 1e-12 <= float(c["iou_high"]) + 2e-12
+    names, conf = read_confusion_table(probed.out_dir / "probe_scenes_confusion.npz")
+    assert names == [r["checkpoint"] for r in rows]
+    assert len(conf[0]) == 1 and conf[0][0].shape == (N_VAL, 15 * 15)
+
+
+def test_head_seeds_average_the_heads(vit_run, tmp_path):
+    res = probe(_cfg(vit_run, tmp_path / "out", epochs=1, head_seeds=2, glob="model_ep5.pth"), progress=False)
+    (r,) = res.results
+    assert len(r.head_miou) == 2 and r.head_miou[0] != r.head_miou[1]
+    assert r.miou == pytest.approx(sum(r.head_miou) / 2)
+    row = _rows(tmp_path / "out" / "probe.csv")[0]
+    assert row["heads"] == "2" and float(row["miou_low"]) <= r.miou <= float(row["miou_high"])
+    with pytest.raises(ValueError, match="head_seeds"):
+        probe(_cfg(vit_run, tmp_path / "x", head_seeds=0), progress=False)
+
+
+def test_hand_added_column_and_other_rows_survive_a_probe(vit_run, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "probe.csv").write_text("checkpoint,epoch,dataset,miou,pixel_accuracy,note\n/x/a.pth,1,voc,0.5,0.9,mine\n")
+    probe(_cfg(vit_run, out, epochs=1, glob="model_ep5.pth"), progress=False)
+    rows = _rows(out / "probe.csv")
+    assert rows[0]["note"] == "mine" and rows[0]["dataset"] == "voc" and rows[0]["miou"] == "0.5"
+    assert [r["dataset"] for r in rows] == ["voc", "scenes"]

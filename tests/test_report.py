@@ -86,3 +86,77 @@ def test_report_cli(tmp_path, capsys):
 def test_build_report_needs_rows():
     with pytest.raises(ValueError, match="scan"):
         build_report([], [])
+
+
+# ---------------------------------------------------------------------------------------------- intervals
+
+TERMS4 = ("inter_class_distance", "intra_class_image", "intra_class_batch", "effective_dimensionality")
+
+
+def _write_with_replicates(tmp_path, accuracy, n_images, noise, seed=0):
+    """A run whose DSE peaks at epoch 30 (M_inter and M_dim both follow DSE) and whose per-image confusions have the
+    given per-checkpoint accuracy (2 classes, 20 pixels each per image)."""
+    rng = np.random.default_rng(seed)
+    names = [f"ckpt{e}.pth" for e in EPOCHS]
+    inter = np.array(DSE)
+    with open(tmp_path / "dse.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["checkpoint", "epoch", *TERMS4, "dse_raw", "dse"])
+        for n, e, v in zip(names, EPOCHS, inter):
+            w.writerow([n, e, v, 0.5, 0.5, 0.3 + 0.05 * v, v - 0.5 + 0.3, v])
+    with open(tmp_path / "dse_replicates.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["checkpoint", "replicate", *TERMS4, "dse_raw"])
+        for n, v in zip(names, inter):
+            for k in range(10):
+                w.writerow([n, k, v + noise * rng.normal(), 0.5, 0.5, 0.3 + 0.05 * v + 0.05 * noise * rng.normal(), v])
+    cols = {k: [] for k in ("checkpoint", "head", "image", "cell", "count")}
+    with open(tmp_path / "probe.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["checkpoint", "epoch", "dataset", "miou", "pixel_accuracy"])
+        for t, (n, e, p) in enumerate(zip(names, EPOCHS, accuracy)):
+            conf = np.zeros((n_images, 2, 2), np.int64)
+            right = rng.binomial(20, p, size=(n_images, 2))
+            conf[:, 0, 0], conf[:, 0, 1] = right[:, 0], 20 - right[:, 0]
+            conf[:, 1, 1], conf[:, 1, 0] = right[:, 1], 20 - right[:, 1]
+            total = conf.sum(0)
+            iou = [total[c, c] / (total[c].sum() + total[:, c].sum() - total[c, c]) for c in range(2)]
+            w.writerow([n, e, "scenes", float(np.mean(iou)), 0.5])
+            flat = conf.reshape(n_images, 4)
+            img, cell = np.nonzero(flat)
+            for k, v in (("checkpoint", np.full(img.size, t)), ("head", np.zeros(img.size)), ("image", img),
+                         ("cell", cell), ("count", flat[img, cell])):
+                cols[k].append(v)
+    np.savez(tmp_path / "probe_scenes_confusion.npz", **{k: np.concatenate(v).astype(np.int64) for k, v in cols.items()},
+             shape=np.array([1, n_images, 4]), checkpoints=np.array(names))
+
+
+def test_report_intervals_separate_a_clear_gain_from_noise(tmp_path):
+    clear = tmp_path / "clear"
+    clear.mkdir()
+    acc = [0.80, 0.85, 0.90, 0.88, 0.84, 0.80, 0.75, 0.70]  # peak at epoch 30, where DSE peaks
+    _write_with_replicates(clear, acc, n_images=200, noise=0.01)
+    e = write_report(clear)["datasets"]["scenes"]
+    s = e["selection"]
+    assert e["intervals"] and s["top1_index"] == 2
+    assert 0 < s["gain_top1_vs_last_low"] <= s["gain_top1_vs_last"] <= s["gain_top1_vs_last_high"]
+    assert s["pick_agreement"] > 0.9
+    assert e["correlation"]["dse"]["nonzero"] and e["correlation"]["dse"]["tau_low"] > 0
+    assert e["curve"]["best_minus_last_low"] > 0 and e["curve"]["best_index"] == 2
+    text = (clear / "report.md").read_text()
+    assert "the pick is better than the last checkpoint" in text
+    noisy = tmp_path / "noisy"
+    noisy.mkdir()
+    _write_with_replicates(noisy, [0.80, 0.80, 0.801, 0.80, 0.80, 0.80, 0.80, 0.80], n_images=10, noise=1.0)
+    e = write_report(noisy)["datasets"]["scenes"]
+    s = e["selection"]
+    assert s["gain_top1_vs_last_low"] < 0 < s["gain_top1_vs_last_high"]
+    assert "not distinguishable from the last checkpoint" in (noisy / "report.md").read_text()
+    assert not e["correlation"]["dse"]["nonzero"]
+
+
+def test_report_without_replicates_says_so(tmp_path):
+    _write(tmp_path)
+    e = write_report(tmp_path)["datasets"]["scenes"]
+    assert e["intervals"] is False and "tau_low" not in e["correlation"]["dse"]
+    assert "no intervals" in (tmp_path / "report.md").read_text()

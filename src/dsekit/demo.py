@@ -122,33 +122,58 @@ def demo(cfg: DemoConfig, *, progress: bool = True, settings: dict[str, Any] | N
     return report
 
 
+def _interval(lo: float, hi: float, scale: float = 1.0, spec: str = ".4f") -> str:
+    if lo is None or hi is None or lo != lo or hi != hi:
+        return ""
+    return f" [{format(scale * lo, spec)}, {format(scale * hi, spec)}]"
+
+
 def _print_summary(console: Any, report: dict[str, Any], out_dir: Path, timings: dict[str, float]) -> None:
     from rich.table import Table
+
+    from .report import selection_sentence
 
     entry = report["datasets"].get("scenes")
     if entry is None:
         console.print("no checkpoint could be probed; see the scan and probe outputs in", out_dir)
         return
     sel = entry["selection"]
-    table = Table(title="DSE vs linear-probe mIoU on the built-in scenes")
-    for col in ("epoch", "DSE", "mIoU", ""):
+    pc = f"{int(round(100 * report.get('confidence', 0.95)))} %"
+    table = Table(title=f"DSE vs linear-probe mIoU on the built-in scenes ({pc} intervals)")
+    for col in ("epoch", "DSE", "mIoU %", ""):
         table.add_column(col, justify="right")
+    init = entry.get("init")
+    if init:
+        table.add_row(
+            "init", f"{init['values']['dse']:.4f}{_interval(init['values_low']['dse'], init['values_high']['dse'])}",
+            f"{100 * init['miou']:.1f}{_interval(init['miou_low'], init['miou_high'], 100, '.1f')}", "untrained",
+        )
+    lows, highs = entry["values_low"]["dse"], entry["values_high"]["dse"]
     for i, (ep, d, m) in enumerate(zip(entry["epochs"], entry["values"]["dse"], entry["miou"])):
         mark = "★ DSE pick" if i == sel["top1_index"] else ("candidate" if i in sel["candidates"] else "")
         if i == sel["best_index"]:
             mark = (mark + ", best mIoU").lstrip(", ")
-        table.add_row(str(ep), f"{d:.4f}", f"{100 * m:.2f}", mark)
+        table.add_row(
+            str(ep), f"{d:.4f}{_interval(lows[i], highs[i])}",
+            f"{100 * m:.1f}{_interval(entry['miou_low'][i], entry['miou_high'][i], 100, '.1f')}", mark,
+        )
     console.print(table)
-    corr = Table(title="Kendall τ with mIoU across checkpoints")
-    corr.add_column("metric")
-    corr.add_column("τ", justify="right")
-    for name, c in entry["correlation"].items():
-        tau = c["kendall_tau"]
-        corr.add_row(name, "n/a" if tau != tau else f"{tau:+.2f}")
+    c = entry["curve"]
+    parts = []
+    if c.get("best_minus_untrained") is not None:
+        parts.append(f"best − untrained {100 * c['best_minus_untrained']:+.1f}"
+                     f"{_interval(c.get('best_minus_untrained_low'), c.get('best_minus_untrained_high'), 100, '+.1f')}")
+    for k, label in (("best_minus_first", "best − first"), ("best_minus_last", "best − last")):
+        parts.append(f"{label} {100 * c[k]:+.1f}{_interval(c.get(k + '_low'), c.get(k + '_high'), 100, '+.1f')}")
+    console.print("mIoU (points): " + ", ".join(parts))
+    corr = Table(title=f"Kendall τ with mIoU across the training checkpoints ({pc} intervals)")
+    for col, just in (("metric", "left"), ("τ", "right"), ("interval", "right"), ("≠ 0", "center")):
+        corr.add_column(col, justify=just)
+    for name, r in entry["correlation"].items():
+        tau = r["kendall_tau"]
+        nz = "" if r.get("tau_low") is None else ("yes" if r.get("nonzero") else "no")
+        corr.add_row(name, "n/a" if tau != tau else f"{tau:+.2f}", _interval(r.get("tau_low"), r.get("tau_high"), 1, "+.2f"), nz)
     console.print(corr)
-    console.print(
-        f"selection gain of DSE's pick vs the last checkpoint: {100 * sel['gain_top1_vs_last']:+.2f} mIoU "
-        f"(pick {100 * sel['top1_miou']:.2f}, last {100 * sel['last_miou']:.2f}, best in hindsight {100 * sel['best_miou']:.2f})"
-    )
+    console.print(selection_sentence(entry, report.get("confidence", 0.95)))
     console.print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     console.print(f"report: {out_dir / 'report.md'}")

@@ -246,6 +246,8 @@ def _dataset_entry(
             "checkpoint": c, "miou": _float(probe_of[c]["miou"]), "miou_low": _float(probe_of[c].get("miou_low", "")),
             "miou_high": _float(probe_of[c].get("miou_high", "")),
             "values": {m: _float(init_rows[0][m]) for m in metrics},
+            "values_low": {m: _float(init_rows[0].get(f"{m}_low", "")) for m in metrics},
+            "values_high": {m: _float(init_rows[0].get(f"{m}_high", "")) for m in metrics},
         }
     if "dse" in metrics:
         entry["selection"] = asdict(selection_gain(entry["values"]["dse"], miou, window=window, top=top))
