@@ -133,6 +133,10 @@ def _add_scan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lidar-views", type=positive_int, default=8, help="augmented views per image for LiDAR (default 8)")
     p.add_argument("--window", type=int, default=2, help="local-maximum window (default ±2 checkpoints)")
     p.add_argument("--top", type=positive_int, default=3, help="candidates to keep (default 3)")
+    p.add_argument("--intervals", type=int, default=10,
+                   help="half-samples of the images (each with its own k-means seed) behind every column's "
+                   "interval; 0: none (default 10)")
+    p.add_argument("--confidence", type=float, default=0.95, help="nominal coverage of the intervals (default 0.95)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_run_scan)
 
@@ -157,6 +161,8 @@ def _run_scan(args: argparse.Namespace) -> int:
         lidar_views=args.lidar_views,
         window=args.window,
         top=args.top,
+        intervals=args.intervals,
+        confidence=args.confidence,
     )
     result = scan(cfg, progress=not args.quiet)
     if report_failed("scan", result.failed, result.out_dir / "run.json"):
@@ -179,6 +185,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", type=Path, help="the run folder (its dse/ output folder is used) or the output folder itself")
     p.add_argument("--window", type=int, default=2)
     p.add_argument("--top", type=positive_int, default=3)
+    p.add_argument("--confidence", type=float, default=0.95, help="nominal coverage of the intervals (default 0.95)")
     p.set_defaults(func=_run_report)
 
 
@@ -194,7 +201,7 @@ def _run_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
     out = _outputs_folder(args.run_dir)
-    report = write_report(out, window=args.window, top=args.top)
+    report = write_report(out, window=args.window, top=args.top, confidence=args.confidence)
     print((out / "report.md").read_text())
     print(f"report written to {out / 'report.md'} ({len(report['datasets'])} dataset(s))")
     return 0
@@ -242,7 +249,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quick", action="store_true", help="a smaller run (a few minutes)")
     p.add_argument("--out", type=Path, default=Path("dsekit-demo"), help="output folder (default ./dsekit-demo)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    p.add_argument("--method", default="dino", choices=["dino", "mocov3"], help="SSL method (default dino)")
+    p.add_argument("--dse-weight", type=float, default=0.0, help="β of the DSE regulariser (default 0: off)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_demo)
@@ -251,7 +260,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import DemoConfig, demo
 
-    demo(DemoConfig(out=str(args.out), quick=args.quick, seed=args.seed, device=args.device), progress=not args.quiet)
+    demo(
+        DemoConfig(out=str(args.out), quick=args.quick, seed=args.seed, device=args.device, method=args.method,
+                   dse_weight=args.dse_weight),
+        progress=not args.quiet,
+    )
     return 0
 
 
