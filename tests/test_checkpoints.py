@@ -634,6 +634,33 @@ def test_custom_class_needs_trust_checkpoints(tmp_path: Path) -> None:
     assert torch.equal(_timm_features(model, x), refs[None])
 
 
+class _RunsCode:
+    """A hostile object: unpickling it would call a function (never executed here)."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.getpid, ())
+
+
+def test_hostile_pickle_is_refused_with_the_trust_hint_through_the_cli(tmp_path: Path, capsys) -> None:
+    """torch words this refusal 'unsupported GLOBAL posix...': it must read as a trust question, not corruption."""
+    from dsekit.cli import main
+
+    name, ckpt, _, _, _ = build("dino")
+    ckpt["extra_state"] = _RunsCode()
+    run = tmp_path / "run"
+    run.mkdir()
+    path = _save(run, name, ckpt)
+    with pytest.raises(UnsafeCheckpointError, match="--trust-checkpoints") as err:
+        read_checkpoint(path)
+    assert any("getpid" in g for g in err.value.globals) and "corrupt" not in str(err.value)
+    main(["scan", str(run), "--method", "dino", "--num-images", "8", "--intervals", "0", "--quiet",
+          "--out", str(tmp_path / "out")])
+    out = capsys.readouterr()
+    assert "--trust-checkpoints" in out.out + out.err and "truncated" not in out.out + out.err
+
+
 def test_missing_and_unexpected_keys_are_listed(tmp_path: Path) -> None:
     name, ckpt, _, load_kw, _ = build("dino")
     del ckpt["teacher"]["backbone.blocks.1.mlp.fc2.weight"]

@@ -642,3 +642,24 @@ def test_swin_method_scan(tmp_path):
     assert feats.shape == (NUM_IMAGES, 4, teachers[10].num_features)
     for t in TERMS:
         assert float(rows[1][t]) == pytest.approx(ref[t], rel=1e-5, abs=1e-7), t
+
+
+def test_building_loading_and_scanning_leave_the_global_rng_alone(tmp_path):
+    from dsekit.backbones import create_backbone, load_backbone
+
+    run = tmp_path / "run"
+    run.mkdir()
+    m = create_backbone("vit_small_patch16_224", img_size=32, depth=1)
+    sd = {"backbone." + k: v for k, v in m.state_dict().items()}
+    torch.save({"teacher": sd, "student": sd, "epoch": 1}, run / "checkpoint0001.pth")
+    torch.manual_seed(123)
+    np.random.seed(5)
+    state, np_state = torch.random.get_rng_state(), np.random.get_state()[1].copy()
+    create_backbone("vit_small_patch16_224", img_size=32, depth=1)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    load_backbone(run / "checkpoint0001.pth", "dino", img_size=32, model_kwargs={"depth": 1})
+    assert torch.equal(torch.random.get_rng_state(), state)
+    scan(ScanConfig(str(run), "dino", model_kwargs={"depth": 1}, num_images=8, image_size=32, local_clusters=2,
+                    global_clusters=4, images_per_group=4, out=str(tmp_path / "out"), intervals=2), progress=False)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert np.array_equal(np.random.get_state()[1], np_state)

@@ -48,3 +48,16 @@ def test_errors():
         select_checkpoints([1.0, float("nan")])
     with pytest.raises(ValueError, match="top"):
         select_checkpoints([1.0], top=0)
+
+
+def test_rounding_jitter_in_m_dim_is_constant_not_a_huge_lambda():
+    from dsekit.select import calibrate
+
+    s = [0.1, 0.2, 0.3, 0.25]
+    z = [0.0] * 4
+    jitter = [0.5, 0.5 + 1e-11, 0.5 - 1e-11, 0.5]
+    cal = calibrate(s, z, z, jitter)
+    assert cal.lam is None and cal.raw and "constant" in cal.note
+    real = [0.5, 0.51, 0.49, 0.5]
+    cal = calibrate(s, z, z, real)
+    assert cal.lam == pytest.approx(np.std(s) / np.std(real))

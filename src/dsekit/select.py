@@ -61,7 +61,7 @@ def calibrate(
     intra_class_batch: Sequence[float],
     effective_dimensionality: Sequence[float],
     *,
-    rtol: float = 1e-12,
+    rtol: float = 1e-6,
 ) -> Calibration:
     """λ = std(S) / std(M_dim) over a run and DSE = S + λ · M_dim per checkpoint.
 
@@ -69,6 +69,8 @@ def calibrate(
         inter_class_distance, intra_class_image, intra_class_batch, effective_dimensionality:
             one value per checkpoint (equal lengths).
         rtol: ``M_dim`` counts as constant when its std is below ``rtol`` times its mean magnitude.
+            The default, 1e-6, is ten times the float32 rounding of the features it is computed
+            from: a spread below it is rounding noise, and dividing by it would give λ ~ 1e11.
     """
     inter = _vector("inter_class_distance", inter_class_distance)
     intra_i = _vector("intra_class_image", intra_class_image)

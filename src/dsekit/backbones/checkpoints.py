@@ -792,7 +792,7 @@ def read_checkpoint(
             return torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         msg = str(err)
-        if "Unsupported global" in msg or "not an allowed global" in msg:
+        if "unsupported global" in msg.lower() or "not an allowed global" in msg:  # torch words it both ways
             names = _unsafe_globals(p, msg)
             listed = ", ".join(names) if names else "unknown types"
             raise UnsafeCheckpointError(

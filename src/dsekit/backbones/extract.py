@@ -105,6 +105,8 @@ def create_backbone(
         **timm_kwargs: passed to ``timm.create_model`` (e.g. ``depth=4``, ``num_heads=12``,
             ``class_token=False``).
 
+    The initial weights come from the process-wide RNG's current state, which is left as it was.
+
     Weights are never downloaded: load them with :func:`dsekit.backbones.load_backbone`.
     """
     import timm
@@ -130,7 +132,10 @@ def create_backbone(
         optional.append("weight_init")
     while True:
         try:
-            model = timm.create_model(arch, pretrained=False, **kwargs)
+            # layers draw their initial weights from the process-wide RNG: draw them from a fork of
+            # it, so that building a backbone leaves the caller's RNG as it was
+            with torch.random.fork_rng(devices=[]):
+                model = timm.create_model(arch, pretrained=False, **kwargs)
             break
         except TypeError as err:
             rejected = [k for k in optional if k in str(err)]
