@@ -240,3 +240,47 @@ def test_symlink_loops_do_not_hang(tmp_path):
     _rgb(1).save(tmp_path / "a" / "x.png")
     (tmp_path / "a" / "loop").symlink_to(tmp_path, target_is_directory=True)
     assert find_images(tmp_path) == ["a/x.png"]
+
+
+def test_dangling_link_link_loop_and_fifo_are_skipped_and_counted_by_the_scan(tmp_path, capsys):
+    """None of them may abort the scan, print a traceback or hang (a FIFO named *.jpg blocks a reader)."""
+    import os
+    import threading
+
+    import torch
+    from PIL import Image
+
+    from dsekit.backbones import create_backbone
+    from dsekit.cli import main
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(images / f"ok{i}.png")
+    os.symlink(images / "gone.png", images / "dangling.png")
+    os.symlink(images / "loop.jpg", images / "loop.jpg")
+    os.mkfifo(images / "pipe.jpg")
+    run = tmp_path / "run"
+    run.mkdir()
+    m = create_backbone("vit_small_patch16_224", img_size=32, depth=1)
+    sd = {"backbone." + k: v for k, v in m.state_dict().items()}
+    torch.save({"teacher": sd, "student": sd, "epoch": 1}, run / "checkpoint0001.pth")
+    rc: list[int] = []
+    t = threading.Thread(target=lambda: rc.append(main([
+        "scan", str(run), "--method", "dino", "--model-kwarg", "depth=1", "--image-size", "32", "--images", str(images),
+        "--num-images", "9", "--local-clusters", "2", "--global-clusters", "4", "--images-per-group", "2",
+        "--intervals", "0", "--quiet", "--out", str(tmp_path / "out"),
+    ])), daemon=True)
+    t.start()
+    t.join(timeout=120)
+    assert not t.is_alive(), "the scan hung"
+    assert rc == [0]
+    assert "Traceback" not in capsys.readouterr().err
+    run_json = __import__("json").loads((tmp_path / "out" / "run.json").read_text())
+    assert run_json["images"]["skipped"] == [
+        "dangling.png: FileNotFoundError: No such file or directory",
+        "loop.jpg: OSError: Too many levels of symbolic links",
+        "pipe.jpg: not a regular file",
+    ]
+    assert run_json["images"]["num_images"] == 6 and run_json["images"]["num_skipped"] == 3

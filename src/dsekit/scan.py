@@ -449,10 +449,10 @@ def scan(
         spec = ImageSample(cfg.images, cfg.num_images, cfg.seed, cfg.image_size)
         key_source = json.dumps(spec.settings(), sort_keys=True)
         if cfg.images is not None:
-            from .data.images import find_images
+            from .data.images import file_size, find_images
 
             files = find_images(cfg.images)
-            key_source += json.dumps([(f, (Path(cfg.images) / f).stat().st_size) for f in files])
+            key_source += json.dumps([(f, file_size(Path(cfg.images) / f)) for f in files])
         key = cfg.result_key(hashlib.sha256(key_source.encode()).hexdigest())
 
         # the checkpoints still to score, split evenly across processes (every process lists

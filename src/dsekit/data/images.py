@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,7 @@ __all__ = [
     "ImageSampleResult",
     "ImageSampleWarning",
     "default_resize",
+    "file_size",
     "find_images",
     "load_image_sample",
     "preprocess_image",
@@ -306,10 +308,26 @@ def preprocess_image(img, image_size: int, resize: int, interpolation: str = "bi
     return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
+def file_size(path: str | os.PathLike) -> int:
+    """Size of a regular file (symbolic links followed), or -1 for anything else: a dangling or
+    looping link, a FIFO, a device, a folder, an unreadable entry."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return -1
+    return int(st.st_size) if stat.S_ISREG(st.st_mode) else -1
+
+
 def _decode(path: Path, image_size: int, resize: int, interpolation: str) -> torch.Tensor | str:
     """The preprocessed uint8 image, or the reason it could not be read."""
     from PIL import Image
 
+    try:
+        st = os.stat(path)  # never open a FIFO or a device: reading one can block forever
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc.strerror or exc}"[:200]
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
     try:
         with Image.open(path) as img:
             img.load()
@@ -398,7 +416,7 @@ def _load_directory(
     used = [n for n, _ in kept]
     images = _normalise(torch.stack([t for _, t in kept]), spec.mean, spec.std, dtype)
     paths = [root / n for n in used]
-    image_hash = _list_hash([(n, p.stat().st_size) for n, p in zip(used, paths)])
+    image_hash = _list_hash([(n, file_size(p)) for n, p in zip(used, paths)])
     return ImageSampleResult(
         images=images,
         names=used,
