@@ -105,6 +105,7 @@ from .scan import (  # shared with the scan (private helpers of that module)
     _dist_context,
     _resolve_device,
     _versions,
+    check_run_settings,
     file_identity,
     write_csv_atomic,
     write_json_atomic,
@@ -1114,7 +1115,9 @@ def probe(
     _make_optimizer(cfg.optimizer, [torch.zeros(1, requires_grad=True)], 1.0, 0.0)  # validates the name
     if spec.needs_root and cfg.root is None:
         raise ValueError(f"dataset {spec.name!r} needs --root (its layout:)\n{spec.layout}")
+    check_run_settings(cfg)
     checkpoints = discover_checkpoints(cfg.run_dir, cfg.method, cfg.glob)
+    built = _build_model(cfg)  # type: ignore[arg-type]  # an unknown architecture or layer fails here
     device = _resolve_device(cfg.device)
     rank, world, owns_group = _dist_context(device)
     out = cfg.out_dir
@@ -1146,8 +1149,8 @@ def probe(
         computed = 0
         if todo:
             # set-up errors (architecture, dataset files, labels) stop the run; checkpoint errors do not
-            model = None if cfg.allow_partial else _build_model(cfg)  # type: ignore[arg-type]  # reused: strict loading overwrites every weight
-            N, d = _feature_shape(model if model is not None else _build_model(cfg), cfg, device)  # type: ignore[arg-type]
+            model = None if cfg.allow_partial else built  # reused: strict loading overwrites every weight
+            N, d = _feature_shape(built, cfg, device)
             feats = {  # reserved first: read every epoch, they get the RAM before images and masks
                 split: store.allocate(f"{split}.features", (len(ds), N, d), cfg.cache_dtype)
                 for split, ds in (("train", train_ds), ("val", val_ds))

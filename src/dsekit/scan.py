@@ -339,14 +339,35 @@ def _replicates(
 
 
 def _build_model(cfg: ScanConfig) -> torch.nn.Module:
-    from .backbones import create_backbone, get_adapter
+    """The backbone of ``cfg`` (random weights), its ``layer`` checked: a bad architecture,
+    model argument or layer raises ``ValueError`` here."""
+    from .backbones import FeatureExtractor, create_backbone, get_adapter
 
     adapter = get_adapter(cfg.method)
     name = cfg.arch or adapter.arch
     kwargs = dict(adapter.arch_kwargs) if name == adapter.arch else {}
     kwargs.update(cfg.model_kwargs)
     kwargs.pop("img_size", None)
-    return create_backbone(name, img_size=cfg.image_size, init_weights=False, **kwargs)
+    try:
+        model = create_backbone(name, img_size=cfg.image_size, init_weights=False, **kwargs)
+    except TypeError as err:  # timm's answer to a model argument the architecture does not take
+        raise ValueError(f"arch {name!r} with model arguments {kwargs}: {err}") from None
+    FeatureExtractor(model, cfg.layer)
+    return model
+
+
+_MAX_SEED = 2**63 - 1
+
+
+def check_run_settings(cfg: Any) -> None:
+    """Settings shared by scan and probe that can only fail: checked before any checkpoint is read."""
+    seed = getattr(cfg, "seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= _MAX_SEED:
+        raise ValueError(f"seed: expected an integer in 0..2**63-1, got {seed!r}")
+    if getattr(cfg, "window", 0) < 0:
+        raise ValueError(f"window: expected >= 0 checkpoints on each side, got {cfg.window}")
+    if getattr(cfg, "top", 1) < 1:
+        raise ValueError(f"top: expected >= 1, got {cfg.top}")
 
 
 def _metric_functions(names: Sequence[str]) -> dict[str, Callable[[torch.Tensor], float]]:
@@ -432,7 +453,9 @@ def scan(
         raise ValueError(f"intervals: expected 0 (none) or at least 2 half-samples, got {cfg.intervals!r}")
     if not 0 < cfg.confidence < 1:
         raise ValueError(f"confidence: expected a level in (0, 1), got {cfg.confidence!r}")
+    check_run_settings(cfg)
     checkpoints = discover_checkpoints(cfg.run_dir, cfg.method, cfg.glob)
+    built = _build_model(cfg)  # an unknown architecture or layer fails here, before any checkpoint is read
     device = _resolve_device(cfg.device)
     rank, world, owns_group = _dist_context(device)
     out = cfg.out_dir
@@ -474,7 +497,7 @@ def scan(
                     stacklevel=2,
                 )
             write_json_atomic(cache / f"images.{key[:16]}.rank{rank}.json", sample.record())
-            model = None  # built once, then every checkpoint is loaded into it (strict loading)
+            model = None if cfg.allow_partial else built  # every checkpoint is loaded into it (strict loading)
             views = (
                 lidar_views(sample.images, min(cfg.lidar_images, len(sample)), cfg.lidar_views, cfg.seed)
                 if "lidar" in cfg.metrics
@@ -487,8 +510,6 @@ def scan(
                 if progress:
                     console.print(f"scoring {label}")
                 try:
-                    if model is None and not cfg.allow_partial:
-                        model = _build_model(cfg)
                     terms, metrics, timings, replicates = _score_checkpoint(
                         cfg, path, sample.images, device, metric_fns, f"{path.name}" if progress else False, model, views
                     )
