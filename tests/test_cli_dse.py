@@ -70,3 +70,40 @@ def test_module_entry_point(tmp_path, feats):
     out = subprocess.run([sys.executable, "-m", "dsekit", "dse", str(tmp_path / "f.npy"), "--json", *ARGS],
                          capture_output=True, text=True, check=True)
     assert set(json.loads(out.stdout)) == set(TERMS)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_features_near_the_float32_limit_are_measured_not_collapsed(normalize, tmp_path):
+    from dsekit import dse
+    from dsekit.synthetic import clustered_features
+
+    x = clustered_features(16, 16, 8, classes=4, seed=0)
+    ref = dse(x, seed=0, global_clusters=4, normalize=normalize)
+    for scale in (1e20, 1e-25):
+        r = dse(x * scale, seed=0, global_clusters=4, normalize=normalize)
+        assert not r.degenerate
+        for k, v in ref.as_dict().items():
+            assert r.as_dict()[k] == pytest.approx(v, rel=1e-4, abs=1e-6), (scale, k)
+    # through the CLI too: exit 0, finite terms
+    np.save(tmp_path / "big.npy", (x * 1e20).numpy())
+    args = [str(tmp_path / "big.npy"), "--global-clusters", "4", "--json"] + ([] if normalize else ["--no-normalize"])
+    out = subprocess.run([sys.executable, "-m", "dsekit.cli", "dse", *args], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    values = json.loads(out.stdout)
+    assert all(np.isfinite(v) for v in values.values())
+    assert values["dse_raw"] == pytest.approx(ref.dse_raw, rel=1e-4)
+
+
+def test_float128_and_big_endian_arrays_are_accepted(tmp_path):
+    from dsekit.synthetic import clustered_features
+
+    x = clustered_features(8, 16, 8, classes=4, seed=1).numpy()
+    outs = []
+    for name, arr in (("native", x), ("big", x.astype(">f4")), ("wide", x.astype(np.longdouble))):
+        np.save(tmp_path / f"{name}.npy", arr)
+        out = subprocess.run([sys.executable, "-m", "dsekit.cli", "dse", str(tmp_path / f"{name}.npy"),
+                              "--global-clusters", "4", "--json"], capture_output=True, text=True)
+        assert out.returncode == 0 and "Traceback" not in out.stderr, (name, out.stderr)
+        outs.append(json.loads(out.stdout))
+    assert outs[0] == outs[1]
+    assert outs[2]["dse_raw"] == pytest.approx(outs[0]["dse_raw"], rel=1e-5)

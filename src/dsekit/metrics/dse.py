@@ -28,6 +28,7 @@ The term functions are differentiable (used by the regulariser); :func:`dse` and
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -115,12 +116,27 @@ class DSETerms:
 def as_features(features: Any, name: str = "features") -> Tensor:
     """Check and convert a ``(B, N, d)`` float array (numpy or torch) to a tensor.
 
-    Float64 stays float64, other float types become float32. Raises ``ValueError`` naming
-    ``name`` for the wrong rank, empty arrays, non-float dtypes and NaN/Inf values.
+    Float64 (and wider numpy floats, e.g. float128) become float64, other float types float32;
+    big-endian arrays are accepted. Raises ``ValueError`` naming ``name`` for the wrong rank,
+    empty arrays, non-float dtypes and NaN/Inf values (also values beyond float64's range).
+
+    DSE does not change when all features are multiplied by one constant, so features whose
+    magnitude would overflow (or underflow) float arithmetic in the squared distances and Gram
+    matrices — largest ``|x|`` above ``2**40`` or below ``2**-40`` — are divided by a power of
+    two that brings it near 1: an exact rescaling, so that their structure is measured instead
+    of overflowing into a false "collapsed" or NaN.
     """
     if isinstance(features, np.ndarray):
         if not np.issubdtype(features.dtype, np.floating):
             raise ValueError(f"{name}: expected floating-point values, got dtype {features.dtype}")
+        if not features.dtype.isnative:
+            features = features.astype(features.dtype.newbyteorder("="))
+        if features.dtype.itemsize > 8:  # float128 / longdouble: float64 holds what DSE needs
+            with np.errstate(over="ignore"):
+                wide = features.astype(np.float64)
+            if not np.isfinite(wide).all() and np.isfinite(features).all():
+                raise ValueError(f"{name}: values beyond the float64 range ({features.dtype}); rescale them")
+            features = wide
         features = torch.from_numpy(np.ascontiguousarray(features))
     if not isinstance(features, Tensor):
         raise ValueError(f"{name}: expected a numpy array or torch tensor, got {type(features).__name__}")
@@ -137,6 +153,9 @@ def as_features(features: Any, name: str = "features") -> Tensor:
     bad = ~torch.isfinite(features)
     if bool(bad.any()):
         raise ValueError(f"{name}: contains {int(bad.sum())} non-finite values (NaN or Inf)")
+    peak = float(features.detach().abs().max())
+    if peak > 2.0**40 or 0.0 < peak < 2.0**-40:
+        features = features * 2.0 ** -math.floor(math.log2(peak))  # exact: a power of two
     return features
 
 
