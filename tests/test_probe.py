@@ -574,3 +574,25 @@ def test_hand_added_column_and_other_rows_survive_a_probe(vit_run, tmp_path):
     rows = _rows(out / "probe.csv")
     assert rows[0]["note"] == "mine" and rows[0]["dataset"] == "voc" and rows[0]["miou"] == "0.5"
     assert [r["dataset"] for r in rows] == ["voc", "scenes"]
+
+
+def test_spill_folders_of_killed_probes_are_removed_by_the_next_one(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from dsekit.probe import _spill_prefix
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"{_spill_prefix()}{int(dead.stdout)}-abc"
+    stale.mkdir()
+    (stale / "train.features.float16.mmap").write_bytes(b"x" * 100)
+    live = tmp_path / f"{_spill_prefix()}{os.getpid()}-def"
+    live.mkdir()
+    other_host = tmp_path / "spill-otherhost-1-ghi"
+    other_host.mkdir()
+    cache = FeatureCache(0, tmp_path)
+    cache.allocate("a", (4,), np.float32)  # spills: makes its folder, removing the stale one
+    assert not stale.exists() and live.exists() and other_host.exists()
+    cache.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other_host.name])

@@ -620,11 +620,43 @@ def _evaluate(
 # =========================================================================== the feature cache
 
 
+def _spill_prefix() -> str:
+    import socket
+
+    host = "".join(ch if ch.isalnum() else "_" for ch in socket.gethostname())
+    return f"spill-{host}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_spills(parent: str | os.PathLike) -> list[Path]:
+    """Remove the spill folders in ``parent`` left by processes of this machine that no longer run
+    (a probe killed while spilling); returns what was removed. Folders of live processes and of
+    other machines (a shared file system) are kept."""
+    removed = []
+    prefix = _spill_prefix()
+    for d in Path(parent).glob(f"{prefix}*"):
+        pid = d.name[len(prefix):].split("-", 1)[0]
+        if d.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
 class FeatureCache:
     """Arrays kept in RAM up to ``memory_bytes`` in total and in ``numpy.memmap`` files beyond.
 
     ``allocate`` places an array in RAM when it fits in what is left of the bound, else on disk
-    in ``directory`` (created on first use, removed by :meth:`close`). ``in_memory_bytes`` never
+    in ``directory`` (created on first use, removed by :meth:`close`; folders left there by killed
+    processes are removed when a new one is made). ``in_memory_bytes`` never
     exceeds ``memory_bytes``; ``peak_in_memory_bytes`` records the largest value it reached.
     """
 
@@ -653,7 +685,8 @@ class FeatureCache:
         if self._dir is None:
             parent = self._parent if self._parent is not None else Path(tempfile.gettempdir())
             parent.mkdir(parents=True, exist_ok=True)
-            self._dir = Path(tempfile.mkdtemp(prefix="spill-", dir=parent))
+            remove_stale_spills(parent)
+            self._dir = Path(tempfile.mkdtemp(prefix=f"{_spill_prefix()}{os.getpid()}-", dir=parent))
         path = self._dir / f"{name}.{dtype.name}.mmap"
         arr = np.memmap(path, dtype=dtype, mode="w+", shape=tuple(shape)) if nbytes else np.empty(tuple(shape), dtype)
         self.on_disk_bytes += nbytes
