@@ -829,3 +829,24 @@ def test_no_warnings_on_clean_load(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_backbone(path, "vicreg", **load_kw)
+
+
+def test_mocov3_resnet_projector_fc_is_dropped(tmp_path: Path) -> None:
+    """MoCo v3 with a ResNet: the projector replaces the encoder's fc (fc.0 … fc.8), the predictor is apart."""
+    import timm
+
+    enc = timm.create_model("resnet18", num_classes=0)
+    proj = torch.nn.Sequential(
+        torch.nn.Linear(512, 64, bias=False), torch.nn.BatchNorm1d(64), torch.nn.ReLU(),
+        torch.nn.Linear(64, 32, bias=False), torch.nn.BatchNorm1d(32, affine=False),
+    )
+    sd = {}
+    for branch in ("base_encoder", "momentum_encoder"):
+        sd.update({f"module.{branch}.{k}": v for k, v in enc.state_dict().items()})
+        sd.update({f"module.{branch}.fc.{k}": v for k, v in proj.state_dict().items()})
+    sd["module.predictor.0.weight"] = torch.randn(64, 32)
+    path = tmp_path / "checkpoint_0099.pth.tar"
+    torch.save({"epoch": 100, "arch": "resnet50", "state_dict": sd, "optimizer": {}}, path)
+    model = load_backbone(path, "mocov3", "resnet18")
+    for k, v in enc.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k

@@ -403,10 +403,10 @@ def _register_builtins() -> None:
             arch_kwargs={"num_heads": 12},
             branches={
                 "momentum": BranchSpec(
-                    ("state_dict",), select="momentum_encoder.", drop=(_HEAD,), description="momentum encoder"
+                    ("state_dict",), select="momentum_encoder.", drop=(_HEAD, _FC), description="momentum encoder"
                 ),
                 "base": BranchSpec(
-                    ("state_dict",), select="base_encoder.", drop=(_HEAD,), description="base encoder"
+                    ("state_dict",), select="base_encoder.", drop=(_HEAD, _FC), description="base encoder"
                 ),
             },
             default_branch="momentum",
@@ -414,8 +414,8 @@ def _register_builtins() -> None:
             aliases={"teacher": "momentum", "target": "momentum", "key": "momentum", "student": "base",
                      "online": "base", "query": "base"},
             source="https://github.com/facebookresearch/moco-v3",
-            notes="MoCo v3's ViT-S/16 has 12 heads; the encoder's head.* is the projector; "
-            "module.predictor.* belongs to the base branch and is dropped.",
+            notes="MoCo v3's ViT-S/16 has 12 heads; the encoder's head.* (ViT) or fc.* (ResNet) is the "
+            "projector; module.predictor.* belongs to the base branch and is dropped.",
         )
     )
     register(
