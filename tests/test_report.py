@@ -160,3 +160,22 @@ def test_report_without_replicates_says_so(tmp_path):
     e = write_report(tmp_path)["datasets"]["scenes"]
     assert e["intervals"] is False and "tau_low" not in e["correlation"]["dse"]
     assert "no intervals" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "which, text, message",
+    [
+        ("dse.csv", "checkpoint,epoch,dse\nckpt10.pth,10,1.0\nckpt20.pth,20,high\n",
+         "dse.csv, line 3, column 'dse': expected a number, got 'high'"),
+        ("dse.csv", "checkpoint,dse\nckpt10.pth,1.0\n", "dse.csv: missing column(s) epoch"),
+        ("probe.csv", "checkpoint,epoch,dataset\nckpt10.pth,10,scenes\n", "probe.csv: missing column(s) miou"),
+        ("probe.csv", "checkpoint,epoch,dataset,miou,pixel_accuracy\nckpt10.pth,10,scenes,0.5,x\n",
+         "probe.csv, line 2, column 'pixel_accuracy': expected a number, got 'x'"),
+    ],
+)
+def test_malformed_tables_name_the_file_line_and_column(which, text, message, tmp_path, capsys):
+    _write(tmp_path)
+    (tmp_path / which).write_text(text)
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -687,3 +687,52 @@ def test_settings_that_can_only_fail_fail_before_any_checkpoint_is_read(args, me
     err = capsys.readouterr().err
     assert rc == 2 and message in err and "Traceback" not in err
     assert reads == []
+
+
+@pytest.mark.parametrize("command", ["scan", "probe"])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--device", "banana"], "device: 'banana' is not a torch device"),
+        (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "cuda:999"], "device:"),
+    ],
+)
+def test_bad_devices_get_a_clear_error(command, args, message, tmp_path, capsys):
+    from dsekit.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint0001.pth").write_bytes(b"x")
+    extra = ["--dataset", "scenes"] if command == "probe" else []
+    rc = main([command, str(run), "--method", "dino", *extra, "--quiet", *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only folders")
+def test_read_only_run_folder_names_the_folder_and_out(tmp_path, capsys):  # pragma: no cover - needs non-root
+    from dsekit.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint0001.pth").write_bytes(b"x")
+    run.chmod(0o555)
+    try:
+        rc = main(["scan", str(run), "--method", "dino", "--quiet"])
+    finally:
+        run.chmod(0o755)
+    err = capsys.readouterr().err
+    assert rc == 2 and str(run / "dse") in err and "--out" in err
+
+
+def test_unwritable_output_folder_names_the_folder_and_out(tmp_path, capsys):
+    """A file where the output folder should be: the same path as a read-only folder, testable as root."""
+    from dsekit.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint0001.pth").write_bytes(b"x")
+    (tmp_path / "blocked").write_text("a file, not a folder")
+    rc = main(["scan", str(run), "--method", "dino", "--quiet", "--out", str(tmp_path / "blocked" / "dse")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot write to the output folder" in err and "--out" in err and "Traceback" not in err

@@ -103,9 +103,10 @@ from .scan import (  # shared with the scan (private helpers of that module)
     _barrier,
     _build_model,
     _dist_context,
-    _resolve_device,
+    resolve_device,
     _versions,
     check_run_settings,
+    ensure_writable,
     file_identity,
     write_csv_atomic,
     write_json_atomic,
@@ -1149,13 +1150,13 @@ def probe(
     if spec.needs_root and cfg.root is None:
         raise ValueError(f"dataset {spec.name!r} needs --root (its layout:)\n{spec.layout}")
     check_run_settings(cfg)
+    device = resolve_device(cfg.device)
     checkpoints = discover_checkpoints(cfg.run_dir, cfg.method, cfg.glob)
     built = _build_model(cfg)  # type: ignore[arg-type]  # an unknown architecture or layer fails here
-    device = _resolve_device(cfg.device)
-    rank, world, owns_group = _dist_context(device)
     out = cfg.out_dir
     cache_dir = out / "cache" / "probe"
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    ensure_writable(cache_dir)
+    rank, world, owns_group = _dist_context(device)
     label = _dataset_label(cfg)
     train_split = cfg.train_split or default_train_split(spec.name, cfg.root)
 

@@ -132,13 +132,56 @@ def selection_gain(dse: Sequence[float], miou: Sequence[float], *, window: int =
 # --------------------------------------------------------------------------- tables
 
 
-def read_table(path: str | Path) -> list[dict[str, str]]:
-    """Rows of a CSV file as dicts (error naming the file when it is missing)."""
+def read_table(
+    path: str | Path, required: Sequence[str] = (), numeric: Sequence[str] | None = None
+) -> list[dict[str, str]]:
+    """Rows of a CSV file as dicts.
+
+    Args:
+        path: the file (``FileNotFoundError`` naming it when missing).
+        required: columns that must be there (``ValueError`` naming the file and the columns).
+        numeric: columns whose non-empty values must be numbers (``ValueError`` naming the file,
+            the line and the column); None: none checked.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            header = list(reader.fieldnames or [])
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"{path}: not a readable CSV file ({err})") from None
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (the header has: {', '.join(header)})")
+    for line, row in enumerate(rows, start=2):
+        if None in row:
+            raise ValueError(f"{path}, line {line}: more values than the header has columns")
+        for c in numeric or ():
+            v = row.get(c)
+            if v not in (None, "") and not _is_number(v):
+                raise ValueError(f"{path}, line {line}, column {c!r}: expected a number, got {v!r}")
+    return rows
+
+
+def _is_number(v: str) -> bool:
+    try:
+        float(v)
+    except ValueError:
+        return False
+    return True
+
+
+def _numeric_columns(path: Path, text: Sequence[str]) -> list[str]:
+    """Every column of the CSV at ``path`` except ``text`` (empty when unreadable: read_table says why)."""
+    try:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+    return [c for c in header if c not in text]
 
 
 def _float(value: str) -> float:
@@ -663,9 +706,14 @@ def write_report(out_dir: str | Path, *, window: int = 2, top: int = 3, confiden
     from .scan import write_json_atomic
 
     out = Path(out_dir)
-    dse_rows = read_table(out / "dse.csv")
-    probe_rows = read_table(out / "probe.csv")
-    replicates = read_table(out / "dse_replicates.csv") if (out / "dse_replicates.csv").is_file() else None
+    dse_rows = read_table(out / "dse.csv", ("checkpoint", "epoch"), _numeric_columns(out / "dse.csv", ("checkpoint",)))
+    probe_rows = read_table(out / "probe.csv", ("checkpoint", "epoch", "dataset", "miou"),
+                            ("epoch", "miou", "pixel_accuracy", "miou_low", "miou_high"))
+    replicates = (
+        read_table(out / "dse_replicates.csv", ("checkpoint", "replicate"),
+                   _numeric_columns(out / "dse_replicates.csv", ("checkpoint",)))
+        if (out / "dse_replicates.csv").is_file() else None
+    )
     confusions, classes = {}, {}
     for ds in {r["dataset"] for r in probe_rows}:
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in ds)

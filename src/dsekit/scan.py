@@ -41,7 +41,8 @@ import torch
 from .metrics.dse import TERMS, DSEAccumulator
 from .select import calibrate, select_checkpoints
 
-__all__ = ["ScanConfig", "ScanResult", "CheckpointResult", "scan", "write_json_atomic", "write_csv_atomic", "file_identity", "calibrated_dse"]
+__all__ = ["ScanConfig", "ScanResult", "CheckpointResult", "scan", "write_json_atomic", "write_csv_atomic", "file_identity", "calibrated_dse", "resolve_device",
+           "ensure_writable", "check_run_settings"]
 
 CSV_COLUMNS = ("checkpoint", "epoch", *TERMS, "dse")
 
@@ -139,6 +140,20 @@ class ScanResult:
 # --------------------------------------------------------------------------- small I/O helpers
 
 
+def ensure_writable(folder: Path, option: str = "--out") -> None:
+    """Create ``folder`` and check that files can be written in it; ``ValueError`` naming the folder
+    and ``option`` otherwise (a read-only, shared run folder is common)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(
+            f"cannot write to the output folder {folder} ({err.strerror or err}); pass {option} to write elsewhere"
+        ) from None
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON to ``path`` via a temporary file and an atomic rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -215,10 +230,15 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-def _resolve_device(name: str | None) -> torch.device:
+def resolve_device(name: str | None) -> torch.device:
+    """The torch device named ``name`` (None: CUDA when available); ``ValueError`` for a name torch
+    does not know or a CUDA device on a machine without CUDA."""
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device: {name!r} is not a torch device ({err}); use e.g. cpu, cuda, cuda:1") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: {name!r} requested but CUDA is not available")
     if dev.type == "cuda" and dev.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -454,13 +474,13 @@ def scan(
     if not 0 < cfg.confidence < 1:
         raise ValueError(f"confidence: expected a level in (0, 1), got {cfg.confidence!r}")
     check_run_settings(cfg)
+    device = resolve_device(cfg.device)
     checkpoints = discover_checkpoints(cfg.run_dir, cfg.method, cfg.glob)
     built = _build_model(cfg)  # an unknown architecture or layer fails here, before any checkpoint is read
-    device = _resolve_device(cfg.device)
-    rank, world, owns_group = _dist_context(device)
     out = cfg.out_dir
     cache = out / "cache"
-    cache.mkdir(parents=True, exist_ok=True)
+    ensure_writable(cache)
+    rank, world, owns_group = _dist_context(device)
 
     try:
         sample = None

@@ -57,6 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from ..cliargs import parse_model_kwargs, positive_int
+from ..scan import resolve_device
 
 __all__ = [
     "METHODS",
@@ -891,18 +892,6 @@ class TrainResult:
         return shlex.join(["dsekit", "scan", str(self.run_dir), *self.scan_args])
 
 
-def _resolve_device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"device: {name!r} is not a torch device ({err})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {name!r} requested but CUDA is not available")
-    return dev
-
-
 def _make_regularizer(run: _Resolved) -> nn.Module | None:
     if run.cfg.dse_weight == 0:
         return None
@@ -927,7 +916,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None]
     """
     run = _resolve(cfg)
     cfg = run.cfg
-    device = _resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"out: {out} is a file, expected a run folder")
