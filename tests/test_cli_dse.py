@@ -107,3 +107,30 @@ def test_float128_and_big_endian_arrays_are_accepted(tmp_path):
         outs.append(json.loads(out.stdout))
     assert outs[0] == outs[1]
     assert outs[2]["dse_raw"] == pytest.approx(outs[0]["dse_raw"], rel=1e-5)
+
+
+def test_unsigned_and_big_endian_label_arrays_are_accepted(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = clustered_features(8, 16, 8, classes=4, seed=2).numpy()
+    local = rng.integers(0, 3, (8, 16))
+    glob = rng.integers(0, 4, (8, 16))
+    np.save(tmp_path / "f.npy", x)
+
+    def run(local_path, global_path):
+        rc = main(["dse", str(tmp_path / "f.npy"), "--local-labels", str(local_path), "--global-labels",
+                   str(global_path), "--global-clusters", "4", "--json"])
+        out = capsys.readouterr()
+        assert "Traceback" not in out.err
+        return rc, out
+
+    results = []
+    for dt in ("int64", "uint8", "uint16", "uint32", "uint64", ">i4"):
+        np.save(tmp_path / f"l_{dt}.npy", local.astype(dt))
+        np.save(tmp_path / f"g_{dt}.npy", glob.astype(dt))
+        rc, out = run(tmp_path / f"l_{dt}.npy", tmp_path / f"g_{dt}.npy")
+        assert rc == 0, (dt, out.err)
+        results.append(json.loads(out.out))
+    assert all(r == results[0] for r in results)
+    np.save(tmp_path / "bad.npy", np.full((8, 16), 2**40, dtype="uint64"))  # out of range: a clear error
+    rc, out = run(tmp_path / "bad.npy", tmp_path / "g_int64.npy")
+    assert rc == 2 and "expected values in [0, 3)" in out.err

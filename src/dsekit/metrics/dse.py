@@ -160,8 +160,16 @@ def as_features(features: Any, name: str = "features") -> Tensor:
 
 
 def _check_labels(labels: Any, name: str, shape: tuple[int, int], k: int, device: torch.device) -> Tensor:
+    if isinstance(labels, Tensor) and labels.dtype in (torch.uint16, torch.uint32, torch.uint64):
+        labels = labels.cpu().numpy()  # torch has no reductions for these: check them in numpy
     if isinstance(labels, np.ndarray):
-        labels = torch.from_numpy(labels)
+        if labels.dtype.kind not in "iu":
+            raise ValueError(f"{name}: expected integer cluster ids, got dtype {labels.dtype}")
+        if tuple(labels.shape) == shape and labels.size and (labels.min() < 0 or labels.max() >= k):
+            raise ValueError(
+                f"{name}: expected values in [0, {k}), got values in [{labels.min()}, {labels.max()}]"
+            )
+        labels = torch.from_numpy(labels.astype(np.int64))  # any width, sign or byte order
     if not isinstance(labels, Tensor):
         raise ValueError(f"{name}: expected an integer array of shape {shape}, got {type(labels).__name__}")
     if tuple(labels.shape) != shape:
