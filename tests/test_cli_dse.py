@@ -134,3 +134,11 @@ def test_unsigned_and_big_endian_label_arrays_are_accepted(tmp_path, capsys):
     np.save(tmp_path / "bad.npy", np.full((8, 16), 2**40, dtype="uint64"))  # out of range: a clear error
     rc, out = run(tmp_path / "bad.npy", tmp_path / "g_int64.npy")
     assert rc == 2 and "expected values in [0, 3)" in out.err
+
+
+def test_numpy_load_errors_name_the_file(tmp_path, capsys):
+    bad = tmp_path / "broken.npy"
+    bad.write_bytes(b"\x93NUMPY garbage that is not a header")
+    assert main(["dse", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "could not be read as .npy" in err

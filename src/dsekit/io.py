@@ -55,8 +55,10 @@ def load_array(path: str | Path, key: str | None = None) -> np.ndarray | torch.T
             from safetensors.torch import load_file
 
             return _pick(load_file(str(path)), path, key)
-    except ValueError:
-        raise
+    except ValueError as exc:
+        if str(path) in str(exc):  # ours: already names the file
+            raise
+        raise ValueError(f"{path}: could not be read as {suffix} ({exc})") from exc
     except Exception as exc:  # corrupt or truncated files
         raise ValueError(f"{path}: could not be read as {suffix} ({type(exc).__name__}: {exc})") from exc
     raise ValueError(f"{path}: unsupported file type {suffix!r}; expected one of {', '.join(FEATURE_SUFFIXES)}")
