@@ -736,3 +736,33 @@ def test_unwritable_output_folder_names_the_folder_and_out(tmp_path, capsys):
     rc = main(["scan", str(run), "--method", "dino", "--quiet", "--out", str(tmp_path / "blocked" / "dse")])
     err = capsys.readouterr().err
     assert rc == 2 and "cannot write to the output folder" in err and "--out" in err and "Traceback" not in err
+
+
+def test_partial_weights_are_marked_in_dse_csv_probe_csv_and_the_report(tmp_path):
+    from dsekit.backbones import create_backbone
+    from dsekit.cli import main
+    from dsekit.report import write_report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for ep, drop in ((1, False), (2, True)):
+        m = create_backbone("vit_small_patch16_224", img_size=32, depth=1)
+        sd = {"backbone." + k: v for k, v in m.state_dict().items()}
+        if drop:
+            del sd["backbone.blocks.0.mlp.fc2.weight"]
+        torch.save({"teacher": sd, "student": sd, "epoch": ep}, run / f"checkpoint{ep:04d}.pth")
+    out = tmp_path / "out"
+    common = ["--method", "dino", "--model-kwarg", "depth=1", "--image-size", "32", "--allow-partial", "--quiet",
+              "--out", str(out)]
+    with pytest.warns(UserWarning, match="missing keys"):
+        assert main(["scan", str(run), *common, "--num-images", "8", "--local-clusters", "2", "--global-clusters", "4",
+                     "--images-per-group", "2", "--intervals", "2"]) == 0
+    with pytest.warns(UserWarning, match="missing keys"):
+        assert main(["probe", str(run), *common, "--dataset", "scenes", "--num-train", "4", "--num-val", "4",
+                     "--epochs", "1"]) == 0
+    for name in ("dse.csv", "probe.csv"):
+        _, rows = _read_csv(out / name)
+        assert [r["partial"] for r in rows] == ["", "yes"], name
+    report = write_report(out)
+    assert report["partial_checkpoints"] == [str(run / "checkpoint0002.pth")]
+    assert "Partial weights" in (out / "report.md").read_text()

@@ -813,6 +813,7 @@ class CheckpointProbe:
     num_train: int = 0
     num_val: int = 0
     head_miou: list[float] = field(default_factory=list)  #: mIoU of each head (seed, seed+1, ...)
+    partial: str = ""  #: with ``allow_partial``: what did not fit (missing / unexpected keys); "" if it all did
 
 
 @dataclass
@@ -1007,11 +1008,13 @@ def _probe_checkpoint(
     ignore_index: int,
     device: torch.device,
     progress: bool,
-) -> tuple[ProbeMetrics, dict[str, float]]:
+) -> tuple[list[ProbeMetrics], dict[str, float], str]:
+    """Load, extract and train ``cfg.head_seeds`` heads -> (per-head metrics, timings, partial-load message)."""
     from .backbones import FeatureExtractor, load_backbone_as
 
     t0 = time.perf_counter()
-    model = load_backbone_as(cfg, path, model)
+    partial: list[str] = []
+    model = load_backbone_as(cfg, path, model, partial=partial)
     extractor = FeatureExtractor(model, cfg.layer)
     t1 = time.perf_counter()
     for split in ("train", "val"):
@@ -1042,7 +1045,7 @@ def _probe_checkpoint(
     for k in heads[0].timings:
         timings[f"head_{k}"] = sum(m.timings[k] for m in heads)
     timings["total"] = time.perf_counter() - t0
-    return heads, timings
+    return heads, timings, "; ".join(partial)
 
 
 def _combine_heads(heads: list[ProbeMetrics]) -> tuple[float, float, list[float | None]]:
@@ -1200,7 +1203,7 @@ def probe(
                 if progress:
                     console.print(f"probing [{n}/{len(todo)}] {path.name} on {label}")
                 try:
-                    heads, timings = _probe_checkpoint(
+                    heads, timings, partial = _probe_checkpoint(
                         cfg, path, model, data, feats, num_classes, ignore_index, device, progress
                     )
                     miou, acc, iou = _combine_heads(heads)
@@ -1208,6 +1211,7 @@ def probe(
                         str(path), epoch, label, "ok", miou, acc, iou,
                         heads[0].train_loss, timings, identity=identities[i],
                         num_train=len(train_ds), num_val=len(val_ds), head_miou=[m.miou for m in heads],
+                        partial=partial,
                     )
                     _save_confusions(target.with_suffix(".npz"), heads)
                     write_json_atomic(target, asdict(res))
@@ -1333,8 +1337,10 @@ def _write_outputs(
             "checkpoint": r.checkpoint, "epoch": "" if r.epoch is None else str(r.epoch), "dataset": label,
             "miou": _fmt(r.miou), "pixel_accuracy": _fmt(r.pixel_accuracy),
             "miou_low": _fmt(boot.low[t]) if boot else "", "miou_high": _fmt(boot.high[t]) if boot else "",
-            "heads": str(len(r.head_miou) or 1),
+            "heads": str(len(r.head_miou) or 1), "partial": "yes" if r.partial else "",
         })
+    if any(r.partial for r in ok) and "partial" not in columns:
+        columns.append("partial")
     write_csv_atomic(out / "probe.csv", columns, rows)
     names = list(getattr(train_ds, "class_names", ()))
     class_rows = []

@@ -57,7 +57,7 @@ _TERM_LABELS = {
     "effective_dimensionality": "M_dim",
 }
 #: columns of dse.csv that are not metrics
-_ID_COLUMNS = ("checkpoint", "epoch")
+_ID_COLUMNS = ("checkpoint", "epoch", "partial")
 _TERMS4 = tuple(_TERM_LABELS)
 #: metrics shown in the report, in this order when present (others follow)
 _METRIC_ORDER = ("dse", "dse_raw", "rankme", "alpha_req", "dense_rankme", "lidar")
@@ -235,6 +235,9 @@ def build_report(
         )
         if entry is not None:
             report["datasets"][ds] = entry
+    report["partial_checkpoints"] = sorted(
+        {r["checkpoint"] for r in dse_rows if r.get("partial")} | {r["checkpoint"] for r in probe_rows if r.get("partial")}
+    )
     report["unprobed_checkpoints"] = [
         r["checkpoint"] for r in dse_rows
         if not any(r["checkpoint"] in e["checkpoints"] or r["checkpoint"] == (e.get("init") or {}).get("checkpoint")
@@ -684,6 +687,10 @@ def _markdown(report: dict[str, Any]) -> str:
         lines += ["", f"![{ds}](report_{ds}.png)", ""]
     if report.get("unprobed_checkpoints"):
         lines += [f"Checkpoints without mIoU: {len(report['unprobed_checkpoints'])}."]
+    if report.get("partial_checkpoints"):
+        lines += ["", "**Partial weights**: these checkpoints were scored with `--allow-partial` and did not fit the "
+                  "model (missing or unexpected keys; see run.json / probe_<dataset>.json): "
+                  + ", ".join(f"`{Path(c).name}`" for c in report["partial_checkpoints"]) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -706,7 +713,8 @@ def write_report(out_dir: str | Path, *, window: int = 2, top: int = 3, confiden
     from .scan import write_json_atomic
 
     out = Path(out_dir)
-    dse_rows = read_table(out / "dse.csv", ("checkpoint", "epoch"), _numeric_columns(out / "dse.csv", ("checkpoint",)))
+    dse_rows = read_table(out / "dse.csv", ("checkpoint", "epoch"),
+                          _numeric_columns(out / "dse.csv", ("checkpoint", "partial")))
     probe_rows = read_table(out / "probe.csv", ("checkpoint", "epoch", "dataset", "miou"),
                             ("epoch", "miou", "pixel_accuracy", "miou_low", "miou_high"))
     replicates = (

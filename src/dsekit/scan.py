@@ -118,6 +118,7 @@ class CheckpointResult:
     identity: str = ""
     num_images: int = 0
     replicates: dict[str, list[float]] = field(default_factory=dict)  #: column -> one value per half-sample
+    partial: str = ""  #: with ``allow_partial``: what did not fit (missing / unexpected keys); "" if it all did
 
 
 @dataclass
@@ -261,8 +262,9 @@ def _score_checkpoint(
     progress: Any,
     model: torch.nn.Module | None = None,
     views: torch.Tensor | None = None,
-) -> tuple[dict[str, float], dict[str, float], dict[str, float], dict[str, list[float]]]:
-    """Load, extract and score one checkpoint -> (terms, metrics, timings, half-sample replicates).
+) -> tuple[dict[str, float], dict[str, float], dict[str, float], dict[str, list[float]], str]:
+    """Load, extract and score one checkpoint -> (terms, metrics, timings, half-sample replicates,
+    the partial-load message or "").
 
     ``model``: a backbone of the right architecture to load into (every weight is
     overwritten, as loading is strict); None builds a new one.
@@ -270,7 +272,8 @@ def _score_checkpoint(
     from .backbones import FeatureExtractor, extract_features, load_backbone_as
 
     t0 = time.perf_counter()
-    model = load_backbone_as(cfg, path, model)
+    partial: list[str] = []
+    model = load_backbone_as(cfg, path, model, partial=partial)
     t1 = time.perf_counter()
     extractor = FeatureExtractor(model, cfg.layer)
     feats = extract_features(
@@ -304,7 +307,7 @@ def _score_checkpoint(
     replicates = _replicates(cfg, feats, vf, device, metric_fns)
     t5 = time.perf_counter()
     timings = {"load": t1 - t0, "extract": t2 - t1, "score": t3 - t2, "metrics": t4 - t3, "intervals": t5 - t4}
-    return terms, metrics, timings, replicates
+    return terms, metrics, timings, replicates, "; ".join(partial)
 
 
 def _dse_terms(cfg: ScanConfig, feats: torch.Tensor, device: torch.device, seed: int) -> dict[str, float]:
@@ -530,12 +533,12 @@ def scan(
                 if progress:
                     console.print(f"scoring {label}")
                 try:
-                    terms, metrics, timings, replicates = _score_checkpoint(
+                    terms, metrics, timings, replicates, partial = _score_checkpoint(
                         cfg, path, sample.images, device, metric_fns, f"{path.name}" if progress else False, model, views
                     )
                     res = CheckpointResult(
                         str(path), epoch, "ok", terms, metrics, timings, identity=identities[i], num_images=len(sample),
-                        replicates=replicates,
+                        replicates=replicates, partial=partial,
                     )
                     write_json_atomic(target, asdict(res))
                     (cache / f"{path.name}.failed.json").unlink(missing_ok=True)
@@ -623,8 +626,12 @@ def _assemble(
         row["dse"] = repr(float(value))
         row.update({m: repr(float(r.metrics[m])) if m in r.metrics else "" for m in extra})
         row.update(band)
+        row["partial"] = "yes" if r.partial else ""
         rows.append(row)
-    write_csv_atomic(out / "dse.csv", [*CSV_COLUMNS, *extra, *[f"{c}_{s}" for c in columns for s in ("low", "high")]], rows)
+    marked = ["partial"] if any(r.partial for r in ok) else []  # only runs that loaded partial weights
+    write_csv_atomic(
+        out / "dse.csv", [*CSV_COLUMNS, *extra, *[f"{c}_{s}" for c in columns for s in ("low", "high")], *marked], rows
+    )
     rep_rows = [
         {"checkpoint": r.checkpoint, "replicate": k, **{c: repr(float(v[k])) for c, v in table.items() if c in columns}}
         for r, table in zip(ok, reps) for k in range(len(next(iter(table.values()), [])))
@@ -640,7 +647,8 @@ def _assemble(
             "versions": _versions(),
             "images": images_record,
             "checkpoints": [
-                {"checkpoint": r.checkpoint, "epoch": r.epoch, "status": r.status, "timings": r.timings, "error": r.error}
+                {"checkpoint": r.checkpoint, "epoch": r.epoch, "status": r.status, "timings": r.timings, "error": r.error,
+                 "partial": r.partial}
                 for r in ok + failed
             ],
         },

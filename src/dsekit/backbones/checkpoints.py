@@ -214,6 +214,11 @@ class MethodAdapter:
         }
 
 
+class PartialLoadWarning(UserWarning):
+    """A checkpoint loaded with ``allow_partial=True`` did not fit the model: keys were missing,
+    unexpected or of another shape (scan and probe mark such results as partial)."""
+
+
 #: epoch given to a run's initial weights (``{epoch}`` of the official pattern spelt ``init`` or
 #: ``_init``: ``checkpoint_init.pth`` for DINO, ``checkpoint_init.pth.tar`` for MoCo v3), sorted first
 INIT_EPOCH = -1
@@ -1062,7 +1067,7 @@ def load_into(
             raise CheckpointKeyError(
                 msg, source if isinstance(source, Path) else None, missing, unexpected, mismatched
             )
-        warnings.warn(msg, stacklevel=2)
+        warnings.warn(msg, PartialLoadWarning, stacklevel=2)
         bad = {m.split(" ", 1)[0] for m in mismatched}
         sd = {k: v for k, v in sd.items() if k in expected and k not in bad}
     model.load_state_dict(sd, strict=False)
@@ -1118,23 +1123,34 @@ def load_backbone(
     return load_into(model, adapted.state_dict, allow_partial=allow_partial, source=Path(path))
 
 
-def load_backbone_as(settings: Any, path: str | Path, model: nn.Module | None = None) -> nn.Module:
+def load_backbone_as(
+    settings: Any, path: str | Path, model: nn.Module | None = None, *, partial: list[str] | None = None
+) -> nn.Module:
     """:func:`load_backbone` with the checkpoint settings of a scan or probe configuration.
 
     ``settings`` has the attributes ``method``, ``arch``, ``branch``, ``prefix``,
     ``allow_partial``, ``trust_checkpoints``, ``model_kwargs`` and ``image_size`` (as
     :class:`dsekit.scan.ScanConfig` and :class:`dsekit.probe.ProbeConfig`); ``model``, a
     backbone of the right architecture to load into again (every weight is overwritten, as
-    loading is strict), saves rebuilding it for each checkpoint.
+    loading is strict), saves rebuilding it for each checkpoint. ``partial``: a list that
+    receives the :class:`PartialLoadWarning` message when the checkpoint did not fit (only with
+    ``allow_partial``); the warning is still shown.
     """
-    return load_backbone(
-        path,
-        settings.method,
-        model if model is not None else settings.arch,
-        branch=settings.branch,
-        prefix=settings.prefix,
-        allow_partial=settings.allow_partial,
-        trust_checkpoints=settings.trust_checkpoints,
-        model_kwargs=settings.model_kwargs,
-        img_size=settings.image_size,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PartialLoadWarning)
+        model = load_backbone(
+            path,
+            settings.method,
+            model if model is not None else settings.arch,
+            branch=settings.branch,
+            prefix=settings.prefix,
+            allow_partial=settings.allow_partial,
+            trust_checkpoints=settings.trust_checkpoints,
+            model_kwargs=settings.model_kwargs,
+            img_size=settings.image_size,
+        )
+    for w in caught:
+        if partial is not None and issubclass(w.category, PartialLoadWarning):
+            partial.append(str(w.message))
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return model
