@@ -596,3 +596,35 @@ def test_spill_folders_of_killed_probes_are_removed_by_the_next_one(tmp_path):
     assert not stale.exists() and live.exists() and other_host.exists()
     cache.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other_host.name])
+
+
+def test_plain_image_mask_folder_probes_with_inferred_classes_and_split(vit_run, tmp_path, capsys):
+    from PIL import Image
+
+    from dsekit.cli import main
+
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for k in range(30):
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "masks").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (IMG, IMG, 3), dtype=np.uint8)).save(root / "images" / f"s{k:02d}.jpg")
+        m = np.zeros((IMG, IMG), np.uint8)
+        m[: IMG // 2] = 1 + k % 2
+        Image.fromarray(m).save(root / "masks" / f"s{k:02d}.png")
+    out = tmp_path / "out"
+    rc = main(["probe", str(vit_run), "--method", "generic", "--dataset", "folder", "--root", str(root),
+               "--image-size", str(IMG), *sum((["--model-kwarg", f"{k}={v}"] for k, v in VIT_KW.items()), []),
+               "--epochs", "1", "--glob", "model_ep5.pth", "--quiet", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    record = json.loads((out / "probe_folder_data.json").read_text())  # label: folder:<root name>
+    assert record["data"]["class_names"] == ["class_0", "class_1", "class_2"]
+    assert record["data"]["train"]["classes_from"] == "masks"
+    assert record["data"]["val"]["split_from"].startswith("sha256(name)")
+    assert record["data"]["train"]["num_samples"] + record["data"]["val"]["num_samples"] == 30
+    rc = main(["probe", str(vit_run), "--method", "generic", "--dataset", "folder", "--root", str(root),
+               "--num-classes", "4", "--image-size", str(IMG),
+               *sum((["--model-kwarg", f"{k}={v}"] for k, v in VIT_KW.items()), []),
+               "--epochs", "1", "--glob", "model_ep5.pth", "--quiet", "--out", str(tmp_path / "out4")])
+    assert rc == 0
+    assert len(json.loads((tmp_path / "out4" / "probe_folder_data.json").read_text())["data"]["class_names"]) == 4

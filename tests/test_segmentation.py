@@ -336,16 +336,18 @@ def test_folder_nested_names_num_classes_and_errors(tmp_path):
     for k, name in enumerate(["a/x", "a/y", "b/z"]):
         _image(tmp_path / "images" / f"{name}.jpg", k)
         _mask(tmp_path / "masks" / f"{name}.png", _stripes([0, 2, 255]))
-    with pytest.raises(DatasetNotFoundError, match="num_classes"):
-        get_dataset("folder", tmp_path)
+    inferred = get_dataset("folder", tmp_path)  # no classes.txt, no num_classes: from the masks (0, 2 -> 3)
+    assert inferred.class_names == ("class_0", "class_1", "class_2")
+    assert inferred.record()["classes_from"] == "masks"
     ds = get_dataset("folder", tmp_path, num_classes=3, image_size=S)
     assert ds.ids == ["a/x", "a/y", "b/z"] and len(ds.class_names) == 3
+    assert ds.record()["classes_from"] == "num_classes"
     assert ds[0][1].shape == (S, S)
-    assert default_train_split("folder", tmp_path) == "all"
+    assert default_train_split("folder", tmp_path) == "train"
     with pytest.raises(ValueError, match="label value"):
         get_dataset("folder", tmp_path, num_classes=2)[0]  # 2 is out of range for 2 classes
-    with pytest.raises(DatasetNotFoundError, match=r"ImageSets/Segmentation/train\.txt"):
-        get_dataset("folder", tmp_path, "train", num_classes=3)
+    with pytest.raises(DatasetNotFoundError, match=r"ImageSets/Segmentation/test\.txt"):
+        get_dataset("folder", tmp_path, "test", num_classes=3)
     _write_list(tmp_path / "ImageSets" / "Segmentation" / "val.txt", ["b/z.jpg", "a/x"])
     assert get_dataset("folder", tmp_path, "val", num_classes=3).ids == ["b/z", "a/x"]
     (tmp_path / "classes.txt").write_text("bg\nthing\n")
@@ -357,6 +359,23 @@ def test_folder_nested_names_num_classes_and_errors(tmp_path):
     _mask(tmp_path / "masks" / "c.png", _stripes([0]))  # a mask without an image
     with pytest.raises(FileNotFoundError, match=r"\bc\b"):
         get_dataset("folder", tmp_path)
+
+
+def test_folder_without_lists_splits_by_name_hash_whatever_the_disk_order(tmp_path):
+    import hashlib
+
+    names = [f"img{k:03d}" for k in range(40)]
+    for order, root in ((names, tmp_path / "a"), (names[::-1], tmp_path / "b")):  # written in two orders
+        for k, name in enumerate(order):
+            _image(root / "images" / f"{name}.jpg", k % 7)
+            _mask(root / "masks" / f"{name}.png", _stripes([0, 1]))
+    for root in (tmp_path / "a", tmp_path / "b"):
+        train = get_dataset("folder", root, "train")
+        val = get_dataset("folder", root, "val")
+        assert sorted(train.ids + val.ids) == names and not set(train.ids) & set(val.ids)
+        expected_val = [n for n in names if int(hashlib.sha256(n.encode()).hexdigest()[:8], 16) / 2**32 < 0.2]
+        assert val.ids == expected_val and 0 < len(val) < 20
+        assert val.record()["split_from"].startswith("sha256(name) < 0.2")
 
 
 def test_scenes_entry(rng_state_guard):

@@ -749,6 +749,7 @@ class ProbeConfig:
     out: str | None = None  #: default: ``RUN_DIR/dse`` (next to the scan's dse.csv)
     train_split: str | None = None  #: default: ``default_train_split(dataset, root)``
     val_split: str = "val"
+    num_classes: int | None = None  #: folder datasets only: None reads classes.txt, else infers from the masks
     num_train: int | None = None  #: None: every sample (scenes: 1000)
     num_val: int | None = None  #: None: every sample (scenes: 250)
     arch: str | None = None
@@ -872,6 +873,10 @@ def _open_dataset(cfg: ProbeConfig, split: str, which: str) -> Any:
         kwargs["n"] = count if count is not None else SCENES_DEFAULT_COUNTS.get(split, SCENES_DEFAULT_COUNTS["val"])
     else:
         kwargs["max_samples"] = count
+    if cfg.num_classes is not None:
+        if spec.name != "folder":
+            raise ValueError(f"num_classes: only for the folder dataset ({spec.name} has its own classes)")
+        kwargs["num_classes"] = cfg.num_classes
     return get_dataset(spec.name, cfg.root, split, **kwargs)
 
 
@@ -1424,6 +1429,8 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="output folder (default RUN_DIR/dse, next to dse.csv)")
     p.add_argument("--train-split", default=None, help="training split (default: train; VOC: train_aug when present)")
     p.add_argument("--val-split", default="val", help="evaluation split (default val)")
+    p.add_argument("--num-classes", type=positive_int, default=None,
+                   help="folder datasets: class count (default: classes.txt, else inferred from the masks)")
     p.add_argument("--num-train", type=positive_int, default=None, help="training images (default all; scenes 1000)")
     p.add_argument("--num-val", type=positive_int, default=None, help="validation images (default all; scenes 250)")
     p.add_argument("--image-size", type=positive_int, default=None,
@@ -1461,6 +1468,7 @@ def run_probe(args: argparse.Namespace) -> int:
         root=None if args.root is None else str(args.root),
         train_split=args.train_split,
         val_split=args.val_split,
+        num_classes=args.num_classes,
         num_train=args.num_train,
         num_val=args.num_val,
         resize=args.resize,

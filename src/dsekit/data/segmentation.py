@@ -19,6 +19,7 @@ ImageNet normalisation) and ``TrainTransform`` (seeded random resized crop and f
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -994,9 +995,15 @@ ROOT/
 class FolderDataset(SegmentationDataset):
     __doc__ = (
         """Any ``images/`` + ``masks/`` tree with matching relative paths (extension aside); mask
-    pixel = class id. The class count comes from ``classes.txt`` (line k = name of class k) or
-    ``num_classes``. ``split=None`` / ``"all"`` takes every pair; another split needs
-    ``ImageSets/Segmentation/<split>.txt``. The layout ``write_scenes`` writes is one.
+    pixel = class id. The class count comes from ``classes.txt`` (line k = name of class k), or
+    ``num_classes``, or else from the masks themselves (the largest value other than
+    ``ignore_index``, plus one, over every mask of the folder; classes named ``class_k``).
+    ``split=None`` / ``"all"`` takes every pair; another split reads
+    ``ImageSets/Segmentation/<split>.txt``, and without such lists ``"train"`` and ``"val"`` are
+    a deterministic split by file name: a sample is in ``val`` when the first 8 hex digits of
+    ``sha256(<name>)`` read as a fraction of 2**32 fall below :data:`FOLDER_VAL_FRACTION` (0.2),
+    whatever the order of the files on disk. ``record()`` says where the classes and the split
+    came from. The layout ``write_scenes`` writes is one.
     """
         + _COMMON_ARGS
         + """
@@ -1010,8 +1017,8 @@ class FolderDataset(SegmentationDataset):
 ROOT/
   images/<name>.{jpg,png,...}         any depth; <name> = path relative to images/, extension aside
   masks/<name>.png                    same <name>; pixel = class id 0..K-1, ignore_index (255) = ignore
-  classes.txt                         optional: line k = name of class k (else pass num_classes)
-  ImageSets/Segmentation/<split>.txt  optional: one <name> per line (needed for a split other than "all")
+  classes.txt                         optional: line k = name of class k (else num_classes, else inferred)
+  ImageSets/Segmentation/<split>.txt  optional: one <name> per line (without: train/val split by name hash)
 """
     _MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
 
@@ -1035,6 +1042,13 @@ ROOT/
         for d in (image_dir, mask_dir):
             if not d.is_dir():
                 raise _layout_error(self.title, f"{d} is missing", self.LAYOUT)
+        images = _scan_tree(image_dir, IMAGE_EXTENSIONS)
+        masks = _scan_tree(mask_dir, self._MASK_EXTENSIONS)
+        self.class_source = "classes.txt" if (base / "classes.txt").is_file() and class_names is None else (
+            "class_names" if class_names is not None else "num_classes" if num_classes is not None else "masks"
+        )
+        if self.class_source == "masks":
+            num_classes = _classes_in_masks(masks.values(), self.ignore_index, self.title)
         self.class_names = self._classes(base, num_classes, class_names)
         self.num_classes = len(self.class_names)
         if self.ignore_index < self.num_classes:
@@ -1043,15 +1057,18 @@ ROOT/
                 "pick a value >= num_classes"
             )
         self.label_map = identity_label_map(self.num_classes, self.ignore_index)
-        images = _scan_tree(image_dir, IMAGE_EXTENSIONS)
-        masks = _scan_tree(mask_dir, self._MASK_EXTENSIONS)
-        if split == "all":
+        lst = base / "ImageSets" / "Segmentation" / f"{split}.txt"
+        self.split_source = "all" if split == "all" else str(lst) if lst.is_file() else (
+            f"sha256(name) < {FOLDER_VAL_FRACTION} of 2**32 -> val" if split in ("train", "val") else "missing"
+        )
+        if split == "all" or self.split_source.startswith("sha256"):
             ids = sorted(images)
             unmatched = sorted(set(masks) - set(images))
             if unmatched:
                 raise _missing_error("image(s) for masks", unmatched, image_dir, self.title)
+            if split != "all":
+                ids = [i for i in ids if (_name_fraction(i) < FOLDER_VAL_FRACTION) == (split == "val")]
         else:
-            lst = base / "ImageSets" / "Segmentation" / f"{split}.txt"
             if not lst.is_file():
                 raise _layout_error(
                     self.title, f"split {split!r} needs {lst} (or use split='all')", self.LAYOUT
@@ -1084,7 +1101,40 @@ ROOT/
         return tuple(f"class_{k}" for k in range(num_classes))
 
     def record(self) -> dict:
-        return {**super().record(), "class_names": list(self.class_names)}
+        return {
+            **super().record(), "class_names": list(self.class_names), "classes_from": self.class_source,
+            "split_from": self.split_source,
+        }
+
+
+#: share of a ``folder`` dataset without split lists that goes to ``val`` (chosen by name hash)
+FOLDER_VAL_FRACTION = 0.2
+
+
+def _name_fraction(name: str) -> float:
+    """A number in [0, 1) fixed by ``name`` alone (the first 32 bits of its SHA-256)."""
+    return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) / 2**32
+
+
+def _classes_in_masks(paths: Any, ignore_index: int, title: str) -> int:
+    """Largest label value other than ``ignore_index`` over the masks, plus one."""
+    from PIL import Image
+
+    top = -1
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                values = np.unique(np.asarray(im))
+        except Exception as exc:  # noqa: BLE001 - name the file, whatever the decoder says
+            raise ValueError(f"{p}: cannot read the mask to infer the classes ({type(exc).__name__}: {exc})") from None
+        values = values[values != ignore_index]
+        if values.size:
+            if values.min() < 0:
+                raise ValueError(f"{p}: negative label values {values[values < 0][:5].tolist()}")
+            top = max(top, int(values.max()))
+    if top < 0:
+        raise ValueError(f"{title}: no labelled pixel in any mask (every value is ignore_index={ignore_index})")
+    return top + 1
 
 
 class ScenesSegmentation(SegmentationDataset):
@@ -1222,7 +1272,7 @@ def get_dataset(
 
 def default_train_split(name: str, root: str | os.PathLike | None = None) -> str:
     """The split to train a probe on: ``train_aug`` for VOC when its SBD list is present,
-    ``all`` for a ``folder`` without split lists, ``train`` otherwise."""
+    ``train`` otherwise (a ``folder`` without split lists: its name-hash split)."""
     spec = dataset_spec(name)
     if spec.name == "voc" and root is not None:
         try:
@@ -1231,6 +1281,4 @@ def default_train_split(name: str, root: str | os.PathLike | None = None) -> str
             return "train"
         has_aug = VOCDataset.aug_list(voc) is not None and (voc / "SegmentationClassAug").is_dir()
         return "train_aug" if has_aug else "train"
-    if spec.name == "folder" and root is not None:
-        return "train" if (Path(root) / "ImageSets" / "Segmentation" / "train.txt").is_file() else "all"
     return "train"
