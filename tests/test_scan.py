@@ -766,3 +766,38 @@ def test_partial_weights_are_marked_in_dse_csv_probe_csv_and_the_report(tmp_path
     report = write_report(out)
     assert report["partial_checkpoints"] == [str(run / "checkpoint0002.pth")]
     assert "Partial weights" in (out / "report.md").read_text()
+
+
+def test_changed_content_is_never_served_from_the_cache(tmp_path):
+    """An image rewritten in place with the same size, or a checkpoint changed in its middle, is scored anew."""
+    from PIL import Image
+
+    from dsekit.backbones import create_backbone
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(images / f"i{i}.bmp")
+    run = tmp_path / "run"
+    run.mkdir()
+    m = create_backbone("vit_small_patch16_224", img_size=32, depth=1)
+    sd = {"backbone." + k: v for k, v in m.state_dict().items()}
+    torch.save({"teacher": sd, "student": sd, "epoch": 1}, run / "checkpoint0001.pth")
+    cfg = ScanConfig(str(run), "dino", model_kwargs={"depth": 1}, num_images=8, image_size=32, local_clusters=2,
+                     global_clusters=4, images_per_group=4, images=str(images), out=str(tmp_path / "out"), intervals=0)
+    first = scan(cfg, progress=False)
+    assert first.computed == 1 and scan(cfg, progress=False).computed == 0  # unchanged: reused
+    # an image rewritten in place: same name, same size (BMP), other pixels
+    size = (images / "i3.bmp").stat().st_size
+    Image.fromarray(255 - np.asarray(Image.open(images / "i3.bmp"))).save(images / "i3.bmp")
+    assert (images / "i3.bmp").stat().st_size == size
+    again = scan(cfg, progress=False)
+    assert again.computed == 1 and again.results[0].terms != first.results[0].terms
+    assert scan(cfg, progress=False).computed == 0
+    # a checkpoint changed in its middle, size unchanged
+    data = bytearray((run / "checkpoint0001.pth").read_bytes())
+    sd["backbone.blocks.0.mlp.fc1.weight"] = sd["backbone.blocks.0.mlp.fc1.weight"] * 2
+    torch.save({"teacher": sd, "student": sd, "epoch": 1}, run / "checkpoint0001.pth")
+    assert len(data) == (run / "checkpoint0001.pth").stat().st_size
+    assert scan(cfg, progress=False).computed == 1
