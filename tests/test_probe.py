@@ -628,3 +628,25 @@ def test_plain_image_mask_folder_probes_with_inferred_classes_and_split(vit_run,
                "--epochs", "1", "--glob", "model_ep5.pth", "--quiet", "--out", str(tmp_path / "out4")])
     assert rc == 0
     assert len(json.loads((tmp_path / "out4" / "probe_folder_data.json").read_text())["data"]["class_names"]) == 4
+
+
+def test_replaced_images_are_probed_anew(vit_run, tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(1)
+    for k in range(30):
+        Image.fromarray(rng.integers(0, 255, (IMG, IMG, 3), dtype=np.uint8)).save(root / "images" / f"s{k:02d}.bmp")
+        m = np.zeros((IMG, IMG), np.uint8)
+        m[: IMG // 2] = 1
+        Image.fromarray(m).save(root / "masks" / f"s{k:02d}.png")
+    cfg = _cfg(vit_run, tmp_path / "out", dataset="folder", root=str(root), num_train=None, num_val=None, epochs=1,
+               glob="model_ep5.pth")
+    assert probe(cfg, progress=False).computed == 1
+    assert probe(cfg, progress=False).computed == 0
+    # every image replaced by another of the same size: not the same data, not the same mIoU
+    for k in range(30):
+        Image.fromarray(rng.integers(0, 255, (IMG, IMG, 3), dtype=np.uint8)).save(root / "images" / f"s{k:02d}.bmp")
+    assert probe(cfg, progress=False).computed == 1
