@@ -850,3 +850,47 @@ def test_mocov3_resnet_projector_fc_is_dropped(tmp_path: Path) -> None:
     model = load_backbone(path, "mocov3", "resnet18")
     for k, v in enc.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
+
+
+@pytest.mark.parametrize(
+    "method, arch, kwargs, wrap",
+    [
+        ("dino", "vit_small_patch16_224", {"depth": 1}, lambda sd: sd),  # dino_deitsmall16_pretrain.pth
+        ("ibot", "vit_small_patch16_224", {"depth": 1}, lambda sd: {"state_dict": sd}),  # checkpoint_teacher.pth
+        ("densecl", "resnet18", {}, lambda sd: {"state_dict": sd, "author": "DenseCL"}),
+        ("vicreg", "resnet18", {}, lambda sd: sd),  # resnet50.pth
+        ("barlowtwins", "resnet18", {}, lambda sd: sd),  # resnet50.pth
+    ],
+)
+def test_released_weight_files_load_under_their_method(method, arch, kwargs, wrap, tmp_path: Path) -> None:
+    from dsekit.backbones import create_backbone
+    from dsekit.backbones.checkpoints import adapt_state_dict
+
+    ref = create_backbone(arch, img_size=32, **kwargs)
+    path = _save(tmp_path, "released.pth", wrap(ref.state_dict()))
+    layout: list[str] = []
+    model = load_backbone(path, method, arch, img_size=32, model_kwargs=kwargs, layout=layout)
+    assert layout == ["release file"]
+    for k, v in ref.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    # the method's own training checkpoint still reads as one
+    _, ckpt, _, _, _ = build(method)
+    assert adapt_state_dict(ckpt, method).layout == "training checkpoint"
+
+
+def test_release_file_through_the_cli_says_which_layout_was_read(tmp_path: Path, capsys) -> None:
+    from dsekit.backbones import create_backbone
+    from dsekit.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save(create_backbone("vit_small_patch16_224", img_size=32, depth=1).state_dict(),
+               run / "dino_deitsmall16_pretrain.pth")
+    rc = main(["scan", str(run), "--method", "dino", "--glob", "*.pth", "--model-kwarg", "depth=1", "--image-size", "32",
+               "--num-images", "8", "--global-clusters", "4", "--images-per-group", "4", "--intervals", "0",
+               "--out", str(tmp_path / "out")])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "read as: release file" in out.out + out.err
+    run_json = __import__("json").loads((tmp_path / "out" / "run.json").read_text())
+    assert run_json["checkpoints"][0]["layout"] == "release file"

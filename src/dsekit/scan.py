@@ -119,6 +119,7 @@ class CheckpointResult:
     num_images: int = 0
     replicates: dict[str, list[float]] = field(default_factory=dict)  #: column -> one value per half-sample
     partial: str = ""  #: with ``allow_partial``: what did not fit (missing / unexpected keys); "" if it all did
+    layout: str = ""  #: what was read: "training checkpoint, <branch>" or "release file"
 
 
 @dataclass
@@ -261,9 +262,9 @@ def _score_checkpoint(
     progress: Any,
     model: torch.nn.Module | None = None,
     views: torch.Tensor | None = None,
-) -> tuple[dict[str, float], dict[str, float], dict[str, float], dict[str, list[float]], str]:
+) -> tuple[dict[str, float], dict[str, float], dict[str, float], dict[str, list[float]], str, str]:
     """Load, extract and score one checkpoint -> (terms, metrics, timings, half-sample replicates,
-    the partial-load message or "").
+    the partial-load message or "", the layout read).
 
     ``model``: a backbone of the right architecture to load into (every weight is
     overwritten, as loading is strict); None builds a new one.
@@ -272,7 +273,8 @@ def _score_checkpoint(
 
     t0 = time.perf_counter()
     partial: list[str] = []
-    model = load_backbone_as(cfg, path, model, partial=partial)
+    layout: list[str] = []
+    model = load_backbone_as(cfg, path, model, partial=partial, layout=layout)
     t1 = time.perf_counter()
     extractor = FeatureExtractor(model, cfg.layer)
     feats = extract_features(
@@ -306,7 +308,7 @@ def _score_checkpoint(
     replicates = _replicates(cfg, feats, vf, device, metric_fns)
     t5 = time.perf_counter()
     timings = {"load": t1 - t0, "extract": t2 - t1, "score": t3 - t2, "metrics": t4 - t3, "intervals": t5 - t4}
-    return terms, metrics, timings, replicates, "; ".join(partial)
+    return terms, metrics, timings, replicates, "; ".join(partial), "; ".join(layout)
 
 
 def _dse_terms(cfg: ScanConfig, feats: torch.Tensor, device: torch.device, seed: int) -> dict[str, float]:
@@ -536,13 +538,15 @@ def scan(
                 if progress:
                     console.print(f"scoring {label}")
                 try:
-                    terms, metrics, timings, replicates, partial = _score_checkpoint(
+                    terms, metrics, timings, replicates, partial, layout = _score_checkpoint(
                         cfg, path, sample.images, device, metric_fns, f"{path.name}" if progress else False, model, views
                     )
                     res = CheckpointResult(
                         str(path), epoch, "ok", terms, metrics, timings, identity=identities[i], num_images=len(sample),
-                        replicates=replicates, partial=partial,
+                        replicates=replicates, partial=partial, layout=layout,
                     )
+                    if progress:
+                        console.print(f"  read as: {layout}")
                     write_json_atomic(target, asdict(res))
                     (cache / f"{path.name}.failed.json").unlink(missing_ok=True)
                     computed += 1
@@ -653,7 +657,7 @@ def _assemble(
             "images": images_record,
             "checkpoints": [
                 {"checkpoint": r.checkpoint, "epoch": r.epoch, "status": r.status, "timings": r.timings, "error": r.error,
-                 "partial": r.partial}
+                 "partial": r.partial, "layout": r.layout}
                 for r in ok + failed
             ],
         },

@@ -837,6 +837,8 @@ class AdaptedStateDict:
         method, branch: what was read.
         container: the checkpoint key that held the weights (``None``: the checkpoint itself).
         dropped: original keys (after ``module.`` removal) not part of the backbone.
+        layout: ``"training checkpoint"`` (the method's training state) or ``"release file"``
+            (the backbone weights a method publishes, e.g. DINO's ``dino_deitsmall16_pretrain.pth``).
     """
 
     state_dict: StateDict
@@ -844,6 +846,7 @@ class AdaptedStateDict:
     branch: str
     container: str | None
     dropped: list[str] = field(default_factory=list)
+    layout: str = "training checkpoint"  #: or "release file": the backbone alone, without the training wrapper
 
 
 def _is_tensor_mapping(obj: Any) -> bool:
@@ -900,8 +903,47 @@ def adapt_state_dict(
     """
     adapter = get_adapter(method)
     branch_name, spec = adapter.branch_spec(branch)
-    src = str(source)
+    try:
+        return _adapt(checkpoint, adapter, branch_name, spec, prefix, model, source, release=False)
+    except CheckpointError as err:
+        if prefix is not None or adapter.name == "generic":
+            raise
+        try:  # the method's released backbone weights: no training wrapper, no branch
+            return _adapt(checkpoint, adapter, branch_name, _release_spec(spec), None, model, source, release=True)
+        except CheckpointError:
+            raise err from None
 
+
+#: where released weight files keep the backbone (DINO, VICReg, Barlow Twins: the file itself;
+#: iBOT, DenseCL: ``state_dict``; MAE: ``model``)
+_RELEASE_CONTAINERS: tuple[str | None, ...] = (None, "state_dict", "model", "teacher")
+
+
+def _release_spec(spec: BranchSpec) -> BranchSpec:
+    """The branch's mapping for a release file: the backbone alone, under any usual container,
+    with the wrappers' prefixes stripped where present; heads dropped as in training checkpoints."""
+    selects = spec.select if isinstance(spec.select, tuple) else (spec.select,) if spec.select else ()
+    return BranchSpec(
+        container=_RELEASE_CONTAINERS,
+        strip=(*spec.strip, *selects, "backbone.", "encoder."),
+        drop=spec.drop,
+        rename=spec.rename,
+        description=f"release file ({spec.description})",
+    )
+
+
+def _adapt(
+    checkpoint: Any,
+    adapter: MethodAdapter,
+    branch_name: str,
+    spec: BranchSpec,
+    prefix: str | None,
+    model: nn.Module | None,
+    source: str | Path,
+    *,
+    release: bool,
+) -> AdaptedStateDict:
+    src = str(source)
     obj = checkpoint.state_dict() if isinstance(checkpoint, nn.Module) else checkpoint
     state: Mapping[str, Any] | None = None
     used: str | None = None
@@ -985,7 +1027,12 @@ def adapt_state_dict(
             f"{len(dropped)} non-backbone keys",
             source if isinstance(source, Path) else None,
         )
-    return AdaptedStateDict(tensors, adapter.name, branch_name, used, dropped)
+    if release and model is not None:  # a release file must be this backbone, not any tensor mapping
+        expected = set(model.state_dict())
+        if not expected & set(tensors):
+            raise CheckpointError(f"checkpoint {src}: no key of the backbone", source if isinstance(source, Path) else None)
+    layout = "release file" if release else "training checkpoint"
+    return AdaptedStateDict(tensors, adapter.name, branch_name, used, dropped, layout)
 
 
 def load_state_dict_for(
@@ -1086,8 +1133,14 @@ def load_backbone(
     map_location: str | torch.device | None = "cpu",
     model_kwargs: Mapping[str, Any] | None = None,
     img_size: int | tuple[int, int] | None = None,
+    layout: list[str] | None = None,
 ) -> nn.Module:
     """Build the backbone and load one official checkpoint into it; returns the model in eval mode.
+
+    A training checkpoint of the method (its official training state) and the backbone weights
+    the method releases (e.g. DINO's ``dino_deitsmall16_pretrain.pth``, iBOT's
+    ``checkpoint_teacher.pth``, DenseCL's ``{'state_dict', 'author'}``, VICReg's and Barlow
+    Twins' ``resnet50.pth``) are both read; ``layout``, a list, receives which one it was.
 
     Args:
         path: checkpoint file.
@@ -1120,11 +1173,18 @@ def load_backbone(
         model = create_backbone(name, img_size=img_size, init_weights=False, **kwargs)
     obj = read_checkpoint(path, trust_checkpoints=trust_checkpoints, map_location=map_location)
     adapted = adapt_state_dict(obj, adapter, branch=branch, prefix=prefix, model=model, source=Path(path))
+    if layout is not None:
+        layout.append(adapted.layout if adapted.layout != "training checkpoint" else f"training checkpoint, {adapted.branch}")
     return load_into(model, adapted.state_dict, allow_partial=allow_partial, source=Path(path))
 
 
 def load_backbone_as(
-    settings: Any, path: str | Path, model: nn.Module | None = None, *, partial: list[str] | None = None
+    settings: Any,
+    path: str | Path,
+    model: nn.Module | None = None,
+    *,
+    partial: list[str] | None = None,
+    layout: list[str] | None = None,
 ) -> nn.Module:
     """:func:`load_backbone` with the checkpoint settings of a scan or probe configuration.
 
@@ -1148,6 +1208,7 @@ def load_backbone_as(
             trust_checkpoints=settings.trust_checkpoints,
             model_kwargs=settings.model_kwargs,
             img_size=settings.image_size,
+            layout=layout,
         )
     for w in caught:
         if partial is not None and issubclass(w.category, PartialLoadWarning):
