@@ -894,3 +894,34 @@ def test_release_file_through_the_cli_says_which_layout_was_read(tmp_path: Path,
     assert "read as: release file" in out.out + out.err
     run_json = __import__("json").loads((tmp_path / "out" / "run.json").read_text())
     assert run_json["checkpoints"][0]["layout"] == "release file"
+
+
+def test_one_file_runs_copied_per_epoch_are_discovered(tmp_path: Path) -> None:
+    """VICReg writes model.pth every epoch; copies kept per epoch in sub-folders or with suffixes."""
+    import warnings as _w
+
+    _, ckpt, _, _, _ = build("vicreg")
+    run = tmp_path / "run"
+    for rel, epoch in (("ep10/model.pth", 10), ("model.pth.20", 20), ("model-ep30.pth", 30), ("later/model.pth", 40)):
+        (run / rel).parent.mkdir(parents=True, exist_ok=True)
+        torch.save({**ckpt, "epoch": epoch}, run / rel)
+    (run / "latest").mkdir()
+    torch.save({**ckpt, "epoch": 40}, run / "latest" / "model.pth")  # no number in the path: the stored epoch
+    with _w.catch_warnings(record=True) as caught:
+        _w.simplefilter("always")
+        found = discover_checkpoints(run, "vicreg")
+    by_name = {p.relative_to(run).as_posix(): e for p, e in found}
+    # epochs from the path where it has one, else from the checkpoint's own epoch field
+    assert by_name == {"ep10/model.pth": 10, "model.pth.20": 20, "model-ep30.pth": 30, "later/model.pth": 40,
+                       "latest/model.pth": 40}
+    dup = [str(w.message) for w in caught if "claim epoch 40" in str(w.message)]
+    assert len(dup) == 1 and "later/model.pth" in dup[0] and "latest/model.pth" in dup[0]
+
+
+def test_same_epoch_in_two_spellings_is_warned_about(tmp_path: Path) -> None:
+    _, ckpt, _, _, _ = build("dino")
+    for name in ("checkpoint02.pth", "checkpoint0002.pth"):
+        torch.save(ckpt, tmp_path / name)
+    with pytest.warns(UserWarning, match=r"2 checkpoints claim epoch 2: .*checkpoint0002\.pth.*checkpoint02\.pth"):
+        found = discover_checkpoints(tmp_path, "dino")
+    assert [e for _, e in found] == [2, 2]

@@ -15,6 +15,7 @@ allow-listed (``argparse.Namespace`` as DINO / MAE / iBOT / Mugs / EsViT store t
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import pickle
 import re
@@ -153,6 +154,9 @@ class MethodAdapter:
         remap: optional function ``(state_dict, model | None) -> state_dict`` run after ``rename``.
         source: the official code release.
         notes: free-form remarks.
+        run_files: the file names the official script overwrites each epoch (one-file runs, e.g.
+            VICReg's ``model.pth``); copies kept per epoch are discovered under sub-folders or with
+            a suffix, their epoch read from the path or from the checkpoint's ``epoch`` field.
     """
 
     name: str
@@ -166,6 +170,7 @@ class MethodAdapter:
     remap: Remap | None = None
     source: str = ""
     notes: str = ""
+    run_files: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.default_branch not in self.branches:
@@ -339,6 +344,7 @@ def _resnet_encoder_adapter(
     aliases: Mapping[str, str] | None = None,
     source: str = "",
     notes: str = "",
+    run_files: tuple[str, ...] = (),
 ) -> MethodAdapter:
     specs = {
         b: BranchSpec(container=container, select=sel, drop=drop, rename=rename, description=desc)
@@ -354,6 +360,7 @@ def _resnet_encoder_adapter(
         aliases=aliases or {},
         source=source,
         notes=notes,
+        run_files=run_files,
     )
 
 
@@ -528,6 +535,7 @@ def _register_builtins() -> None:
             drop=(_FC,),
             aliases={"student": "encoder", "online": "encoder", "teacher": "momentum", "target": "momentum"},
             source="https://github.com/winci-ai/resa",
+            run_files=("checkpoint.pth.tar",),
             notes="projector / momentum_projector / predictor dropped; the official script keeps only "
             "checkpoint.pth.tar, per-epoch files follow the SimSiam pattern.",
         )
@@ -566,6 +574,7 @@ def _register_builtins() -> None:
             container=("model",),
             file_patterns=("model_{epoch}.pth",),
             source="https://github.com/facebookresearch/vicreg",
+            run_files=("model.pth",),
             notes="projector dropped; the official script writes model.pth each epoch (no epoch in name).",
         )
     )
@@ -578,6 +587,7 @@ def _register_builtins() -> None:
             container=("model",),
             file_patterns=("model_{epoch}.pth",),
             source="https://github.com/facebookresearch/VICRegL",
+            run_files=("model.pth",),
             notes="projector, maps_projector and classifier dropped.",
         )
     )
@@ -591,6 +601,7 @@ def _register_builtins() -> None:
             file_patterns=("checkpoint_{epoch}.pth",),
             drop=(_FC,),
             source="https://github.com/facebookresearch/barlowtwins",
+            run_files=("checkpoint.pth",),
             notes="projector and bn dropped; the official script writes checkpoint.pth each epoch.",
         )
     )
@@ -706,6 +717,11 @@ def discover_checkpoints(
                 if epoch is not None:
                     found.append((p, epoch))
         tried = f"{adapter.title} file pattern(s) " + ", ".join(repr(t) for t in adapter.file_patterns)
+        if adapter.run_files:
+            seen = {p for p, _ in found}
+            found += [pe for pe in _run_file_copies(root, adapter.run_files) if pe[0] not in seen]
+            tried += " and copies of " + ", ".join(repr(f) for f in adapter.run_files) + " (any sub-folder or suffix)"
+    _warn_duplicate_epochs(found)
 
     if not found:
         n_files = sum(1 for p in root.iterdir())
@@ -717,6 +733,60 @@ def discover_checkpoints(
         )
     found.sort(key=lambda pe: (pe[1] is None, pe[1] if pe[1] is not None else 0, pe[0].name))
     return found
+
+
+def _run_file_copies(root: Path, names: tuple[str, ...], max_depth: int = 3) -> list[tuple[Path, int | None]]:
+    """Copies of a one-file run's checkpoint: ``NAME`` in ``root`` or a sub-folder (``ep10/model.pth``)
+    or ``NAME`` with a suffix or infix (``model.pth.10``, ``model-ep10.pth``). The epoch is the last
+    number of the path below ``root`` outside ``NAME``, else the checkpoint's ``epoch`` field."""
+    out: list[tuple[Path, int | None]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = Path(dirpath).relative_to(root)
+        if len(rel_dir.parts) >= max_depth:
+            dirnames[:] = []
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in sorted(filenames):
+            for name in names:
+                stem, ext = _split_checkpoint_name(name)
+                if f == name or f.startswith(name + ".") or f.startswith(name + "-") or f.startswith(name + "_") or (
+                    f.startswith(stem) and f.endswith(ext) and len(f) > len(name) and f[len(stem)] in "._-"
+                ):
+                    rel = (rel_dir / f).as_posix().replace(name, "").replace(stem, "")
+                    m = _LAST_INT.search(rel)
+                    path = Path(dirpath) / f
+                    out.append((path, int(m.group(1)) if m else _stored_epoch(path)))
+                    break
+    return out
+
+
+def _split_checkpoint_name(name: str) -> tuple[str, str]:
+    stem = _strip_extensions(name)
+    return stem, name[len(stem):]
+
+
+def _stored_epoch(path: Path) -> int | None:
+    """The ``epoch`` field of a checkpoint (None when unreadable or absent)."""
+    try:
+        obj = read_checkpoint(path, map_location="cpu")
+    except (CheckpointError, OSError):
+        return None
+    epoch = obj.get("epoch") if isinstance(obj, Mapping) else None
+    if isinstance(epoch, Tensor) and epoch.numel() == 1:
+        epoch = epoch.item()
+    return int(epoch) if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+
+
+def _warn_duplicate_epochs(found: list[tuple[Path, int | None]]) -> None:
+    by_epoch: dict[int, list[Path]] = {}
+    for p, e in found:
+        if e is not None:
+            by_epoch.setdefault(e, []).append(p)
+    for e, paths in sorted(by_epoch.items()):
+        if len(paths) > 1:
+            warnings.warn(
+                f"{len(paths)} checkpoints claim epoch {e}: {', '.join(str(p) for p in paths)}; both are scored",
+                stacklevel=3,
+            )
 
 
 # --------------------------------------------------------------------------------------------------
