@@ -925,3 +925,35 @@ def test_same_epoch_in_two_spellings_is_warned_about(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match=r"2 checkpoints claim epoch 2: .*checkpoint0002\.pth.*checkpoint02\.pth"):
         found = discover_checkpoints(tmp_path, "dino")
     assert [e for _, e in found] == [2, 2]
+
+
+def test_method_auto_through_the_cli(tmp_path: Path, capsys) -> None:
+    """MoCo v3 (12-head ViT, momentum branch) detected from the keys and shapes, and said."""
+    from dsekit.cli import main
+
+    name, ckpt, _, load_kw, _ = build("mocov3")
+    run = tmp_path / "run"
+    run.mkdir()
+    _save(run, name, ckpt)
+    rc = main(["scan", str(run), "--method", "auto", "--image-size", "32", "--num-images", "8", "--global-clusters",
+               "4", "--images-per-group", "4", "--intervals", "0", "--quiet", "--out", str(tmp_path / "out")])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    said = " ".join((out.out + out.err).split())  # the console wraps long lines
+    assert f"{name} reads as MoCo v3 (training checkpoint, momentum), vit_small_patch16_224" in said
+    run_json = __import__("json").loads((tmp_path / "out" / "run.json").read_text())
+    assert run_json["settings"]["method"] == "mocov3" and run_json["settings"]["model_kwargs"] == {"depth": 2}
+
+
+def test_method_auto_fails_with_the_candidates_when_ambiguous(tmp_path: Path, capsys) -> None:
+    """A ReSA checkpoint also reads as MoCo v3 (momentum encoder): different backbones, so no guess."""
+    from dsekit.cli import main
+
+    name, ckpt, _, _, _ = build("resa")
+    run = tmp_path / "run"
+    run.mkdir()
+    _save(run, name, ckpt)
+    rc = main(["scan", str(run), "--method", "auto", "--quiet", "--out", str(tmp_path / "out")])
+    err = " ".join(capsys.readouterr().err.split())
+    assert rc == 2 and "reads as different backbones" in err and "resa (encoder" in err and "mocov3 (momentum" in err
+    assert "pass --method" in err

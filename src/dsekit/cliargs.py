@@ -44,7 +44,8 @@ def parse_model_kwargs(items: Sequence[str]) -> dict[str, Any]:
 def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
     """The options that say how to find and read a run's checkpoints (``scan`` and ``probe``)."""
     p.add_argument("--method", required=True, help="checkpoint format: dino, ibot, mugs, mocov3, mae, ijepa, esvit, "
-                   "swav, densecl, simsiam, mec, resa, byol, vicreg, vicregl, barlowtwins, generic")
+                   "swav, densecl, simsiam, mec, resa, byol, vicreg, vicregl, barlowtwins, generic, or auto "
+                   "(detected from the first checkpoint's keys and shapes, and printed)")
     p.add_argument("--arch", default=None, help="timm architecture (default: the run's dsekit.json, else the method's)")
     p.add_argument("--model-kwarg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra timm model argument, e.g. img_size=448 (repeatable)")

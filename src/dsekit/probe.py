@@ -107,6 +107,7 @@ from .scan import (  # shared with the scan (private helpers of that module)
     _versions,
     check_run_settings,
     ensure_writable,
+    resolve_auto,
     file_identity,
     write_csv_atomic,
     write_json_atomic,
@@ -1146,6 +1147,7 @@ def probe(
     from .data.segmentation import dataset_spec, default_train_split
 
     console = console or Console(stderr=True)
+    cfg = resolve_auto(cfg, console)
     get_adapter(cfg.method)
     spec = dataset_spec(cfg.dataset)
     if cfg.precision not in _PRECISIONS:

@@ -42,7 +42,7 @@ from .metrics.dse import TERMS, DSEAccumulator
 from .select import calibrate, select_checkpoints
 
 __all__ = ["ScanConfig", "ScanResult", "CheckpointResult", "scan", "write_json_atomic", "write_csv_atomic", "file_identity", "calibrated_dse", "resolve_device",
-           "ensure_writable", "check_run_settings"]
+           "ensure_writable", "check_run_settings", "resolve_auto"]
 
 CSV_COLUMNS = ("checkpoint", "epoch", *TERMS, "dse")
 
@@ -383,6 +383,33 @@ def _build_model(cfg: ScanConfig) -> torch.nn.Module:
 _MAX_SEED = 2**63 - 1
 
 
+def resolve_auto(cfg: Any, console: Any = None) -> Any:
+    """``method="auto"``: a copy of the scan or probe settings with the method, branch and
+    architecture detected from the run's first checkpoint (settings given explicitly win);
+    what was detected is printed. Other methods: ``cfg`` unchanged."""
+    if cfg.method != "auto":
+        return cfg
+    from .backbones import discover_checkpoints, get_adapter
+    from .backbones.detect import detect_checkpoint
+
+    first = discover_checkpoints(cfg.run_dir, "generic", cfg.glob)[0][0]
+    det = detect_checkpoint(first, trust_checkpoints=cfg.trust_checkpoints)
+    adapter = get_adapter(det.method)
+    arch, kwargs = cfg.arch, dict(cfg.model_kwargs)
+    if arch is None and not kwargs:
+        own = det.arch == adapter.arch  # the method's own architecture: its arch_kwargs are added when built
+        arch = None if own else det.arch
+        kwargs = {k: v for k, v in det.model_kwargs.items() if not (own and k in adapter.arch_kwargs)}
+    glob = cfg.glob
+    try:
+        discover_checkpoints(cfg.run_dir, det.method, glob)
+    except FileNotFoundError:
+        glob = "*" + "".join(first.suffixes)  # files named otherwise (release files): every file of that type
+    if console is not None:
+        console.print(f"--method auto: {first.name} reads as {det.describe()}")
+    return replace(cfg, method=det.method, branch=cfg.branch or det.branch, arch=arch, model_kwargs=kwargs, glob=glob)
+
+
 def check_run_settings(cfg: Any) -> None:
     """Settings shared by scan and probe that can only fail: checked before any checkpoint is read."""
     seed = getattr(cfg, "seed", 0)
@@ -469,6 +496,7 @@ def scan(
     from .data.images import load_image_sample
 
     console = console or Console(stderr=True)
+    cfg = resolve_auto(cfg, console)
     get_adapter(cfg.method)  # unknown method: error listing the known ones
     if cfg.precision not in _PRECISIONS:
         raise ValueError(f"precision: expected one of {sorted(_PRECISIONS)}, got {cfg.precision!r}")
