@@ -650,3 +650,28 @@ def test_replaced_images_are_probed_anew(vit_run, tmp_path):
     for k in range(30):
         Image.fromarray(rng.integers(0, 255, (IMG, IMG, 3), dtype=np.uint8)).save(root / "images" / f"s{k:02d}.bmp")
     assert probe(cfg, progress=False).computed == 1
+
+
+def test_a_bad_mask_read_in_a_worker_is_named_without_the_workers_traceback(vit_run, tmp_path, capsys):
+    from PIL import Image
+
+    from dsekit.cli import main
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(2)
+    for k in range(30):
+        Image.fromarray(rng.integers(0, 255, (IMG, IMG, 3), dtype=np.uint8)).save(root / "images" / f"s{k:02d}.png")
+        Image.fromarray(np.zeros((IMG, IMG), np.uint8)).save(root / "masks" / f"s{k:02d}.png")
+    (root / "classes.txt").write_text("bg\nthing\n")
+    bad = np.zeros((IMG, IMG), np.uint8)
+    bad[0, 0] = 7  # not a class of classes.txt
+    Image.fromarray(bad).save(root / "masks" / "s03.png")
+    rc = main(["probe", str(vit_run), "--method", "generic", "--dataset", "folder", "--root", str(root),
+               "--val-split", "all", "--image-size", str(IMG), "--workers", "2",
+               *sum((["--model-kwarg", f"{k}={v}"] for k, v in VIT_KW.items()), []),
+               "--epochs", "1", "--glob", "model_ep5.pth", "--quiet", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "s03.png" in err and "7" in err
+    assert "Traceback" not in err and "worker" not in err

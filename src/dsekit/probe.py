@@ -87,6 +87,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -966,11 +967,22 @@ def _decode_split(
             filled += b
             if bar is not None:
                 bar.update(b)
+    except Exception as exc:  # noqa: BLE001 - a worker's error arrives with its traceback in the message
+        if "DataLoader worker" not in str(exc):
+            raise
+        raise ValueError(_worker_message(exc)) from None
     finally:
         if bar is not None:
             bar.close()
     names = list(getattr(ds, "ids", [])) or [str(i) for i in range(n)]
     return _Split(images, masks, names)
+
+
+def _worker_message(exc: BaseException) -> str:
+    """The original error of a DataLoader worker, without the worker's traceback: its last line."""
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    last = lines[-1] if lines else type(exc).__name__
+    return last.split(": ", 1)[1] if re.match(r"^[A-Za-z_.]*(Error|Exception): ", last) else last
 
 
 def _extract_into(
