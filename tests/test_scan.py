@@ -670,7 +670,7 @@ def test_building_loading_and_scanning_leave_the_global_rng_alone(tmp_path):
     [
         (["--window", "-1"], "window: expected >= 0"),
         (["--arch", "vit_nonexistent_patch16"], "unknown timm architecture"),
-        (["--layer", "99"], "layer: 99 is out of range"),
+        (["--layer", "99"], "layer=99 is out of range"),
         (["--seed", str(2**64)], "seed: expected an integer in 0..2**63-1"),
     ],
 )

@@ -216,12 +216,6 @@ class FeatureExtractor(nn.Module):
             n = num_feature_layers(model)
             if n is not None and not -n <= layer < n:
                 raise ValueError(
-                    f"layer: {layer} is out of range for this {type(model).__name__}, which has {n} selectable "
-                    f"blocks/stages (0..{n - 1}, or -{n}..-1 from the end)"
-                )
-            n = num_feature_layers(model)
-            if n is not None and not -n <= layer < n:
-                raise ValueError(
                     f"layer={layer} is out of range for {type(model).__name__} with {n} layers "
                     f"(valid: {-n} .. {n - 1})"
                 )
