@@ -189,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-images", type=int, default=256, help="images in the sample (default 256)")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--intervals", type=int, default=0,
+                   help="half-samples for the intervals (default 0: the DSE timing alone, as before; scan's default is 10)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats of the GPU throughput comparison")
@@ -220,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = ScanConfig(
             str(run), "dino", out=str(Path(tmp) / "out"), images=None if args.images is None else str(args.images),
             num_images=args.num_images, image_size=args.image_size, batch_size=args.batch_size, device=device,
+            intervals=args.intervals,
         )
         with DecodeCounter() as counter:
             t0 = time.perf_counter()
