@@ -333,3 +333,20 @@ def test_textures_are_read_from_the_installed_package():
         photo = sc._texture_photo(name)
         assert photo.ndim == 3 and photo.shape[2] == 3 and photo.dtype == np.uint8
         assert min(photo.shape[:2]) >= 256
+
+
+def test_merged_digits_and_thicker_strokes():
+    base = sc.SceneConfig(image_size=64, textures=("gravel", "tissue", "stars"), digits_per_scene=(1, 1),
+                          digit_size=(0.6, 0.9))
+    merged = sc.SceneConfig(**{**base.__dict__, "merge_digits": True})
+    thick = sc.SceneConfig(**{**base.__dict__, "merge_digits": True, "digit_threshold": 0.2})
+    assert merged.class_names() == ["gravel", "tissue", "stars", "digit"] and merged.num_classes == 4
+    a = sc.generate_scenes(6, "train", config=base)
+    m = sc.generate_scenes(6, "train", config=merged)
+    t = sc.generate_scenes(6, "train", config=thick)
+    assert np.array_equal(a.images, m.images)  # the same scenes, only the labels merged
+    digit = (a.masks >= 3) & (a.masks != sc.IGNORE_INDEX)
+    assert np.array_equal(digit, m.masks == 3) and set(np.unique(m.masks)) <= {0, 1, 2, 3, sc.IGNORE_INDEX}
+    assert (t.masks == 3).sum() > (m.masks == 3).sum()  # a lower threshold: thicker strokes
+    with pytest.raises(ValueError, match="digit_threshold"):
+        sc.SceneConfig(digit_threshold=0.99)

@@ -330,3 +330,21 @@ def test_unreadable_run_info_names_the_file(tmp_path, capsys):
         assert rc == 2
         err = capsys.readouterr().err
         assert str(tmp_path / "dsekit.json") in err and "--arch" in err
+
+
+def test_scan_and_probe_cli_read_the_scenes_a_run_was_trained_on(tmp_path):
+    from dsekit.cli import main
+
+    scenes = {"textures": ["gravel", "tissue", "stars"], "digits_per_scene": [1, 1], "merge_digits": True}
+    run = tmp_path / "run"
+    train(TrainConfig(method="mocov3", out=str(run), scenes=scenes, num_images=8, epochs=1, batch_size=4,
+                      model_kwargs={"depth": 1}), progress=False)
+    assert read_run_info(run)["scan_config"]["scenes"] == scenes
+    assert main(["scan", str(run), "--method", "mocov3", "--num-images", "8", "--global-clusters", "4",
+                 "--images-per-group", "4", "--intervals", "0", "--quiet"]) == 0
+    run_json = json.loads((run / "dse" / "run.json").read_text())
+    assert run_json["settings"]["scenes"] == scenes
+    assert main(["probe", str(run), "--method", "mocov3", "--dataset", "scenes", "--num-train", "4",
+                 "--num-val", "4", "--epochs", "1", "--quiet"]) == 0
+    record = json.loads((run / "dse" / "probe_scenes.json").read_text())
+    assert record["data"]["class_names"] == ["gravel", "tissue", "stars", "digit"]

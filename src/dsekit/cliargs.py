@@ -83,6 +83,18 @@ def run_architecture(args: argparse.Namespace) -> tuple[str | None, dict[str, An
     return args.arch, parse_model_kwargs(args.model_kwarg), args.image_size if args.image_size is not None else 224
 
 
+def run_scenes(run_dir: str | Path) -> dict[str, Any]:
+    """The built-in scene settings a run was trained on (``scan_config.scenes`` of its
+    ``dsekit.json``), so that scan and probe read the same scenes; {} when none were set."""
+    info_path = Path(run_dir) / "dsekit.json"
+    try:
+        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        scenes = info.get("scan_config", {}).get("scenes", {})
+    except (ValueError, AttributeError):
+        return {}  # run_architecture names the file when its settings are needed
+    return dict(scenes) if isinstance(scenes, dict) else {}
+
+
 def checkpoint_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The run and checkpoint options as keyword arguments of ``ScanConfig`` / ``ProbeConfig``.
 

@@ -748,6 +748,7 @@ class ProbeConfig:
     method: str
     dataset: str = "scenes"
     root: str | None = None  #: dataset directory (None for the built-in scenes)
+    scenes: dict[str, Any] = field(default_factory=dict)  #: SceneConfig settings of the built-in scenes
     out: str | None = None  #: default: ``RUN_DIR/dse`` (next to the scan's dse.csv)
     train_split: str | None = None  #: default: ``default_train_split(dataset, root)``
     val_split: str = "val"
@@ -794,6 +795,8 @@ class ProbeConfig:
                 "trust_checkpoints", "root", "confidence",
             )
         }
+        if not keyed.get("scenes"):  # default scenes: same key as before the setting existed
+            keyed.pop("scenes", None)
         keyed["data"] = data_fingerprint
         return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -872,7 +875,11 @@ def _open_dataset(cfg: ProbeConfig, split: str, which: str) -> Any:
         "seed": cfg.seed,
     }
     if spec.name == "scenes":
+        from .data.scenes import SceneConfig
+
         kwargs["n"] = count if count is not None else SCENES_DEFAULT_COUNTS.get(split, SCENES_DEFAULT_COUNTS["val"])
+        if cfg.scenes:
+            kwargs["config"] = SceneConfig(**{**cfg.scenes, "image_size": cfg.image_size})
     else:
         kwargs["max_samples"] = count
     if cfg.num_classes is not None:
@@ -1480,11 +1487,12 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_probe(args: argparse.Namespace) -> int:
     """Handler of ``dsekit probe``: 0 when every checkpoint was probed, 1 otherwise."""
-    from .cliargs import checkpoint_settings, report_failed
+    from .cliargs import checkpoint_settings, report_failed, run_scenes
 
     cfg = ProbeConfig(
         **checkpoint_settings(args),
         dataset=args.dataset,
+        scenes=run_scenes(args.run_dir) if args.dataset == "scenes" else {},
         root=None if args.root is None else str(args.root),
         train_split=args.train_split,
         val_split=args.val_split,

@@ -63,6 +63,7 @@ class ScanConfig:
     trust_checkpoints: bool = False
     layer: int = -1
     images: str | None = None  #: image folder; None: the built-in scenes
+    scenes: dict[str, Any] = field(default_factory=dict)  #: SceneConfig settings of the built-in scenes
     num_images: int = 2048
     image_size: int = 224
     seed: int = 0
@@ -100,6 +101,8 @@ class ScanConfig:
         if "lidar" not in keyed["metrics"]:
             keyed.pop("lidar_images")
             keyed.pop("lidar_views")
+        if not keyed.get("scenes"):  # default scenes: same key as before the setting existed
+            keyed.pop("scenes", None)
         keyed["image_hash"] = image_hash
         return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -521,7 +524,7 @@ def scan(
         # without decoding, then decode only if some checkpoint of this rank needs scoring
         from .data.images import ImageSample
 
-        spec = ImageSample(cfg.images, cfg.num_images, cfg.seed, cfg.image_size)
+        spec = ImageSample(cfg.images, cfg.num_images, cfg.seed, cfg.image_size, scenes=cfg.scenes or None)
         key_source = json.dumps(spec.settings(), sort_keys=True)
         if cfg.images is not None:
             from .data.images import file_size, find_images
@@ -544,7 +547,7 @@ def scan(
         computed = 0
         if todo:
             sample = load_image_sample(
-                cfg.images, cfg.num_images, cfg.seed, cfg.image_size, progress=progress and rank == 0
+                cfg.images, cfg.num_images, cfg.seed, cfg.image_size, scenes=cfg.scenes, progress=progress and rank == 0
             )
             if sample.shortfall:
                 warnings.warn(

@@ -21,7 +21,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -128,7 +128,8 @@ class ImageSample:
     """Settings of an image sample; ``load()`` decodes it.
 
     ``images=None`` means the built-in scenes (train split) at ``image_size``, generated directly
-    at that size (no resize or crop) and normalised with ``mean``/``std``.
+    at that size (no resize or crop) and normalised with ``mean``/``std``; ``scenes`` holds
+    :class:`dsekit.data.scenes.SceneConfig` settings for them (``image_size`` excepted).
     """
 
     images: str | os.PathLike | None = None
@@ -139,6 +140,7 @@ class ImageSample:
     interpolation: str = "bicubic"
     mean: tuple[float, ...] | None = IMAGENET_MEAN
     std: tuple[float, ...] | None = IMAGENET_STD
+    scenes: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not _is_int(self.num_images) or self.num_images < 1:
@@ -177,6 +179,7 @@ class ImageSample:
             "interpolation": self.interpolation,
             "mean": None if self.mean is None else list(self.mean),
             "std": None if self.std is None else list(self.std),
+            **({"scenes": dict(self.scenes)} if self.scenes else {}),
         }
 
     def load(
@@ -200,6 +203,7 @@ def load_image_sample(
     mean: Sequence[float] | None = IMAGENET_MEAN,
     std: Sequence[float] | None = IMAGENET_STD,
     *,
+    scenes: Mapping[str, Any] | None = None,
     num_workers: int | None = None,
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
@@ -216,6 +220,7 @@ def load_image_sample(
         resize: shorter side before cropping; default ``round(S * 256 / 224)`` (256 for 224).
         interpolation: resize filter (``"bicubic"`` by default).
         mean, std: per-channel normalisation of ``[0, 1]`` values; None for none.
+        scenes: ``SceneConfig`` settings of the built-in scenes (default: ``SceneConfig()``).
         num_workers: decoding threads (default: up to 8, bounded by the CPUs available).
         dtype: floating dtype of the returned tensor.
         progress: show a progress bar while decoding.
@@ -237,6 +242,7 @@ def load_image_sample(
         interpolation=interpolation,
         mean=None if mean is None else tuple(mean),
         std=None if std is None else tuple(std),
+        scenes=None if not scenes else dict(scenes),
     )
     return spec.load(num_workers=num_workers, dtype=dtype, progress=progress)
 
@@ -446,10 +452,11 @@ def _load_directory(
 
 def _load_scenes(spec: ImageSample, dtype: torch.dtype) -> ImageSampleResult:
     n, S = int(spec.num_images), int(spec.image_size)
-    images, _ = _scenes.make_scenes(n, "train", image_size=S, seed=int(spec.seed))
+    config = _scenes.SceneConfig(**{**dict(spec.scenes or {}), "image_size": S})
+    images, _ = _scenes.make_scenes(n, "train", seed=int(spec.seed), config=config)
     batch = torch.from_numpy(images).permute(0, 3, 1, 2)
     settings = spec.settings()
-    settings["scenes"] = _scenes.scene_settings("train", n, image_size=S, seed=int(spec.seed))
+    settings["scenes"] = _scenes.scene_settings("train", n, seed=int(spec.seed), config=config)
     image_hash = hashlib.sha256(json.dumps(settings["scenes"], sort_keys=True).encode()).hexdigest()
     return ImageSampleResult(
         images=_normalise(batch, spec.mean, spec.std, dtype),

@@ -14,7 +14,7 @@ A scene's background is split into 2-3 regions by a randomly warped Voronoi part
 boundaries); each region shows a crop of a different texture photo. Class ids:
 
 * ``0 .. T-1``: background textures (``T = len(config.textures)``, 5 by default),
-* ``T .. T+9``: digits ``0 .. 9``,
+* ``T .. T+9``: digits ``0 .. 9`` (``T``: every digit, with ``SceneConfig(merge_digits=True)``),
 * ``IGNORE_INDEX`` (255): the thin anti-aliased rim of each digit (optional).
 
 Train and validation splits are disjoint by construction: they draw from disjoint digit
@@ -89,6 +89,10 @@ class SceneConfig:
     Every background region gets its own colour jitter: ``v * contrast * tint_c + brightness``
     with ``contrast`` in ``1 +- contrast_jitter``, per-channel ``tint_c`` in ``1 +- tint_jitter``
     and ``brightness`` in ``+- brightness_jitter`` (0..255 scale).
+
+    A digit covers the pixels where its upscaled 8x8 image reaches ``digit_threshold`` of its
+    peak (lower: thicker strokes, 0.5 by default). ``merge_digits`` labels every digit with one
+    ``digit`` class (``T`` classes of texture + 1) instead of one class per digit value.
     """
 
     image_size: int = 224
@@ -101,6 +105,8 @@ class SceneConfig:
     contrast_jitter: float = 0.2
     tint_jitter: float = 0.08
     ignore_border: bool = True
+    digit_threshold: float = 0.5
+    merge_digits: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "textures", tuple(self.textures))
@@ -132,6 +138,8 @@ class SceneConfig:
         lo, hi = self.texture_crop
         if not (0.0 < lo <= hi <= 1.0):
             raise ValueError(f"texture_crop must satisfy 0 < low <= high <= 1, got {self.texture_crop}")
+        if not (_BAND < self.digit_threshold <= 1.0 - _BAND):
+            raise ValueError(f"digit_threshold must be in ({_BAND}, {1 - _BAND}], got {self.digit_threshold}")
         if self.brightness_jitter < 0 or not (0 <= self.contrast_jitter < 1) or not (0 <= self.tint_jitter < 1):
             raise ValueError(
                 "brightness_jitter must be >= 0 and contrast_jitter, tint_jitter in [0, 1), got "
@@ -140,10 +148,10 @@ class SceneConfig:
 
     @property
     def num_classes(self) -> int:
-        return len(self.textures) + 10
+        return len(self.textures) + (1 if self.merge_digits else 10)
 
     def class_names(self) -> list[str]:
-        return list(self.textures) + [f"digit_{d}" for d in range(10)]
+        return list(self.textures) + (["digit"] if self.merge_digits else [f"digit_{d}" for d in range(10)])
 
 
 def _resolve_config(config: SceneConfig | None, image_size: int | None) -> SceneConfig:
@@ -156,12 +164,12 @@ def _resolve_config(config: SceneConfig | None, image_size: int | None) -> Scene
 
 
 def class_names(config: SceneConfig | None = None) -> list[str]:
-    """Class names indexed by class id: the textures, then ``digit_0 .. digit_9``."""
+    """Class names indexed by class id: the textures, then ``digit_0 .. digit_9`` (or ``digit``)."""
     return _resolve_config(config, None).class_names()
 
 
 def num_classes(config: SceneConfig | None = None) -> int:
-    """Number of classes (textures + 10 digits), not counting ``IGNORE_INDEX``."""
+    """Number of classes (textures + 10 digits, or + 1 merged), not counting ``IGNORE_INDEX``."""
     return _resolve_config(config, None).num_classes
 
 
@@ -450,7 +458,7 @@ def _render_chunk(
     T = len(config.textures)
     for i, p in enumerate(params):
         for d in range(len(p.digit_ids)):
-            _paint_digit(images[i], masks[i], p, d, T, config.ignore_border)
+            _paint_digit(images[i], masks[i], p, d, T, config)
 
 
 @functools.lru_cache(maxsize=1)
@@ -480,7 +488,7 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 def _paint_digit(
-    image: np.ndarray, mask: np.ndarray, p: _SceneParams, d: int, T: int, ignore_border: bool
+    image: np.ndarray, mask: np.ndarray, p: _SceneParams, d: int, T: int, config: SceneConfig
 ) -> None:
     """Paint digit ``d`` of scene ``p`` into ``image`` (S, S, 3) and ``mask`` (S, S) in place."""
     s = int(p.digit_sizes[d])
@@ -489,7 +497,7 @@ def _paint_digit(
     mat = _upsample_matrix(s)
     v = mat @ _padded_digits()[k] @ mat.T  # (s, s) bilinear upscaling
     v *= 1.0 / max(float(v.max()), 1e-6)
-    alpha = np.clip((v - (_THRESHOLD - _BAND)) * (0.5 / _BAND), 0.0, 1.0)
+    alpha = np.clip((v - (config.digit_threshold - _BAND)) * (0.5 / _BAND), 0.0, 1.0)
     bg = image[py : py + s, px : px + s].astype(np.float32)
     lum = float((bg @ _LUMA).mean())
     colour = p.digit_colours[d, 0 if lum > 110 else 1].astype(np.float32)  # contrast with the background
@@ -497,8 +505,8 @@ def _paint_digit(
     out = bg + alpha[..., None] * (fill - bg)
     image[py : py + s, px : px + s] = (out + 0.5).astype(np.uint8)
     mpatch = mask[py : py + s, px : px + s]
-    mpatch[alpha >= 0.5] = T + int(_digits()[1][k])
-    if ignore_border:
+    mpatch[alpha >= 0.5] = T if config.merge_digits else T + int(_digits()[1][k])
+    if config.ignore_border:
         mpatch[(alpha > 0) & (alpha < 1)] = IGNORE_INDEX
 
 

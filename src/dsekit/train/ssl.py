@@ -194,7 +194,8 @@ class TrainConfig:
     Attributes:
         method: ``"dino"`` or ``"mocov3"``.
         out: run folder (checkpoints, ``dsekit.json``, ``log.txt``).
-        images: image folder (any tree); ``None``: the built-in scenes (train split).
+        images: image folder (any tree); ``None``: the built-in scenes (train split), generated with
+            ``scenes`` (:class:`dsekit.data.scenes.SceneConfig` settings, ``image_size`` excepted).
         arch: a preset (:data:`PRESETS`) or a timm name; ``model_kwargs`` override its kwargs.
         image_size: training resolution (global crops) and size of the decoded images
             (default: the preset's; 224 for a timm name).
@@ -217,6 +218,8 @@ class TrainConfig:
         teacher_temp, warmup_teacher_temp, warmup_teacher_temp_epochs: DINO teacher temperature
             (linear warm-up 0.04 -> 0.04 over 30 % of the epochs, at most 30).
         temperature: MoCo v3 contrastive temperature (0.2).
+        crop_min_scale: smallest area fraction of a random-resized crop (DINO global views 0.4,
+            MoCo v3 views 0.08); cj_strength: colour-jitter strength (DINO 0.5, MoCo v3 1.0).
         clip_grad: gradient-norm clip (DINO 3.0; 0: none). freeze_last_layer: DINO epochs with the
             last head layer frozen (1).
         seed: seeds initialisation, data order, augmentations, the image choice and the regulariser.
@@ -229,6 +232,7 @@ class TrainConfig:
     method: str
     out: str
     images: str | None = None
+    scenes: dict[str, Any] = field(default_factory=dict)
     arch: str = "vit_tiny_scenes"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     image_size: int | None = None
@@ -252,6 +256,8 @@ class TrainConfig:
     warmup_teacher_temp: float = 0.04
     warmup_teacher_temp_epochs: int | None = None
     temperature: float = 0.2
+    crop_min_scale: float | None = None
+    cj_strength: float | None = None
     clip_grad: float | None = None
     freeze_last_layer: int = 1
     seed: int = 0
@@ -316,7 +322,7 @@ def _resolve(cfg: TrainConfig) -> _Resolved:
     if method not in METHODS:
         raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {cfg.method!r}")
     images = None if cfg.images is None else str(Path(cfg.images).expanduser().resolve())
-    cfg = replace(cfg, method=method, model_kwargs=dict(cfg.model_kwargs), images=images)
+    cfg = replace(cfg, method=method, model_kwargs=dict(cfg.model_kwargs), images=images, scenes=dict(cfg.scenes))
     if not cfg.out:
         raise ValueError("out: a run folder is required")
     for name, low in (("epochs", 1), ("save_every", 1), ("batch_size", 2), ("num_images", 2),
@@ -328,6 +334,10 @@ def _resolve(cfg: TrainConfig) -> _Resolved:
     _check_float("temperature", cfg.temperature, 0.0, strict=True)
     _check_float("teacher_temp", cfg.teacher_temp, 0.0, strict=True)
     _check_float("warmup_teacher_temp", cfg.warmup_teacher_temp, 0.0, strict=True)
+    if cfg.crop_min_scale is not None and not (0.0 < cfg.crop_min_scale <= 1.0):
+        raise ValueError(f"crop_min_scale: expected a number in (0, 1], got {cfg.crop_min_scale!r}")
+    if cfg.cj_strength is not None:
+        _check_float("cj_strength", cfg.cj_strength, 0.0)
     if cfg.precision not in _PRECISIONS:
         raise ValueError(f"precision: expected one of {', '.join(_PRECISIONS)}, got {cfg.precision!r}")
     if cfg.batch_size > cfg.num_images:
@@ -338,6 +348,10 @@ def _resolve(cfg: TrainConfig) -> _Resolved:
 
     name, kwargs, size = resolve_arch(cfg.arch, cfg.model_kwargs, cfg.image_size)
     _check_int("image_size", size, 8)
+    if cfg.scenes and cfg.images is None:
+        from dsekit.data.scenes import SceneConfig
+
+        SceneConfig(**{**cfg.scenes, "image_size": size})  # raises on a bad scene setting
     patch = kwargs.get("patch_size")
     if patch is None:  # timm names spell it: vit_small_patch16_224, swin_tiny_patch4_window7_224
         m = re.search(r"patch(\d+)", name)
@@ -457,6 +471,7 @@ def _run_info(run: _Resolved) -> dict[str, Any]:
             "arch": run.timm_arch,
             "model_kwargs": run.timm_kwargs,
             "image_size": run.image_size,
+            **({"scenes": dict(run.cfg.scenes)} if run.cfg.scenes and run.cfg.images is None else {}),
         },
         "settings": run.settings(),
     }
@@ -544,7 +559,8 @@ def _load_images(run: _Resolved) -> tuple[np.ndarray, dict[str, Any]]:
     if cfg.images is not None and not Path(cfg.images).exists():
         raise FileNotFoundError(f"images: folder {cfg.images} does not exist")
     sample = load_image_sample(
-        cfg.images, cfg.num_images, cfg.seed, run.image_size, mean=None, std=None, dtype=torch.float32
+        cfg.images, cfg.num_images, cfg.seed, run.image_size, mean=None, std=None, dtype=torch.float32,
+        scenes=cfg.scenes,
     )
     if len(sample) < cfg.batch_size:
         raise ValueError(
@@ -558,21 +574,33 @@ def _transform(run: _Resolved) -> Callable[[Any], list[Tensor]]:
     """The method's lightly views; blur sigmas scale with the image size (``(0.1, 2.0)`` at 224)."""
     scale = run.image_size / 224
     sigmas = (0.1 * scale, 2.0 * scale)
-    if run.cfg.method == "dino":
+    cfg = run.cfg
+    if cfg.method == "dino":
         from lightly.transforms import DINOTransform
 
+        extra: dict[str, Any] = {}
+        if cfg.crop_min_scale is not None:
+            extra["global_crop_scale"] = (cfg.crop_min_scale, 1.0)
+        if cfg.cj_strength is not None:
+            extra["cj_strength"] = cfg.cj_strength
         return DINOTransform(
             global_crop_size=run.image_size,
             local_crop_size=run.local_crop_size,
-            n_local_views=run.cfg.local_crops,
+            n_local_views=cfg.local_crops,
             sigmas=sigmas,
+            **extra,
         )
     from lightly.transforms import BYOLTransform, BYOLView1Transform, BYOLView2Transform
 
+    extra = {}
+    if cfg.crop_min_scale is not None:
+        extra["min_scale"] = cfg.crop_min_scale
+    if cfg.cj_strength is not None:
+        extra["cj_strength"] = cfg.cj_strength
     # MoCo v3 uses BYOL's asymmetric augmentations (blur 1.0 / 0.1, solarisation 0 / 0.2)
     return BYOLTransform(
-        BYOLView1Transform(input_size=run.image_size, sigmas=sigmas),
-        BYOLView2Transform(input_size=run.image_size, sigmas=sigmas),
+        BYOLView1Transform(input_size=run.image_size, sigmas=sigmas, **extra),
+        BYOLView2Transform(input_size=run.image_size, sigmas=sigmas, **extra),
     )
 
 
@@ -842,6 +870,8 @@ def _check_resume_settings(stored: Mapping[str, Any], run: _Resolved, path: Path
     diff = []
     for k, v in current.items():
         if k in free:
+            continue
+        if k not in stored and v in (None, {}):  # a setting added since, left at its default
             continue
         old = stored.get(k, "<missing>")
         if json.dumps(old, sort_keys=True, default=str) != json.dumps(v, sort_keys=True, default=str):
