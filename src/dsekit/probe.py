@@ -118,6 +118,7 @@ __all__ = [
     "PROBE_COLUMNS",
     "CLASS_COLUMNS",
     "read_confusion_table",
+    "write_confusion_table",
     "CheckpointProbe",
     "FeatureCache",
     "LinearHead",
@@ -1090,37 +1091,6 @@ def _combine_heads(heads: list[ProbeMetrics]) -> tuple[float, float, list[float 
     return miou, acc, iou
 
 
-def _save_confusions(path: Path, heads: list[ProbeMetrics]) -> None:
-    """Each head's per-image confusion matrices (sparse) to ``path`` (.npz, atomic)."""
-    parts = [m.image_confusion.tocoo() for m in heads]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    np.savez(
-        tmp,
-        head=np.concatenate([np.full(p.nnz, h, np.int32) for h, p in enumerate(parts)]),
-        image=np.concatenate([p.row.astype(np.int32) for p in parts]),
-        cell=np.concatenate([p.col.astype(np.int32) for p in parts]),
-        count=np.concatenate([p.data.astype(np.int64) for p in parts]),
-        shape=np.array([len(parts), *parts[0].shape], np.int64),
-    )
-    os.replace(tmp, path)
-
-
-def _load_confusions(path: Path) -> list[Any] | None:
-    """The per-head sparse (n, C*C) matrices saved by :func:`_save_confusions` (None if unreadable)."""
-    from scipy import sparse
-
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            H, n, cc = (int(v) for v in z["shape"])
-            head, image, cell, count = z["head"], z["image"], z["cell"], z["count"]
-    except (OSError, ValueError, KeyError):
-        return None
-    return [
-        sparse.csr_matrix((count[head == h], (image[head == h], cell[head == h])), shape=(n, cc), dtype=np.int64)
-        for h in range(H)
-    ]
-
-
 def _cache_path(cache: Path, path: Path, identity: str, key: str) -> Path:
     return cache / f"{path.name}.{hashlib.sha256((identity + key).encode()).hexdigest()[:16]}.json"
 
@@ -1245,7 +1215,7 @@ def probe(
                         num_train=len(train_ds), num_val=len(val_ds), head_miou=[m.miou for m in heads],
                         partial=partial,
                     )
-                    _save_confusions(target.with_suffix(".npz"), heads)
+                    write_confusion_table(target.with_suffix(".npz"), [str(path)], [[m.image_confusion for m in heads]])
                     write_json_atomic(target, asdict(res))
                     _failed_path(cache_dir, path, label).unlink(missing_ok=True)
                     computed += 1
@@ -1264,7 +1234,7 @@ def probe(
         for i, (path, epoch) in enumerate(checkpoints):
             cached = _cache_path(cache_dir, path, identities[i], key)
             res = _read_cached(cached)
-            conf = _load_confusions(cached.with_suffix(".npz")) if res is not None else None
+            conf = _cached_confusions(cached.with_suffix(".npz")) if res is not None else None
             if res is not None and conf is not None:
                 confusions[str(path)] = conf
             elif res is not None:  # the confusions are gone: this result cannot be given an interval
@@ -1299,21 +1269,31 @@ def _fmt(v: float | None) -> str:
     return repr(float(v)) if v is not None and math.isfinite(v) else ""
 
 
-def _write_confusion_table(path: Path, ok: list[CheckpointProbe], confusions: dict[str, list[Any]]) -> None:
-    """Every checkpoint's per-head, per-image confusions in one sparse table (see the module docstring)."""
+def write_confusion_table(path: Path, names: Sequence[str], confusions: Sequence[Sequence[Any]]) -> None:
+    """Checkpoints' per-head, per-image confusions (sparse ``(n, C*C)`` matrices, ``confusions[t][h]``)
+    in one sparse table (see the module docstring), written atomically. Also the format of the
+    per-checkpoint cache files."""
     cols: dict[str, list[np.ndarray]] = {k: [] for k in ("checkpoint", "head", "image", "cell", "count")}
     shape = np.zeros(3, np.int64)
-    for t, r in enumerate(ok):
-        for h, m in enumerate(confusions[r.checkpoint]):
+    for t, heads in enumerate(confusions):
+        for h, m in enumerate(heads):
             coo = m.tocoo()
-            shape = np.array([len(confusions[r.checkpoint]), *coo.shape], np.int64)
+            shape = np.array([len(heads), *coo.shape], np.int64)
             for k, v in (("checkpoint", np.full(coo.nnz, t)), ("head", np.full(coo.nnz, h)), ("image", coo.row),
                          ("cell", coo.col), ("count", coo.data)):
                 cols[k].append(np.asarray(v))
     arrays = {k: (np.concatenate(v) if v else np.zeros(0)).astype(np.int64) for k, v in cols.items()}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays, shape=shape, checkpoints=np.array([r.checkpoint for r in ok], dtype=str))
+    np.savez(tmp, **arrays, shape=shape, checkpoints=np.array(list(names), dtype=str))
     os.replace(tmp, path)
+
+
+def _cached_confusions(path: Path) -> list[Any] | None:
+    """The per-head confusions of one checkpoint's cache file (None when absent or unreadable)."""
+    try:
+        return read_confusion_table(path)[1][0]
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
 
 
 def read_confusion_table(path: str | os.PathLike) -> tuple[list[str], list[list[Any]]]:
@@ -1384,7 +1364,8 @@ def _write_outputs(
                 "iou_low": _fmt(boot.iou_low[t, c]) if boot else "", "iou_high": _fmt(boot.iou_high[t, c]) if boot else "",
             })
     write_csv_atomic(out / f"probe_{safe}_classes.csv", list(CLASS_COLUMNS), class_rows)
-    _write_confusion_table(out / f"probe_{safe}_confusion.npz", ok, confusions)
+    write_confusion_table(out / f"probe_{safe}_confusion.npz", [r.checkpoint for r in ok],
+                          [confusions[r.checkpoint] for r in ok])
     record = {
         "settings": {**asdict(cfg), "train_split": train_split},
         "dataset": label,
