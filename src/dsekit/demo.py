@@ -40,11 +40,11 @@ DEMO_SCENES: dict[str, Any] = dict(
 DEMO_SETTINGS: dict[str, dict[str, Any]] = {
     "full": dict(
         train_images=512, epochs=16, save_every=1, batch_size=16, lr=1.5e-3, momentum=0.98, warmup_epochs=1,
-        scan_images=512, probe_train=500, probe_val=200, probe_epochs=10,
+        crop_min_scale=0.4, cj_strength=0.5, scan_images=512, probe_train=500, probe_val=200, probe_epochs=10,
     ),
     "quick": dict(
         train_images=256, epochs=6, save_every=1, batch_size=16, lr=1.5e-3, momentum=0.98, warmup_epochs=1,
-        scan_images=128, probe_train=160, probe_val=80, probe_epochs=6,
+        crop_min_scale=0.4, cj_strength=0.5, scan_images=128, probe_train=160, probe_val=80, probe_epochs=6,
     ),
 }
 
@@ -91,8 +91,8 @@ def demo(cfg: DemoConfig, *, progress: bool = True, settings: dict[str, Any] | N
             lr=s.get("lr"),
             momentum=s.get("momentum"),
             warmup_epochs=s.get("warmup_epochs"),
-            crop_min_scale=0.4,
-            cj_strength=0.5,
+            crop_min_scale=s.get("crop_min_scale"),
+            cj_strength=s.get("cj_strength"),
             seed=cfg.seed,
             device=cfg.device,
         ),
