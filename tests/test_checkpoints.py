@@ -723,9 +723,9 @@ def test_register_custom_method(tmp_path: Path) -> None:
         loaded = load_backbone(path, "mymethod_test", model_kwargs=VIT_KW)
         assert torch.equal(_timm_features(loaded, X32), _timm_features(model, X32))
     finally:
-        from dsekit.backbones import checkpoints
+        from dsekit.backbones import registry
 
-        checkpoints._REGISTRY.pop("mymethodtest", None)
+        registry._REGISTRY.pop("mymethodtest", None)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from dsekit.metrics.intervals import (
     miou_bootstrap,
     percentile_interval,
 )
-from dsekit.probe import miou_from_confusion
+from dsekit.metrics.iou import miou_from_confusion
 
 
 @pytest.fixture

@@ -20,29 +20,21 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-import dsekit.probe as probe_mod
 from dsekit.backbones import FeatureExtractor, create_backbone, extract_features, load_backbone
 from dsekit.data.images import IMAGENET_MEAN, IMAGENET_STD
 from dsekit.data.segmentation import get_dataset
-from dsekit.probe import (
-    CLASS_COLUMNS,
-    PROBE_COLUMNS,
-    read_confusion_table,
-    FeatureCache,
-    LinearHead,
-    ProbeConfig,
-    add_probe_parser,
-    bilinear_matrix,
+from dsekit.cli.probe import add_probe_parser, run_probe
+from dsekit.feature_cache import FeatureCache, spill_prefix
+from dsekit.io import read_confusion_table
+from dsekit.linear_head import LinearHead, bilinear_matrix, linear_probe, upsampled_cross_entropy
+from dsekit.metrics.iou import (
     check_labels,
     confusion_matrix,
     iou_from_confusion,
-    linear_probe,
     miou_from_confusion,
     pixel_accuracy_from_confusion,
-    probe,
-    run_probe,
-    upsampled_cross_entropy,
 )
+from dsekit.probe import CLASS_COLUMNS, PROBE_COLUMNS, ProbeConfig, probe
 
 IMG = 48
 VIT_KW = {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}  # 6 x 6 patches of 32 channels
@@ -351,22 +343,21 @@ def test_probe_numbers_equal_a_direct_computation(probed, vit_run):
     assert got.train_loss == pytest.approx(direct.train_loss, rel=1e-6)
 
 
-def test_rerun_skips_finished_checkpoints_and_a_new_setting_recomputes(probed, vit_run, monkeypatch):
+def test_rerun_skips_finished_checkpoints_and_a_new_setting_recomputes(probed, vit_run):
     calls = []
-    real = probe_mod._probe_checkpoint
-    monkeypatch.setattr(probe_mod, "_probe_checkpoint", lambda *a, **k: calls.append(a[1].name) or real(*a, **k))
-    again = probe(_cfg(vit_run, probed.out_dir), progress=False)
+    seen = lambda r: calls.append(Path(r.checkpoint).name)  # noqa: E731 - called for each checkpoint probed
+    again = probe(_cfg(vit_run, probed.out_dir), progress=False, after_checkpoint=seen)
     assert calls == [] and again.computed == 0
     assert [r.miou for r in again.results] == [r.miou for r in probed.results]
     # a killed run loses only the checkpoint in flight: drop one cached result and rerun
     victim = next((probed.out_dir / "cache" / "probe").glob(f"model_ep{EPOCHS[0]}.pth.*.json"))
     victim.unlink()
-    again = probe(_cfg(vit_run, probed.out_dir), progress=False)
+    again = probe(_cfg(vit_run, probed.out_dir), progress=False, after_checkpoint=seen)
     assert calls == [f"model_ep{EPOCHS[0]}.pth"] and again.computed == 1
     assert [r.miou for r in again.results] == [r.miou for r in probed.results]
     # another head schedule is another result
     calls.clear()
-    other = probe(_cfg(vit_run, probed.out_dir, epochs=1), progress=False)
+    other = probe(_cfg(vit_run, probed.out_dir, epochs=1), progress=False, after_checkpoint=seen)
     assert len(calls) == len(EPOCHS) and other.computed == len(EPOCHS)
 
 
@@ -583,13 +574,11 @@ def test_spill_folders_of_killed_probes_are_removed_by_the_next_one(tmp_path):
     import subprocess
     import sys
 
-    from dsekit.probe import _spill_prefix
-
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = tmp_path / f"{_spill_prefix()}{int(dead.stdout)}-abc"
+    stale = tmp_path / f"{spill_prefix()}{int(dead.stdout)}-abc"
     stale.mkdir()
     (stale / "train.features.float16.mmap").write_bytes(b"x" * 100)
-    live = tmp_path / f"{_spill_prefix()}{os.getpid()}-def"
+    live = tmp_path / f"{spill_prefix()}{os.getpid()}-def"
     live.mkdir()
     other_host = tmp_path / "spill-otherhost-1-ghi"
     other_host.mkdir()

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
 import dsekit.data.images as images_mod
+import dsekit.scan as scan_mod
 import dsekit.data.scenes as scenes_mod
 from dsekit.backbones import FeatureExtractor, create_backbone, extract_features, list_methods
 from dsekit.cli import main
@@ -164,7 +165,7 @@ def dino_scan(dino_run, tmp_path_factory):
         return wrapper
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(images_mod, "load_image_sample", counting("load_image_sample", images_mod.load_image_sample))
+        mp.setattr(scan_mod, "load_image_sample", counting("load_image_sample", images_mod.load_image_sample))
         mp.setattr(scenes_mod, "make_scenes", counting("make_scenes", scenes_mod.make_scenes))
         result = scan(cfg, progress=False)
     return cfg, result, calls
@@ -430,8 +431,8 @@ def test_rerun_skips_finished_checkpoints_and_a_changed_setting_recomputes(dino_
     out = tmp_path / "out"
     shutil.copytree(cfg.out_dir, out)
     loads = []
-    real = images_mod.load_image_sample
-    monkeypatch.setattr(images_mod, "load_image_sample", lambda *a, **k: loads.append(1) or real(*a, **k))
+    real = scan_mod.load_image_sample
+    monkeypatch.setattr(scan_mod, "load_image_sample", lambda *a, **k: loads.append(1) or real(*a, **k))
 
     # same settings: nothing scored, nothing decoded, identical outputs
     again = scan(replace(cfg, out=str(out)), progress=False)
@@ -736,6 +737,33 @@ def test_unwritable_output_folder_names_the_folder_and_out(tmp_path, capsys):
     rc = main(["scan", str(run), "--method", "dino", "--quiet", "--out", str(tmp_path / "blocked" / "dse")])
     err = capsys.readouterr().err
     assert rc == 2 and "cannot write to the output folder" in err and "--out" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", [["train", "--method", "mocov3", "--epochs", "1"], ["demo", "--quick"]])
+def test_train_and_demo_refuse_an_unwritable_output_folder_before_any_work(tmp_path, capsys, command):
+    from dsekit.cli import main
+
+    (tmp_path / "blocked").write_text("a file, not a folder")
+    out = tmp_path / "blocked" / "run"
+    rc = main([*command, "--out", str(out), "--quiet"] if command[0] == "demo" else [*command, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot write to the output folder" in err and str(tmp_path / "blocked") in err
+    assert "--out" in err and "Traceback" not in err
+
+
+def test_report_names_the_file_it_cannot_write(dino_scan, tmp_path, capsys):
+    from dsekit.cli import main
+
+    cfg, _, _ = dino_scan
+    out = tmp_path / "out"
+    shutil.copytree(cfg.out_dir, out)
+    (out / "probe.csv").write_text("checkpoint,epoch,dataset,miou\n" + "".join(
+        f"{r['checkpoint']},{r['epoch']},scenes,0.{i + 1}\n" for i, r in enumerate(csv.DictReader(open(out / "dse.csv")))
+    ))
+    (out / "report.json").mkdir()  # something in the way of the report
+    rc = main(["report", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "report.json" in err and "Traceback" not in err
 
 
 def test_partial_weights_are_marked_in_dse_csv_probe_csv_and_the_report(tmp_path):

@@ -26,6 +26,7 @@ from dsekit.data.scenes import (
     texture_split_bounds,
     write_scenes,
 )
+from dsekit.data.scenes import sources as scene_sources
 
 T = len(TEXTURES)
 S = 64  # small scenes keep the tests fast
@@ -195,7 +196,7 @@ def test_no_pixel_comes_from_the_other_split_half(monkeypatch, split, marked):
     """Paint the other split's half of every photo a colour the scenes cannot produce otherwise:
     with colour jitter off, it must never show up. As a control, the own half must show up."""
     marker = np.array([255, 0, 255], dtype=np.uint8)  # digits are painted dark or bright grey-ish
-    original = sc._texture_photo
+    original = scene_sources.texture_photo
 
     bounds = {(n, h): texture_split_bounds(n, h) for n in TEXTURES for h in ("train", "val")}
 
@@ -208,13 +209,13 @@ def test_no_pixel_comes_from_the_other_split_half(monkeypatch, split, marked):
     cfg = SceneConfig(image_size=48, brightness_jitter=0.0, contrast_jitter=0.0, tint_jitter=0.0)
 
     def count_marker(half: str) -> int:
-        monkeypatch.setattr(sc, "_texture_photo", lambda name: painted(name, half))
-        sc._texture_bank.cache_clear()
+        monkeypatch.setattr(scene_sources, "texture_photo", lambda name: painted(name, half))
+        scene_sources.texture_bank.cache_clear()
         try:
             s = generate_scenes(20, split, seed=2, config=cfg)
         finally:
-            monkeypatch.setattr(sc, "_texture_photo", original)
-            sc._texture_bank.cache_clear()
+            monkeypatch.setattr(scene_sources, "texture_photo", original)
+            scene_sources.texture_bank.cache_clear()
         hit = (s.images == marker).all(-1)
         return int(hit.sum())
 
@@ -330,7 +331,7 @@ def test_textures_are_read_from_the_installed_package():
     data_dir = Path(skimage.__file__).resolve().parent / "data"
     for name, fname in TEXTURES.items():
         assert (data_dir / fname).is_file(), f"{fname} is not bundled with scikit-image"
-        photo = sc._texture_photo(name)
+        photo = scene_sources.texture_photo(name)
         assert photo.ndim == 3 and photo.shape[2] == 3 and photo.dtype == np.uint8
         assert min(photo.shape[:2]) >= 256
 

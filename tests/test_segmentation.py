@@ -25,6 +25,7 @@ from dsekit.data.segmentation import (
     map_labels,
     read_mask,
 )
+from dsekit.data.segmentation.cocostuff import COCOSTUFF_SUPERCATEGORIES
 
 H, W = 20, 28  # raw image size of the fake datasets (not square: exercises resize + crop)
 S = 16
@@ -238,7 +239,7 @@ def test_cocostuff_tables():
     assert name_of["light"] == "furniture-stuff" and name_of["wood"] == "solid"
     assert name_of["wall-wood"] == "wall" and name_of["clouds"] == "sky"
     assert (coarse[:91] < 12).all() and (coarse[91:] >= 12).all()  # things first, then stuff
-    every = [m for _, members in seg._COCOSTUFF_SUPERCATEGORIES for m in members]
+    every = [m for _, members in COCOSTUFF_SUPERCATEGORIES for m in members]
     assert sorted(every) == sorted(seg.COCOSTUFF_FINE_NAMES)  # a partition of the 182 names
 
 

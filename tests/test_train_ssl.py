@@ -18,12 +18,11 @@ import pytest
 import torch
 
 from dsekit.backbones import FeatureExtractor, load_backbone, read_checkpoint
+from dsekit.cli.train import add_train_parser
+from dsekit.train.config import resolve_config
+from dsekit.train.methods import build_method, encode
 from dsekit.train.ssl import (
     TrainConfig,
-    _build_method,
-    _encode,
-    _resolve,
-    add_train_parser,
     checkpoint_name,
     init_checkpoint_name,
     read_run_info,
@@ -87,9 +86,9 @@ def mocov3_run(tmp_path_factory):
 def _method_from(path: Path, method: str):
     """The trainer's own model, restored from a checkpoint by its resume path."""
     ckpt = read_checkpoint(path)
-    run = _resolve(TrainConfig(**{k: v for k, v in vars(ckpt["args"]).items() if k in TrainConfig.__dataclass_fields__}))
+    run = resolve_config(TrainConfig(**{k: v for k, v in vars(ckpt["args"]).items() if k in TrainConfig.__dataclass_fields__}))
     assert run.cfg.method == method
-    m = _build_method(run)
+    m = build_method(run)
     m.load(ckpt)
     return m
 
@@ -97,7 +96,7 @@ def _method_from(path: Path, method: str):
 def _patches(backbone: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     backbone.eval()
     with torch.no_grad():
-        return _encode(backbone, x)[1]
+        return encode(backbone, x)[1]
 
 
 # ---------------------------------------------------------------------------------------------- formats
@@ -237,7 +236,7 @@ def test_regulariser_changes_training(tmp_path):
 
 def test_kill_and_resume_in_a_subprocess(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "dsekit.train.ssl", "--method", "dino", "--out", str(out), "--epochs", "6",
+    cmd = [sys.executable, "-m", "dsekit", "train", "--method", "dino", "--out", str(out), "--epochs", "6",
            "--save-every", "1", "--quiet", *TINY_ARGS]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

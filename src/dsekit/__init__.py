@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from .metrics.dse import DSEAccumulator, DSEResult, dse, dse_from_labels  # noqa: E402
+from .metrics.dse import DSEAccumulator, DSEResult, DSESettings, dse, dse_from_labels  # noqa: E402
 from .select import calibrate, select_checkpoints  # noqa: E402
 
-__all__ = ["__version__", "dse", "dse_from_labels", "DSEAccumulator", "DSEResult", "calibrate", "select_checkpoints"]
+__all__ = ["__version__", "dse", "dse_from_labels", "DSEAccumulator", "DSEResult", "DSESettings", "calibrate", "select_checkpoints"]

@@ -21,6 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
+from .probe import ProbeConfig, probe
+from .report import selection_sentence, write_report
+from .scan import ScanConfig, scan
+from .train.ssl import TrainConfig, read_run_info, train
+
 __all__ = ["DemoConfig", "demo", "DEMO_SCENES", "DEMO_SETTINGS"]
 
 #: The demo's dense task: 3 texture classes and one merged ``digit`` class, one large digit with
@@ -61,13 +69,6 @@ class DemoConfig:
 
 def demo(cfg: DemoConfig, *, progress: bool = True, settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the demo; returns the report dict (see :func:`dsekit.report.build_report`) plus timings."""
-    from rich.console import Console
-
-    from .probe import ProbeConfig, probe
-    from .report import write_report
-    from .scan import ScanConfig, scan
-    from .train.ssl import TrainConfig, read_run_info, train
-
     console = Console()
     s = {**DEMO_SETTINGS["quick" if cfg.quick else "full"], **(settings or {})}
     out = Path(cfg.out)
@@ -151,10 +152,6 @@ def _interval(lo: float, hi: float, scale: float = 1.0, spec: str = ".4f") -> st
 
 
 def _print_summary(console: Any, report: dict[str, Any], out_dir: Path, timings: dict[str, float]) -> None:
-    from rich.table import Table
-
-    from .report import selection_sentence
-
     entry = report["datasets"].get("scenes")
     if entry is None:
         console.print("no checkpoint could be probed; see the scan and probe outputs in", out_dir)

@@ -1,14 +1,21 @@
-"""Reading dense feature arrays from disk: ``.npy``, ``.npz``, ``.pt``/``.pth``, ``.safetensors``."""
+"""Array files: reading dense feature arrays (``.npy``, ``.npz``, ``.pt``/``.pth``,
+``.safetensors``) and the sparse per-image confusion tables of ``dsekit probe``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import os
+from typing import Sequence
+
 import numpy as np
 import torch
+from scipy import sparse
 
-__all__ = ["load_array", "FEATURE_SUFFIXES"]
+from .runtime import atomic_path
+
+__all__ = ["load_array", "FEATURE_SUFFIXES", "read_confusion_table", "write_confusion_table"]
 
 FEATURE_SUFFIXES = (".npy", ".npz", ".pt", ".pth", ".safetensors")
 
@@ -62,3 +69,38 @@ def load_array(path: str | Path, key: str | None = None) -> np.ndarray | torch.T
     except Exception as exc:  # corrupt or truncated files
         raise ValueError(f"{path}: could not be read as {suffix} ({type(exc).__name__}: {exc})") from exc
     raise ValueError(f"{path}: unsupported file type {suffix!r}; expected one of {', '.join(FEATURE_SUFFIXES)}")
+
+
+def write_confusion_table(path: Path, names: Sequence[str], confusions: Sequence[Sequence[Any]]) -> None:
+    """Checkpoints' per-head, per-image confusions (sparse ``(n, C*C)`` matrices, ``confusions[t][h]``)
+    in one sparse table, written atomically: arrays ``checkpoint, head, image, cell, count``
+    (``cell = truth * C + prediction``), ``shape = (heads, n, C*C)`` and the checkpoint names. Also the format of the
+    per-checkpoint cache files."""
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("checkpoint", "head", "image", "cell", "count")}
+    shape = np.zeros(3, np.int64)
+    for t, heads in enumerate(confusions):
+        for h, m in enumerate(heads):
+            coo = m.tocoo()
+            shape = np.array([len(heads), *coo.shape], np.int64)
+            for k, v in (("checkpoint", np.full(coo.nnz, t)), ("head", np.full(coo.nnz, h)), ("image", coo.row),
+                         ("cell", coo.col), ("count", coo.data)):
+                cols[k].append(np.asarray(v))
+    arrays = {k: (np.concatenate(v) if v else np.zeros(0)).astype(np.int64) for k, v in cols.items()}
+    with atomic_path(path, ".tmp.npz") as tmp:
+        np.savez(tmp, **arrays, shape=shape, checkpoints=np.array(list(names), dtype=str))
+
+
+def read_confusion_table(path: str | os.PathLike) -> tuple[list[str], list[list[Any]]]:
+    """The checkpoints of a ``probe_<dataset>_confusion.npz`` and their per-head sparse (n, C*C) matrices."""
+    with np.load(path, allow_pickle=False) as z:
+        names = [str(c) for c in z["checkpoints"]]
+        H, n, cc = (int(v) for v in z["shape"])
+        t, h, i, c, v = (z[k] for k in ("checkpoint", "head", "image", "cell", "count"))
+    out = []
+    for k in range(len(names)):
+        sel_t = t == k
+        out.append([
+            sparse.csr_matrix((v[sel_t & (h == j)], (i[sel_t & (h == j)], c[sel_t & (h == j)])), shape=(n, cc))
+            for j in range(H)
+        ])
+    return names, out

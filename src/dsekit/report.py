@@ -36,31 +36,26 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .select import select_checkpoints
+from .backbones import INIT_EPOCH
+from .io import read_confusion_table
+from .metrics.intervals import correlation_intervals, half_sample_draws, miou_bootstrap, percentile_interval
+from .plots import METRIC_ORDER, TERM_LABELS, plot_classes, plot_metrics_vs_miou, to_float
+from .runtime import write_json_atomic, write_text_atomic
+from .select import calibrate, select_checkpoints
 
 __all__ = [
-    "plot_dse_curve",
     "rank_correlations",
     "selection_gain",
     "SelectionGain",
     "read_table",
     "build_report",
-    "plot_classes",
     "selection_sentence",
     "write_report",
 ]
 
-_TERM_LABELS = {
-    "inter_class_distance": "M_inter",
-    "intra_class_image": "M_intra (image)",
-    "intra_class_batch": "M_intra (batch)",
-    "effective_dimensionality": "M_dim",
-}
 #: columns of dse.csv that are not metrics
 _ID_COLUMNS = ("checkpoint", "epoch", "partial")
-_TERMS4 = tuple(_TERM_LABELS)
-#: metrics shown in the report, in this order when present (others follow)
-_METRIC_ORDER = ("dse", "dse_raw", "rankme", "alpha_req", "dense_rankme", "lidar")
+_TERMS4 = tuple(TERM_LABELS)
 
 
 # --------------------------------------------------------------------------- pure statistics
@@ -68,7 +63,7 @@ _METRIC_ORDER = ("dse", "dse_raw", "rankme", "alpha_req", "dense_rankme", "lidar
 
 def rank_correlations(metric: Sequence[float], target: Sequence[float]) -> dict[str, float]:
     """Kendall τ-b and Spearman ρ between two sequences (NaN when undefined, e.g. constant input)."""
-    from scipy.stats import kendalltau, spearmanr
+    from scipy.stats import kendalltau, spearmanr  # heavy: imported when a report is computed
 
     m = np.asarray(metric, dtype=np.float64)
     t = np.asarray(target, dtype=np.float64)
@@ -184,16 +179,9 @@ def _numeric_columns(path: Path, text: Sequence[str]) -> list[str]:
     return [c for c in header if c not in text]
 
 
-def _float(value: str) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def _metric_columns(columns: Sequence[str]) -> list[str]:
     cols = [c for c in columns if c not in _ID_COLUMNS and not c.endswith(("_low", "_high"))]
-    return [m for m in _METRIC_ORDER if m in cols] + [m for m in cols if m not in _METRIC_ORDER]
+    return [m for m in METRIC_ORDER if m in cols] + [m for m in cols if m not in METRIC_ORDER]
 
 
 def build_report(
@@ -264,36 +252,34 @@ def _dataset_entry(
     n_draws: int,
     seed: int,
 ) -> dict[str, Any] | None:
-    from .backbones import INIT_EPOCH
-
     probe_of = {r["checkpoint"]: r for r in probe_rows if r["dataset"] == ds}
-    rows = [r for r in dse_rows if r["checkpoint"] in probe_of and math.isfinite(_float(probe_of[r["checkpoint"]]["miou"]))]
+    rows = [r for r in dse_rows if r["checkpoint"] in probe_of and math.isfinite(to_float(probe_of[r["checkpoint"]]["miou"]))]
     init_rows = [r for r in rows if _epoch(r) == INIT_EPOCH]
     rows = [r for r in rows if _epoch(r) != INIT_EPOCH]
     if not rows:
         return None
     names = [r["checkpoint"] for r in rows]
-    miou = [_float(probe_of[c]["miou"]) for c in names]
+    miou = [to_float(probe_of[c]["miou"]) for c in names]
     entry: dict[str, Any] = {
         "checkpoints": names,
         "epochs": [_epoch(r) for r in rows],
         "miou": miou,
-        "miou_low": [_float(probe_of[c].get("miou_low", "")) for c in names],
-        "miou_high": [_float(probe_of[c].get("miou_high", "")) for c in names],
-        "values": {m: [_float(r[m]) for r in rows] for m in metrics},
-        "values_low": {m: [_float(r.get(f"{m}_low", "")) for r in rows] for m in metrics},
-        "values_high": {m: [_float(r.get(f"{m}_high", "")) for r in rows] for m in metrics},
-        "correlation": {m: rank_correlations([_float(r[m]) for r in rows], miou) for m in metrics},
+        "miou_low": [to_float(probe_of[c].get("miou_low", "")) for c in names],
+        "miou_high": [to_float(probe_of[c].get("miou_high", "")) for c in names],
+        "values": {m: [to_float(r[m]) for r in rows] for m in metrics},
+        "values_low": {m: [to_float(r.get(f"{m}_low", "")) for r in rows] for m in metrics},
+        "values_high": {m: [to_float(r.get(f"{m}_high", "")) for r in rows] for m in metrics},
+        "correlation": {m: rank_correlations([to_float(r[m]) for r in rows], miou) for m in metrics},
         "init": None,
     }
     if init_rows:
         c = init_rows[0]["checkpoint"]
         entry["init"] = {
-            "checkpoint": c, "miou": _float(probe_of[c]["miou"]), "miou_low": _float(probe_of[c].get("miou_low", "")),
-            "miou_high": _float(probe_of[c].get("miou_high", "")),
-            "values": {m: _float(init_rows[0][m]) for m in metrics},
-            "values_low": {m: _float(init_rows[0].get(f"{m}_low", "")) for m in metrics},
-            "values_high": {m: _float(init_rows[0].get(f"{m}_high", "")) for m in metrics},
+            "checkpoint": c, "miou": to_float(probe_of[c]["miou"]), "miou_low": to_float(probe_of[c].get("miou_low", "")),
+            "miou_high": to_float(probe_of[c].get("miou_high", "")),
+            "values": {m: to_float(init_rows[0][m]) for m in metrics},
+            "values_low": {m: to_float(init_rows[0].get(f"{m}_low", "")) for m in metrics},
+            "values_high": {m: to_float(init_rows[0].get(f"{m}_high", "")) for m in metrics},
         }
     if "dse" in metrics:
         entry["selection"] = asdict(selection_gain(entry["values"]["dse"], miou, window=window, top=top))
@@ -301,8 +287,6 @@ def _dataset_entry(
     entry["intervals"] = draws is not None
     entry["curve"] = _curve_summary(entry, draws, confidence)
     if draws is not None:
-        from .metrics.intervals import correlation_intervals, percentile_interval
-
         y, _, metric_draws, terms = draws
         ci = correlation_intervals(metric_draws, y, confidence=confidence, reference="dse" if "dse" in metric_draws else None)
         for m, c in ci.items():
@@ -336,8 +320,6 @@ def _paired_draws(
     """Paired draws: mIoU of the training checkpoints (R, T) and of the initial weights (R,) or
     None; every metric (R, T); the four DSE terms (R, T) for recomputing λ and the pick. None
     when either side has no replicates."""
-    from .metrics.intervals import half_sample_draws, miou_bootstrap
-
     if not replicate_rows or confusion is None:
         return None
     names = [r["checkpoint"] for r in rows]
@@ -351,7 +333,7 @@ def _paired_draws(
     y = boot.replicates[:, 1:] if init_rows else boot.replicates  # (R, T)
     reps: dict[str, dict[int, dict[str, float]]] = {}
     for r in replicate_rows:
-        reps.setdefault(r["checkpoint"], {})[int(r["replicate"])] = {k: _float(v) for k, v in r.items()}
+        reps.setdefault(r["checkpoint"], {})[int(r["replicate"])] = {k: to_float(v) for k, v in r.items()}
     if any(c not in reps for c in names):
         return None
     k_reps = min(len(reps[c]) for c in names)
@@ -363,7 +345,7 @@ def _paired_draws(
         if m == "dse" or any(m not in reps[c][0] for c in names):
             continue
         rep_m = np.array([[reps[c][k][m] for c in names] for k in range(k_reps)])  # (K, T)
-        point = np.array([_float(r[m]) for r in rows])
+        point = np.array([to_float(r[m]) for r in rows])
         metric_draws[m] = half_sample_draws(point, rep_m)[pick]
     terms = {t: metric_draws[t] for t in _TERMS4} if all(t in metric_draws for t in _TERMS4) else None
     if terms is not None and "dse" in metrics:
@@ -374,8 +356,6 @@ def _paired_draws(
 
 def _calibrated(terms: dict[str, np.ndarray], b: int) -> np.ndarray:
     """The calibrated DSE curve of draw ``b`` (λ recomputed from the draw's own terms)."""
-    from .select import calibrate
-
     return calibrate(*[terms[t][b] for t in _TERMS4]).dse
 
 
@@ -396,8 +376,6 @@ def _curve_summary(
     confidence: float,
 ) -> dict[str, Any]:
     """Untrained, first, best and last mIoU and their differences (paired intervals when drawn)."""
-    from .metrics.intervals import percentile_interval
-
     miou = np.asarray(entry["miou"])
     best = int(np.argmax(miou))
     out: dict[str, Any] = {
@@ -427,7 +405,7 @@ def _class_table(class_rows: list[dict[str, str]], names: list[str], init: dict[
     classes = list(dict.fromkeys(r["class_name"] for r in sorted(class_rows, key=lambda r: int(r["class_id"]))))
     out: dict[str, Any] = {}
     for c in classes:
-        get = lambda ck, k: _float(by[(ck, c)][k]) if (ck, c) in by else math.nan  # noqa: E731
+        get = lambda ck, k: to_float(by[(ck, c)][k]) if (ck, c) in by else math.nan  # noqa: E731
         out[c] = {
             "iou": [get(n, "iou") for n in names],
             "low": [get(n, "iou_low") for n in names],
@@ -435,160 +413,6 @@ def _class_table(class_rows: list[dict[str, str]], names: list[str], init: dict[
             "untrained": get(init["checkpoint"], "iou") if init else None,
         }
     return out
-
-
-# --------------------------------------------------------------------------- figures
-
-
-def _minmax(v: Sequence[float]) -> np.ndarray:
-    a = np.asarray(v, dtype=np.float64)
-    span = np.nanmax(a) - np.nanmin(a) if np.isfinite(a).any() else 0.0
-    return (a - np.nanmin(a)) / span if span > 0 else np.full_like(a, 0.5)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _band(ax: Any, x: Sequence[float], bands: Sequence[dict[str, str]] | None, name: str, color: str) -> None:
-    """Shade ``<name>_low .. <name>_high`` (from dse.csv-style dicts) where both are present."""
-    if not bands:
-        return
-    lo = np.array([_float(b.get(f"{name}_low", "")) for b in bands])
-    hi = np.array([_float(b.get(f"{name}_high", "")) for b in bands])
-    ok = np.isfinite(lo) & np.isfinite(hi)
-    if ok.any():
-        ax.fill_between(np.asarray(x, dtype=float)[ok], lo[ok], hi[ok], color=color, alpha=0.2, lw=0)
-
-
-def plot_dse_curve(
-    results: Sequence[Any],
-    dse: Sequence[float],
-    selection: dict[str, Any],
-    path: str | Path,
-    *,
-    bands: Sequence[dict[str, str]] | None = None,
-) -> Path:
-    """DSE over epochs (candidates marked, the selection starred) above its four terms.
-
-    Args:
-        results: objects with ``checkpoint``, ``epoch`` and ``terms`` (a dict of the four terms).
-        dse: calibrated DSE per result.
-        selection: as written to ``selection.json`` (``candidates``, ``best``, ``lambda``).
-        path: PNG to write.
-        bands: per result, ``{"<column>_low": ..., "<column>_high": ...}`` (dse.csv's interval
-            columns), drawn as shaded bands.
-    """
-    plt = _pyplot()
-    x = [r.epoch if r.epoch is not None else i for i, r in enumerate(results)]
-    index = {r.checkpoint: i for i, r in enumerate(results)}
-    fig = plt.figure(figsize=(8, 7))
-    grid = fig.add_gridspec(3, 2, height_ratios=[2.2, 1, 1])
-    top = fig.add_subplot(grid[0, :])
-    _band(top, x, bands, "dse", "C0")
-    top.plot(x, dse, "-o", color="C0", ms=4, label="DSE" + (" (95 % interval shaded)" if bands else ""))
-    cand = [index[c["checkpoint"]] for c in selection.get("candidates", []) if c["checkpoint"] in index]
-    if cand:
-        top.plot([x[i] for i in cand], [dse[i] for i in cand], "o", mfc="none", mec="C3", ms=11, mew=1.5,
-                 label="candidates (local maxima)")
-    best = selection.get("best")
-    if best and best["checkpoint"] in index:
-        i = index[best["checkpoint"]]
-        top.plot([x[i]], [dse[i]], "*", color="C3", ms=16, label=f"selected (epoch {x[i]})")
-    lam = selection.get("lambda")
-    top.set_ylabel("DSE" + (f"  (λ = {lam:.3g})" if lam is not None else "  (raw)"))
-    top.legend(loc="best", fontsize=8)
-    top.grid(alpha=0.3)
-    for j, (term, label) in enumerate(_TERM_LABELS.items()):
-        ax = fig.add_subplot(grid[1 + j // 2, j % 2], sharex=top)
-        _band(ax, x, bands, term, f"C{j + 1}")
-        ax.plot(x, [r.terms[term] for r in results], "-", color=f"C{j + 1}")
-        ax.set_title(label, fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.tick_params(labelsize=8)
-        if j >= 2:
-            ax.set_xlabel("epoch")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def plot_metrics_vs_miou(entry: dict[str, Any], dataset: str, path: str | Path) -> Path:
-    """mIoU and every metric, min–max normalised, over epochs; DSE candidates marked."""
-    plt = _pyplot()
-    x = [e if e is not None else i for i, e in enumerate(entry["epochs"])]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    m = np.asarray(entry["miou"], dtype=float)
-    lo, hi = np.asarray(entry.get("miou_low", [math.nan] * len(m)), float), np.asarray(entry.get("miou_high", [math.nan] * len(m)), float)
-    span = np.nanmax(m) - np.nanmin(m)
-    if span > 0 and np.isfinite(lo).all() and np.isfinite(hi).all():  # the band on the same normalised scale
-        ax.fill_between(x, (lo - np.nanmin(m)) / span, (hi - np.nanmin(m)) / span, color="black", alpha=0.12, lw=0)
-    ax.plot(x, _minmax(entry["miou"]), "-o", color="black", lw=2.2, ms=4, label="mIoU")
-    for j, (name, values) in enumerate(entry["values"].items()):
-        if name not in _METRIC_ORDER:
-            continue
-        c = entry["correlation"][name]
-        tau = c["kendall_tau"]
-        style = "-" if name == "dse" else "--"
-        ci = f" [{c['tau_low']:+.2f}, {c['tau_high']:+.2f}]" if c.get("tau_low") is not None else ""
-        ax.plot(x, _minmax(values), style, color=f"C{j}", lw=2 if name == "dse" else 1.2, label=f"{name} (τ = {tau:.2f}{ci})")
-    sel = entry.get("selection")
-    if sel:
-        dse_n = _minmax(entry["values"]["dse"])
-        ax.plot([x[i] for i in sel["candidates"]], [dse_n[i] for i in sel["candidates"]], "o", mfc="none", mec="C3",
-                ms=11, mew=1.5, label="DSE candidates")
-        i = sel["top1_index"]
-        ax.plot([x[i]], [dse_n[i]], "*", color="C3", ms=15, label="DSE selection")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("min–max normalised")
-    ax.set_title(f"{dataset}: label-free metrics vs linear-probe mIoU")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best", ncol=2)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def plot_classes(entry: dict[str, Any], dataset: str, path: str | Path) -> Path:
-    """Each class's IoU over epochs (95 % bands), the untrained network at the left edge."""
-    plt = _pyplot()
-    x = np.array([e if e is not None else i for i, e in enumerate(entry["epochs"])], dtype=float)
-    classes = entry["classes"]
-    fig, ax = plt.subplots(figsize=(9, 5))
-    cmap = plt.get_cmap("tab20")
-    x0 = x[0] - max(1.0, (x[-1] - x[0]) / 20) if len(x) else -1.0
-    for j, (name, c) in enumerate(classes.items()):
-        colour = cmap(j % 20)
-        iou, lo, hi = (np.asarray(c[k], dtype=float) for k in ("iou", "low", "high"))
-        ok = np.isfinite(lo) & np.isfinite(hi)
-        if ok.any():
-            ax.fill_between(x[ok], lo[ok], hi[ok], color=colour, alpha=0.12, lw=0)
-        ax.plot(x, iou, "-", color=colour, lw=1.4, label=name)
-        if c.get("untrained") is not None and math.isfinite(c["untrained"]):
-            ax.plot([x0], [c["untrained"]], "o", color=colour, ms=4)
-    if entry.get("init"):
-        ax.axvline(x0, color="grey", lw=0.6, ls=":")
-        ax.text(x0, 1.0, " untrained", fontsize=7, va="top", color="grey")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("IoU")
-    ax.set_ylim(0, 1.02)
-    ax.set_title(f"{dataset}: IoU of each class over training")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 # --------------------------------------------------------------------------- writing
@@ -709,9 +533,6 @@ def write_report(out_dir: str | Path, *, window: int = 2, top: int = 3, confiden
     """Read ``dse.csv``, ``probe.csv`` and (when present) ``dse_replicates.csv``,
     ``probe_<dataset>_confusion.npz`` and ``probe_<dataset>_classes.csv`` in ``out_dir``;
     write report.md, report.json and PNGs."""
-    from .probe import read_confusion_table
-    from .scan import write_json_atomic
-
     out = Path(out_dir)
     dse_rows = read_table(out / "dse.csv", ("checkpoint", "epoch"),
                           _numeric_columns(out / "dse.csv", ("checkpoint", "partial")))
@@ -738,5 +559,5 @@ def write_report(out_dir: str | Path, *, window: int = 2, top: int = 3, confiden
         if entry.get("classes"):
             plot_classes(entry, ds, out / f"classes_{ds}.png")
     write_json_atomic(out / "report.json", _json_safe(report))
-    (out / "report.md").write_text(_markdown(report))
+    write_text_atomic(out / "report.md", _markdown(report))
     return report

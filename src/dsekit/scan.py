@@ -23,88 +23,72 @@ NCCL on GPUs; OUT on a filesystem every rank sees); rank 0 assembles the outputs
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
-import os
-import platform
-import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.table import Table
+from torchvision.transforms import v2
 
-from .metrics.dse import TERMS, DSEAccumulator
+from .backbones import INIT_EPOCH, FeatureExtractor, extract_features, load_backbone_as
+from .data.images import ImageSample, content_hash, file_size, find_images, load_image_sample
+from .metrics.baselines import BASELINE_METRICS, lidar_dense
+from .metrics.dse import TERMS, DSEAccumulator, DSESettings, calibrated_dse
+from .metrics.intervals import half_sample_interval, half_sample_replicates
+from .plots import plot_dse_curve
+from .runtime import PRECISIONS, barrier, library_versions, process_group, write_csv_atomic, write_json_atomic
 from .select import calibrate, select_checkpoints
+from .sweep import RunSettings, SweepTask, open_run, sweep
 
-__all__ = ["ScanConfig", "ScanResult", "CheckpointResult", "scan", "write_json_atomic", "write_csv_atomic", "file_identity", "calibrated_dse", "resolve_device",
-           "ensure_writable", "check_run_settings", "resolve_auto"]
+__all__ = ["ScanConfig", "ScanResult", "CheckpointResult", "scan", "lidar_views", "CSV_COLUMNS"]
 
 CSV_COLUMNS = ("checkpoint", "epoch", *TERMS, "dse")
 
 
 @dataclass
-class ScanConfig:
-    """Every setting of a scan (all of them go to ``run.json``)."""
+class ScanConfig(RunSettings):
+    """Every setting of a scan (all of them go to ``run.json``); the shared ones are :class:`RunSettings`'."""
 
-    run_dir: str
-    method: str
-    out: str | None = None  #: default: ``RUN_DIR/dse``
-    arch: str | None = None  #: timm name; default: the method's
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    glob: str | None = None
-    branch: str | None = None
-    prefix: str | None = None
-    allow_partial: bool = False
-    trust_checkpoints: bool = False
-    layer: int = -1
     images: str | None = None  #: image folder; None: the built-in scenes
     scenes: dict[str, Any] = field(default_factory=dict)  #: SceneConfig settings of the built-in scenes
     num_images: int = 2048
-    image_size: int = 224
-    seed: int = 0
-    batch_size: int = 64  #: images per forward pass
     dse_batch_size: int = 1024  #: images per DSE batch
-    local_clusters: int = 3
-    global_clusters: int = 24
-    images_per_group: int = 8
-    normalize: bool = True
-    n_init: int = 1
+    local_clusters: int = DSESettings.local_clusters
+    global_clusters: int = DSESettings.global_clusters
+    images_per_group: int = DSESettings.images_per_group
+    normalize: bool = DSESettings.normalize
+    n_init: int = DSESettings.n_init
     metrics: tuple[str, ...] = ()  #: extra columns: rankme, alpha_req, dense_rankme, lidar
     lidar_images: int = 64  #: images with augmented views for LiDAR
     lidar_views: int = 8  #: augmented views per image for LiDAR
-    device: str | None = None  #: default: cuda when available
-    precision: str = "fp32"  #: fp32, bf16 or fp16 (autocast during extraction)
     window: int = 2
     top: int = 3
     intervals: int = 10  #: half-samples per checkpoint for the intervals (0: none)
     confidence: float = 0.95  #: nominal coverage of the intervals
 
+    UNKEYED: ClassVar[tuple[str, ...]] = (*RunSettings.UNKEYED, "window", "top", "confidence")
+
     @property
-    def out_dir(self) -> Path:
-        return Path(self.out) if self.out else Path(self.run_dir) / "dse"
+    def dse_settings(self) -> DSESettings:
+        """The estimator's settings of this scan."""
+        return DSESettings(self.local_clusters, self.global_clusters, self.images_per_group, self.normalize, self.n_init)
 
     def result_key(self, image_hash: str) -> str:
         """Hash of everything that changes a checkpoint's numbers (not device or output paths)."""
-        keyed = {
-            k: v
-            for k, v in asdict(self).items()
-            if k not in (
-                "run_dir", "out", "glob", "device", "window", "top", "batch_size", "trust_checkpoints", "confidence",
-            )
-        }
+        keyed = self.keyed_settings()
         keyed["metrics"] = sorted(keyed["metrics"])
         if "lidar" not in keyed["metrics"]:
             keyed.pop("lidar_images")
             keyed.pop("lidar_views")
-        if not keyed.get("scenes"):  # default scenes: same key as before the setting existed
-            keyed.pop("scenes", None)
         keyed["image_hash"] = image_hash
-        return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()
+        return self.hash_key(keyed)
 
 
 @dataclass
@@ -142,117 +126,6 @@ class ScanResult:
         return not self.failed
 
 
-# --------------------------------------------------------------------------- small I/O helpers
-
-
-def ensure_writable(folder: Path, option: str = "--out") -> None:
-    """Create ``folder`` and check that files can be written in it; ``ValueError`` naming the folder
-    and ``option`` otherwise (a read-only, shared run folder is common)."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test.{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise ValueError(
-            f"cannot write to the output folder {folder} ({err.strerror or err}); pass {option} to write elsewhere"
-        ) from None
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to ``path`` via a temporary file and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_csv_atomic(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write ``rows`` (dicts; missing keys empty, extra keys ignored) under ``columns``, atomically."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(columns), restval="", extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
-
-
-def file_identity(path: Path, chunk: int = 1 << 22) -> str:
-    """Identity of a checkpoint file: SHA-256 of its name, size and whole content (about 1 GB/s,
-    so a few tenths of a second for a ViT-S checkpoint; a change anywhere in the file counts)."""
-    size = path.stat().st_size
-    h = hashlib.sha256(f"{path.name}:{size}".encode())
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _versions() -> dict[str, str]:
-    import timm
-    import torchvision
-
-    from . import __version__
-
-    return {
-        "dsekit": __version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "timm": timm.__version__,
-        "numpy": np.__version__,
-    }
-
-
-# --------------------------------------------------------------------------- distributed
-
-
-def _dist_context(device: torch.device) -> tuple[int, int, bool]:
-    """(rank, world size, whether this call initialised the process group)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, False
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), False
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    if device.type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend)
-    return dist.get_rank(), dist.get_world_size(), True
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """The torch device named ``name`` (None: CUDA when available); ``ValueError`` for a name torch
-    does not know or a CUDA device on a machine without CUDA."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device: {name!r} is not a torch device ({err}); use e.g. cpu, cuda, cuda:1") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {name!r} requested but CUDA is not available")
-    if dev.type == "cuda" and dev.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return dev
-
-
-_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 # --------------------------------------------------------------------------- scoring one checkpoint
 
 
@@ -272,7 +145,6 @@ def _score_checkpoint(
     ``model``: a backbone of the right architecture to load into (every weight is
     overwritten, as loading is strict); None builds a new one.
     """
-    from .backbones import FeatureExtractor, extract_features, load_backbone_as
 
     t0 = time.perf_counter()
     partial: list[str] = []
@@ -285,7 +157,7 @@ def _score_checkpoint(
         images,
         batch_size=cfg.batch_size,
         device=device,
-        amp_dtype=_PRECISIONS[cfg.precision],
+        amp_dtype=PRECISIONS[cfg.precision],
         progress=progress,
     )
     if device.type == "cuda":
@@ -298,12 +170,10 @@ def _score_checkpoint(
     metrics = {name: _safe_metric(name, fn, feats) for name, fn in metric_fns.items()}
     vf = None
     if views is not None:
-        from .metrics.baselines import lidar_dense
-
         n, q = views.shape[:2]
         vf = extract_features(
             extractor, views.flatten(0, 1), batch_size=cfg.batch_size, device=device,
-            amp_dtype=_PRECISIONS[cfg.precision],
+            amp_dtype=PRECISIONS[cfg.precision],
         )
         vf = vf.reshape(n, q, *vf.shape[1:])
         metrics["lidar"] = _safe_metric("lidar", lidar_dense, vf)
@@ -316,15 +186,7 @@ def _score_checkpoint(
 
 def _dse_terms(cfg: ScanConfig, feats: torch.Tensor, device: torch.device, seed: int) -> dict[str, float]:
     """The five DSE terms of ``feats`` (B, N, d), in DSE batches of ``cfg.dse_batch_size`` images."""
-    acc = DSEAccumulator(
-        cfg.dse_batch_size,
-        seed=seed,
-        local_clusters=cfg.local_clusters,
-        global_clusters=cfg.global_clusters,
-        images_per_group=cfg.images_per_group,
-        normalize=cfg.normalize,
-        n_init=cfg.n_init,
-    )
+    acc = DSEAccumulator(cfg.dse_batch_size, seed=seed, settings=cfg.dse_settings)
     for lo in range(0, feats.shape[0], cfg.dse_batch_size):
         acc.update(feats[lo : lo + cfg.dse_batch_size].to(device))
     return acc.compute().as_dict()
@@ -339,8 +201,6 @@ def _replicates(
 ) -> dict[str, list[float]]:
     """Every column on ``cfg.intervals`` half-samples of the images (each with its own k-means
     seed); LiDAR on half-samples of its images. Empty when intervals are off or the sample is too small."""
-    from .metrics.intervals import half_sample_replicates
-
     if cfg.intervals < 2 or feats.shape[0] < 4:
         return {}
 
@@ -354,8 +214,6 @@ def _replicates(
 
     out = half_sample_replicates(score, feats, cfg.intervals, cfg.seed)
     if views is not None and views.shape[0] >= 4:
-        from .metrics.baselines import lidar_dense
-
         def lidar(sub: torch.Tensor, seed: int) -> dict[str, float]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -365,71 +223,10 @@ def _replicates(
     return {k: v.tolist() for k, v in out.items()}
 
 
-def _build_model(cfg: ScanConfig) -> torch.nn.Module:
-    """The backbone of ``cfg`` (random weights), its ``layer`` checked: a bad architecture,
-    model argument or layer raises ``ValueError`` here."""
-    from .backbones import FeatureExtractor, create_backbone, get_adapter
-
-    adapter = get_adapter(cfg.method)
-    name = cfg.arch or adapter.arch
-    kwargs = dict(adapter.arch_kwargs) if name == adapter.arch else {}
-    kwargs.update(cfg.model_kwargs)
-    kwargs.pop("img_size", None)
-    try:
-        model = create_backbone(name, img_size=cfg.image_size, init_weights=False, **kwargs)
-    except TypeError as err:  # timm's answer to a model argument the architecture does not take
-        raise ValueError(f"arch {name!r} with model arguments {kwargs}: {err}") from None
-    FeatureExtractor(model, cfg.layer)
-    return model
-
-
-_MAX_SEED = 2**63 - 1
-
-
-def resolve_auto(cfg: Any, console: Any = None) -> Any:
-    """``method="auto"``: a copy of the scan or probe settings with the method, branch and
-    architecture detected from the run's first checkpoint (settings given explicitly win);
-    what was detected is printed. Other methods: ``cfg`` unchanged."""
-    if cfg.method != "auto":
-        return cfg
-    from .backbones import discover_checkpoints, get_adapter
-    from .backbones.detect import detect_checkpoint
-
-    first = discover_checkpoints(cfg.run_dir, "generic", cfg.glob)[0][0]
-    det = detect_checkpoint(first, trust_checkpoints=cfg.trust_checkpoints)
-    adapter = get_adapter(det.method)
-    arch, kwargs = cfg.arch, dict(cfg.model_kwargs)
-    if arch is None and not kwargs:
-        own = det.arch == adapter.arch  # the method's own architecture: its arch_kwargs are added when built
-        arch = None if own else det.arch
-        kwargs = {k: v for k, v in det.model_kwargs.items() if not (own and k in adapter.arch_kwargs)}
-    glob = cfg.glob
-    try:
-        discover_checkpoints(cfg.run_dir, det.method, glob)
-    except FileNotFoundError:
-        glob = "*" + "".join(first.suffixes)  # files named otherwise (release files): every file of that type
-    if console is not None:
-        console.print(f"--method auto: {first.name} reads as {det.describe()}")
-    return replace(cfg, method=det.method, branch=cfg.branch or det.branch, arch=arch, model_kwargs=kwargs, glob=glob)
-
-
-def check_run_settings(cfg: Any) -> None:
-    """Settings shared by scan and probe that can only fail: checked before any checkpoint is read."""
-    seed = getattr(cfg, "seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= _MAX_SEED:
-        raise ValueError(f"seed: expected an integer in 0..2**63-1, got {seed!r}")
-    if getattr(cfg, "window", 0) < 0:
-        raise ValueError(f"window: expected >= 0 checkpoints on each side, got {cfg.window}")
-    if getattr(cfg, "top", 1) < 1:
-        raise ValueError(f"top: expected >= 1, got {cfg.top}")
-
-
 def _metric_functions(names: Sequence[str]) -> dict[str, Callable[[torch.Tensor], float]]:
     """Image-sample metrics by name (``lidar``, which needs augmented views, is handled apart)."""
     if not names:
         return {}
-    from .metrics.baselines import BASELINE_METRICS
-
     unknown = [n for n in names if n not in BASELINE_METRICS and n != "lidar"]
     if unknown:
         raise ValueError(f"metrics: unknown {unknown}; known: {sorted([*BASELINE_METRICS, 'lidar'])}")
@@ -453,8 +250,6 @@ def lidar_views(images: torch.Tensor, count: int, views: int, seed: int) -> torc
     ``torch.random.fork_rng`` seeded with ``seed``: the views are a function of the seed and
     the caller's RNG state is left as it was.
     """
-    from torchvision.transforms import v2
-
     if count < 2 or views < 2:
         raise ValueError(f"lidar_images and lidar_views: LiDAR needs at least 2 of each, got {count} and {views}")
     size = images.shape[-1]
@@ -469,15 +264,59 @@ def lidar_views(images: torch.Tensor, count: int, views: int, seed: int) -> torc
 # --------------------------------------------------------------------------- the scan
 
 
-def _cache_path(cache: Path, path: Path, identity: str, key: str) -> Path:
-    return cache / f"{path.name}.{hashlib.sha256((identity + key).encode()).hexdigest()[:16]}.json"
+class _ScanTask(SweepTask[CheckpointResult]):
+    """Scores one checkpoint of a scan; the image sample is decoded once, on the first call to :meth:`prepare`."""
+
+    result_type = CheckpointResult
+
+    def __init__(self, cfg: ScanConfig, run: Any, cache: Path, base: str, rank: int, console: Any, progress: bool) -> None:
+        self.cfg, self.run, self.cache, self.base, self.rank = cfg, run, cache, base, rank
+        self.console, self.progress = console, progress
+        self.metric_fns = _metric_functions(cfg.metrics)
+        self.sample: ImageSample | None = None
+        self.views: torch.Tensor | None = None
+
+    def prepare(self) -> str:
+        cfg = self.cfg
+        self.sample = load_image_sample(
+            cfg.images, cfg.num_images, cfg.seed, cfg.image_size, scenes=cfg.scenes, progress=self.progress and self.rank == 0
+        )
+        if self.sample.shortfall:
+            warnings.warn(
+                f"images: asked for {cfg.num_images} images, {len(self.sample)} available in {self.sample.source}",
+                stacklevel=4,
+            )
+        write_json_atomic(self.cache / f"images.{self.base[:16]}.rank{self.rank}.json", self.sample.record())
+        if "lidar" in cfg.metrics:
+            self.views = lidar_views(self.sample.images, min(cfg.lidar_images, len(self.sample)), cfg.lidar_views, cfg.seed)
+        return _with_content(self.base, cfg.images, self.sample.image_hash)
+
+    def score(self, n: int, total: int, path: Path, epoch: int | None, identity: str, target: Path) -> CheckpointResult:
+        assert self.sample is not None
+        if self.progress:
+            self.console.print(f"scoring [{n}/{total}] {path.name}")
+        model = None if self.cfg.allow_partial else self.run.model  # every checkpoint is loaded into it (strict loading)
+        terms, metrics, timings, replicates, partial, layout = _score_checkpoint(
+            self.cfg, path, self.sample.images, self.run.device, self.metric_fns,
+            path.name if self.progress else False, model, self.views,
+        )
+        if self.progress:
+            self.console.print(f"  read as: {layout}")
+        return CheckpointResult(
+            str(path), epoch, "ok", terms, metrics, timings, identity=identity, num_images=len(self.sample),
+            replicates=replicates, partial=partial, layout=layout,
+        )
+
+    def failure(self, path: Path, epoch: int | None, error: str, identity: str) -> CheckpointResult:
+        return CheckpointResult(str(path), epoch, "failed", error=error, identity=identity)
 
 
-def _read_cached(p: Path) -> CheckpointResult | None:
-    try:
-        return CheckpointResult(**json.loads(p.read_text()))
-    except (OSError, ValueError, TypeError):
-        return None  # absent or unreadable: recompute
+def _check_scan(cfg: ScanConfig) -> None:
+    _metric_functions(cfg.metrics)
+    if isinstance(cfg.intervals, bool) or not isinstance(cfg.intervals, int) or cfg.intervals < 0 or cfg.intervals == 1:
+        raise ValueError(f"intervals: expected 0 (none) or at least 2 half-samples, got {cfg.intervals!r}")
+    if not 0 < cfg.confidence < 1:
+        raise ValueError(f"confidence: expected a level in (0, 1), got {cfg.confidence!r}")
 
 
 def scan(
@@ -493,125 +332,35 @@ def scan(
         FileNotFoundError / NotADirectoryError: the run folder is missing, empty or has no checkpoint.
         ValueError: an unknown method, metric or setting.
     """
-    from rich.console import Console
-
-    from .backbones import discover_checkpoints, get_adapter
-    from .data.images import load_image_sample
-
     console = console or Console(stderr=True)
-    cfg = resolve_auto(cfg, console)
-    get_adapter(cfg.method)  # unknown method: error listing the known ones
-    if cfg.precision not in _PRECISIONS:
-        raise ValueError(f"precision: expected one of {sorted(_PRECISIONS)}, got {cfg.precision!r}")
-    metric_fns = _metric_functions(cfg.metrics)
-    if isinstance(cfg.intervals, bool) or not isinstance(cfg.intervals, int) or cfg.intervals < 0 or cfg.intervals == 1:
-        raise ValueError(f"intervals: expected 0 (none) or at least 2 half-samples, got {cfg.intervals!r}")
-    if not 0 < cfg.confidence < 1:
-        raise ValueError(f"confidence: expected a level in (0, 1), got {cfg.confidence!r}")
-    check_run_settings(cfg)
-    device = resolve_device(cfg.device)
-    checkpoints = discover_checkpoints(cfg.run_dir, cfg.method, cfg.glob)
-    built = _build_model(cfg)  # an unknown architecture or layer fails here, before any checkpoint is read
+    cache = cfg.out_dir / "cache"
+    run = open_run(cfg, cache, console, _check_scan)
+    cfg = run.cfg
     out = cfg.out_dir
-    cache = out / "cache"
-    ensure_writable(cache)
-    rank, world, owns_group = _dist_context(device)
-
-    try:
-        sample = None
-        identities = [file_identity(p) if p.is_file() else "" for p, _ in checkpoints]
-        # the image list's hash is part of the cache key: compute it from the settings
-        # without decoding, then decode only if some checkpoint of this rank needs scoring
-        from .data.images import ImageSample
-
+    with process_group(run.device) as (rank, world):
+        # the image list's hash is part of the cache key: computed from the settings without
+        # decoding; the images are decoded only if some checkpoint of this rank needs scoring
         spec = ImageSample(cfg.images, cfg.num_images, cfg.seed, cfg.image_size, scenes=cfg.scenes or None)
         key_source = json.dumps(spec.settings(), sort_keys=True)
         if cfg.images is not None:
-            from .data.images import file_size, find_images
-
             files = find_images(cfg.images)
             key_source += json.dumps([(f, file_size(Path(cfg.images) / f)) for f in files])
         base = cfg.result_key(hashlib.sha256(key_source.encode()).hexdigest())
         # results are keyed on the images' content too: the sample a cached result used is read
         # again and hashed (None when unknown or changed: everything is scored anew)
-        key = _content_key(cache, base, cfg.images)
-
-        # the checkpoints still to score, split evenly across processes (every process lists
-        # the cache before any of them writes to it)
-        pending = [
-            i for i in range(len(checkpoints))
-            if key is None or _read_cached(_cache_path(cache, checkpoints[i][0], identities[i], key)) is None
-        ]
-        _barrier(world)
-        todo = pending[rank::world]
-        computed = 0
-        if todo:
-            sample = load_image_sample(
-                cfg.images, cfg.num_images, cfg.seed, cfg.image_size, scenes=cfg.scenes, progress=progress and rank == 0
-            )
-            if sample.shortfall:
-                warnings.warn(
-                    f"images: asked for {cfg.num_images} images, {len(sample)} available in {sample.source}",
-                    stacklevel=2,
-                )
-            write_json_atomic(cache / f"images.{base[:16]}.rank{rank}.json", sample.record())
-            key = _with_content(base, cfg.images, sample.image_hash)
-            model = None if cfg.allow_partial else built  # every checkpoint is loaded into it (strict loading)
-            views = (
-                lidar_views(sample.images, min(cfg.lidar_images, len(sample)), cfg.lidar_views, cfg.seed)
-                if "lidar" in cfg.metrics
-                else None
-            )
-            for n, i in enumerate(todo, 1):
-                path, epoch = checkpoints[i]
-                target = _cache_path(cache, path, identities[i], key)
-                label = f"[{n}/{len(todo)}] {path.name}"
-                if progress:
-                    console.print(f"scoring {label}")
-                try:
-                    terms, metrics, timings, replicates, partial, layout = _score_checkpoint(
-                        cfg, path, sample.images, device, metric_fns, f"{path.name}" if progress else False, model, views
-                    )
-                    res = CheckpointResult(
-                        str(path), epoch, "ok", terms, metrics, timings, identity=identities[i], num_images=len(sample),
-                        replicates=replicates, partial=partial, layout=layout,
-                    )
-                    if progress:
-                        console.print(f"  read as: {layout}")
-                    write_json_atomic(target, asdict(res))
-                    (cache / f"{path.name}.failed.json").unlink(missing_ok=True)
-                    computed += 1
-                except Exception as exc:  # noqa: BLE001 - one bad checkpoint must not stop the scan
-                    res = CheckpointResult(
-                        str(path), epoch, "failed", error=f"{type(exc).__name__}: {exc}", identity=identities[i]
-                    )
-                    write_json_atomic(cache / f"{path.name}.failed.json", asdict(res))
-                    console.print(f"[red]failed[/red] {path.name}: {res.error}")
-                if after_checkpoint is not None:
-                    after_checkpoint(res)
-        _barrier(world)
-        if key is None:  # this process decoded nothing: the others recorded the sample they used
-            key = _content_key(cache, base, cfg.images) or base
-
-        results: list[CheckpointResult] = []
-        for i, (path, epoch) in enumerate(checkpoints):
-            res = _read_cached(_cache_path(cache, path, identities[i], key))
-            if res is None:
-                failed = _read_cached(cache / f"{path.name}.failed.json")
-                res = failed or CheckpointResult(str(path), epoch, "failed", error="no result (not scored)")
-            results.append(replace(res, checkpoint=str(path)))  # where it is now (the run may have moved)
+        task = _ScanTask(cfg, run, cache, base, rank, console, progress)
+        results, computed = sweep(
+            run.checkpoints, task, cache=cache, key=_content_key(cache, base, cfg.images),
+            final_key=lambda: _content_key(cache, base, cfg.images) or base,  # the sample the others recorded
+            rank=rank, world=world, console=console, after_checkpoint=after_checkpoint,
+        )
         ok = [r for r in results if r.status == "ok"]
         failed = [r for r in results if r.status != "ok"]
-        summary = _assemble(cfg, ok, failed, out, sample, base, write=rank == 0)
-        _barrier(world)
+        summary = _assemble(cfg, ok, failed, out, task.sample, base, write=rank == 0)
+        barrier(world)
         if rank == 0 and progress:
             _print_summary(console, ok, failed, summary)
         return ScanResult(results, summary["lambda"], summary["dse"], summary["selection"], out, failed, computed)
-    finally:
-        if owns_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
 
 
 def _assemble(
@@ -624,8 +373,6 @@ def _assemble(
     *,
     write: bool,
 ) -> dict[str, Any]:
-    from .backbones import INIT_EPOCH
-
     # λ and the selection come from the training checkpoints; the initial weights (if scored)
     # are shown with the same λ but are never a candidate
     trained = [i for i, r in enumerate(ok) if r.epoch != INIT_EPOCH]
@@ -684,7 +431,7 @@ def _assemble(
         {
             "settings": asdict(cfg),
             "result_key": key,
-            "versions": _versions(),
+            "versions": library_versions(),
             "images": images_record,
             "checkpoints": [
                 {"checkpoint": r.checkpoint, "epoch": r.epoch, "status": r.status, "timings": r.timings, "error": r.error,
@@ -694,16 +441,8 @@ def _assemble(
         },
     )
     if ok:
-        from .report import plot_dse_curve
-
         plot_dse_curve(ok, dse_values, selection, out / "dse.png", bands=bands)
     return summary
-
-
-def calibrated_dse(terms: dict[str, float], lam: float | None) -> float:
-    """``S + λ · M_dim`` of one set of terms (``λ = None``: the raw score ``S + M_dim``)."""
-    s = terms["inter_class_distance"] - (terms["intra_class_batch"] + terms["intra_class_image"]) / 2
-    return float(s + (1.0 if lam is None else lam) * terms["effective_dimensionality"])
 
 
 def _replicate_table(r: CheckpointResult, lam: float | None) -> dict[str, np.ndarray]:
@@ -720,8 +459,6 @@ def _bands(
     r: CheckpointResult, value: float, table: dict[str, np.ndarray], columns: Sequence[str], confidence: float
 ) -> dict[str, str]:
     """``<column>_low`` / ``<column>_high`` of one checkpoint (empty without replicates)."""
-    from .metrics.intervals import half_sample_interval
-
     out: dict[str, str] = {}
     for c in columns:
         point = value if c == "dse" else r.terms.get(c, r.metrics.get(c))
@@ -745,8 +482,6 @@ def _content_key(cache: Path, base: str, images: str | None) -> str | None:
     when no sample was recorded or its files changed or vanished (then nothing is reused)."""
     if images is None:
         return base
-    from .data.images import content_hash
-
     record = _cached_images_record(cache, base)
     if not record or "names" not in record:
         return None
@@ -766,8 +501,6 @@ def _cached_images_record(cache: Path, key: str) -> dict[str, Any] | None:
 
 
 def _print_summary(console: Any, ok: list[CheckpointResult], failed: list[CheckpointResult], summary: dict) -> None:
-    from rich.table import Table
-
     best = summary["selection"]["best"]
     cands = {c["checkpoint"] for c in summary["selection"]["candidates"]}
     table = Table(title="DSE per checkpoint")

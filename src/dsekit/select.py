@@ -16,6 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .metrics.dse import separability
+
 __all__ = ["Calibration", "Selection", "calibrate", "local_maxima", "select_checkpoints"]
 
 
@@ -81,7 +83,7 @@ def calibrate(
             "calibrate: expected one value per checkpoint for every term, got lengths "
             f"{len(inter)}, {len(intra_i)}, {len(intra_b)}, {len(m_dim)}"
         )
-    s = inter - (intra_b + intra_i) / 2
+    s = separability(inter, intra_i, intra_b)
     if len(s) < 2:
         return Calibration(None, s + m_dim, s, True, "λ undefined for a single checkpoint: raw DSE reported")
     sd_dim = float(m_dim.std())

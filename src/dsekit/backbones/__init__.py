@@ -5,28 +5,16 @@
 >>> feats = extract_features(FeatureExtractor(model), images)         # doctest: +SKIP
 """
 
+from dsekit.backbones import methods  # noqa: F401 - importing it registers the built-in methods
 from dsekit.backbones.checkpoints import (
-    INIT_EPOCH,
-    SAFE_GLOBALS,
     AdaptedStateDict,
-    BranchSpec,
-    CheckpointError,
-    CheckpointKeyError,
-    MethodAdapter,
-    PartialLoadWarning,
-    UnsafeCheckpointError,
     adapt_state_dict,
-    discover_checkpoints,
-    epoch_from_filename,
-    get_adapter,
-    list_methods,
     load_backbone,
     load_backbone_as,
     load_into,
     load_state_dict_for,
-    read_checkpoint,
-    register,
 )
+from dsekit.backbones.discovery import discover_checkpoints, epoch_from_filename
 from dsekit.backbones.extract import (
     FeatureExtractor,
     FeatureFn,
@@ -34,6 +22,19 @@ from dsekit.backbones.extract import (
     extract_features,
     num_feature_layers,
     tokens_from_intermediate,
+)
+from dsekit.backbones.reading import SAFE_GLOBALS, read_checkpoint
+from dsekit.backbones.registry import (
+    INIT_EPOCH,
+    BranchSpec,
+    CheckpointError,
+    CheckpointKeyError,
+    MethodAdapter,
+    PartialLoadWarning,
+    UnsafeCheckpointError,
+    get_adapter,
+    list_methods,
+    register,
 )
 
 __all__ = [

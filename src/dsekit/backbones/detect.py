@@ -19,16 +19,11 @@ from typing import Any, Mapping
 
 from torch import Tensor
 
+from dsekit.backbones.checkpoints import AdaptedStateDict, adapt_state_dict
+from dsekit.backbones.discovery import epoch_from_filename
 from dsekit.backbones.extract import create_backbone
-from dsekit.backbones.checkpoints import (
-    AdaptedStateDict,
-    CheckpointError,
-    adapt_state_dict,
-    epoch_from_filename,
-    get_adapter,
-    list_methods,
-    read_checkpoint,
-)
+from dsekit.backbones.reading import read_checkpoint
+from dsekit.backbones.registry import CheckpointError, get_adapter, list_methods
 
 __all__ = ["Detection", "detect_checkpoint", "infer_architecture"]
 

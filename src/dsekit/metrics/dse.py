@@ -29,8 +29,8 @@ The term functions are differentiable (used by the regulariser); :func:`dse` and
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -42,6 +42,10 @@ from .spectra import centered_nuclear_norms, effective_rank
 
 __all__ = [
     "TERMS",
+    "DSESettings",
+    "separability",
+    "raw_dse",
+    "calibrated_dse",
     "DSEResult",
     "DSETerms",
     "dse",
@@ -101,13 +105,73 @@ class DSETerms:
     scale: Tensor
     degenerate: bool
 
-    @property
-    def intra(self) -> Tensor:
-        return (self.intra_class_batch + self.intra_class_image) / 2
-
     def dse(self, lam: float = 1.0) -> Tensor:
-        """``M_inter - M_intra + lam · M_dim`` (``lam = 1``: the raw per-batch score)."""
-        return self.inter_class_distance - self.intra + lam * self.effective_dimensionality
+        """``S + lam · M_dim`` (``lam = 1``: the raw per-batch score)."""
+        s = separability(self.inter_class_distance, self.intra_class_image, self.intra_class_batch)
+        return s + lam * self.effective_dimensionality
+
+
+@dataclass(frozen=True)
+class DSESettings:
+    """The estimator's settings, with the paper's defaults (SPEC §2–§4); every DSE computation
+    in the package (estimator, accumulator, regulariser, monitor, scan) takes them from here.
+
+    Attributes:
+        local_clusters: k of the per-image k-means (``M_intra_image``).
+        global_clusters: k of the per-group k-means (``M_intra_batch``, ``M_inter``).
+        images_per_group: consecutive images clustered together (the last group may be smaller).
+        normalize: L2-normalise every patch first.
+        n_init: k-means restarts (best inertia kept).
+        seeding_trials: candidates per new centre in the k-means++ seeding.
+    """
+
+    local_clusters: int = 3
+    global_clusters: int = 24
+    images_per_group: int = 8
+    normalize: bool = True
+    n_init: int = 1
+    seeding_trials: int = KMEANS_SEEDING_TRIALS
+
+    def with_overrides(self, **overrides: Any) -> "DSESettings":
+        """A copy with the given settings replaced (``None`` values keep the current one)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return replace(self, **given) if given else self
+
+    def check(self, B: int, N: int) -> None:
+        """``ValueError`` when these settings cannot score a batch of ``B`` images of ``N`` patches."""
+        if self.local_clusters < 1:
+            raise ValueError(f"local_clusters: expected >= 1, got {self.local_clusters}")
+        if self.global_clusters < 2:
+            raise ValueError(f"global_clusters: expected >= 2 (M_inter needs another centroid), got {self.global_clusters}")
+        if self.images_per_group < 1:
+            raise ValueError(f"images_per_group: expected >= 1, got {self.images_per_group}")
+        if N < self.local_clusters:
+            raise ValueError(
+                f"local_clusters: {self.local_clusters} clusters need at least as many patches per image, got N = {N}"
+            )
+        g = self.images_per_group
+        smallest = min(B, g) if B % g == 0 else B % g
+        if smallest * N < self.global_clusters:
+            raise ValueError(
+                f"global_clusters: {self.global_clusters} clusters need at least as many patches per group, but a group "
+                f"of {smallest} image(s) x {N} patches has {smallest * N} (images_per_group={g}, B={B})"
+            )
+
+
+def separability(inter: Any, intra_image: Any, intra_batch: Any) -> Any:
+    """``S = M_inter − (M_intra_batch + M_intra_image) / 2`` (floats, arrays or tensors)."""
+    return inter - (intra_batch + intra_image) / 2
+
+
+def raw_dse(inter: Any, intra_image: Any, intra_batch: Any, dim: Any) -> Any:
+    """``DSE_raw = S + M_dim`` (floats, arrays or tensors)."""
+    return inter + dim - (intra_batch + intra_image) / 2
+
+
+def calibrated_dse(terms: Mapping[str, float], lam: float | None) -> float:
+    """``S + λ · M_dim`` of one set of terms (``λ = None``: the raw score ``S + M_dim``)."""
+    s = separability(terms["inter_class_distance"], terms["intra_class_image"], terms["intra_class_batch"])
+    return float(s + (1.0 if lam is None else lam) * terms["effective_dimensionality"])
 
 
 # --------------------------------------------------------------------------- validation
@@ -180,23 +244,6 @@ def _check_labels(labels: Any, name: str, shape: tuple[int, int], k: int, device
     if lo < 0 or hi >= k:
         raise ValueError(f"{name}: expected values in [0, {k}), got values in [{lo}, {hi}]")
     return labels.to(device=device, dtype=torch.long)
-
-
-def _check_settings(B: int, N: int, local_clusters: int, global_clusters: int, images_per_group: int) -> None:
-    if local_clusters < 1:
-        raise ValueError(f"local_clusters: expected >= 1, got {local_clusters}")
-    if global_clusters < 2:
-        raise ValueError(f"global_clusters: expected >= 2 (M_inter needs another centroid), got {global_clusters}")
-    if images_per_group < 1:
-        raise ValueError(f"images_per_group: expected >= 1, got {images_per_group}")
-    if N < local_clusters:
-        raise ValueError(f"local_clusters: {local_clusters} clusters need at least as many patches per image, got N = {N}")
-    smallest = min(B, images_per_group) if B % images_per_group == 0 else B % images_per_group
-    if smallest * N < global_clusters:
-        raise ValueError(
-            f"global_clusters: {global_clusters} clusters need at least as many patches per group, but a group "
-            f"of {smallest} image(s) x {N} patches has {smallest * N} (images_per_group={images_per_group}, B={B})"
-        )
 
 
 # --------------------------------------------------------------------------- terms
@@ -385,14 +432,13 @@ def dse_terms(
     )
 
 
-def _kmeans_blocks(
-    z: Tensor, images_per_group: int, k: int, generator: torch.Generator, n_init: int
-) -> list[tuple[Tensor, Tensor, Tensor]]:
+def _kmeans_blocks(z: Tensor, settings: DSESettings, generator: torch.Generator) -> list[tuple[Tensor, Tensor, Tensor]]:
     B, N, d = z.shape
+    k = settings.global_clusters
     blocks = []
-    for start, count, size in _groups(B, images_per_group):
+    for start, count, size in _groups(B, settings.images_per_group):
         x = z[start : start + count * size].reshape(count, size * N, d)
-        res = kmeans(x, k, n_init=n_init, generator=generator, n_local_trials=KMEANS_SEEDING_TRIALS)
+        res = kmeans(x, k, n_init=settings.n_init, generator=generator, n_local_trials=settings.seeding_trials)
         present = torch.ones(count, k, dtype=torch.bool, device=z.device)
         blocks.append((res.labels, res.centroids, present))
     return blocks
@@ -427,21 +473,25 @@ class ClusterAssignments:
 @torch.no_grad()
 def cluster_assignments(
     z: Tensor,
+    settings: DSESettings | None = None,
     *,
-    local_clusters: int = 3,
-    global_clusters: int = 24,
-    images_per_group: int = 8,
-    n_init: int = 1,
+    local_clusters: int | None = None,
+    global_clusters: int | None = None,
+    images_per_group: int | None = None,
+    n_init: int | None = None,
     generator: torch.Generator,
 ) -> ClusterAssignments:
     """The estimator's k-means on (already normalised) features ``z`` (B, N, d), no gradient.
 
+    ``settings`` (default :class:`DSESettings`) with any of the other settings overridden.
     Draws from ``generator`` in the estimator's order: per-image k-means first, then the
     per-group k-means.
     """
-    local = kmeans(z, local_clusters, n_init=n_init, generator=generator, n_local_trials=KMEANS_SEEDING_TRIALS).labels
-    blocks = _kmeans_blocks(z, images_per_group, global_clusters, generator, n_init)
-    return ClusterAssignments(local_labels=local, global_blocks=blocks)
+    st = (settings or DSESettings()).with_overrides(
+        local_clusters=local_clusters, global_clusters=global_clusters, images_per_group=images_per_group, n_init=n_init
+    )
+    local = kmeans(z, st.local_clusters, n_init=st.n_init, generator=generator, n_local_trials=st.seeding_trials).labels
+    return ClusterAssignments(local_labels=local, global_blocks=_kmeans_blocks(z, st, generator))
 
 
 # --------------------------------------------------------------------------- public API
@@ -454,10 +504,9 @@ def _result(terms: DSETerms, settings: dict[str, Any], num_images: int) -> DSERe
         "intra_class_batch": float(terms.intra_class_batch),
         "effective_dimensionality": float(terms.effective_dimensionality),
     }
-    values["dse_raw"] = (
-        values["inter_class_distance"]
-        + values["effective_dimensionality"]
-        - (values["intra_class_batch"] + values["intra_class_image"]) / 2
+    values["dse_raw"] = raw_dse(
+        values["inter_class_distance"], values["intra_class_image"], values["intra_class_batch"],
+        values["effective_dimensionality"],
     )
     return DSEResult(**values, num_images=num_images, num_batches=1, degenerate=terms.degenerate, settings=settings)
 
@@ -465,55 +514,51 @@ def _result(terms: DSETerms, settings: dict[str, Any], num_images: int) -> DSERe
 @torch.no_grad()
 def dse(
     features: Any,
+    settings: DSESettings | None = None,
     *,
-    local_clusters: int = 3,
-    global_clusters: int = 24,
-    images_per_group: int = 8,
-    normalize: bool = True,
+    local_clusters: int | None = None,
+    global_clusters: int | None = None,
+    images_per_group: int | None = None,
+    normalize: bool | None = None,
+    n_init: int | None = None,
     seed: int | None = 0,
-    n_init: int = 1,
     generator: torch.Generator | None = None,
 ) -> DSEResult:
     """DSE of one batch of dense features.
 
     Args:
         features: (B, N, d) float array or tensor (CPU or CUDA).
-        local_clusters: k of the per-image k-means (``M_intra_image``).
-        global_clusters: k of the per-group k-means (``M_intra_batch``, ``M_inter``).
-        images_per_group: consecutive images clustered together (the last group may be smaller).
-        normalize: L2-normalise every patch first.
+        settings: the estimator's settings (default :class:`DSESettings`, the paper's).
+        local_clusters, global_clusters, images_per_group, normalize, n_init: override one
+            setting of ``settings`` (see :class:`DSESettings`).
         seed: seed of the private generator for k-means and the ``M_dim`` permutation.
-        n_init: k-means restarts (best inertia kept).
         generator: use this generator instead of one seeded with ``seed``.
 
     Returns:
         :class:`DSEResult`.
     """
+    st = (settings or DSESettings()).with_overrides(
+        local_clusters=local_clusters, global_clusters=global_clusters, images_per_group=images_per_group,
+        normalize=normalize, n_init=n_init,
+    )
     z = as_features(features)
     B, N, d = z.shape
-    _check_settings(B, N, local_clusters, global_clusters, images_per_group)
-    if normalize:
+    st.check(B, N)
+    if st.normalize:
         z = F.normalize(z, dim=-1)
     g = generator if generator is not None else make_generator(seed, z.device)
-    assign = cluster_assignments(
-        z,
-        local_clusters=local_clusters,
-        global_clusters=global_clusters,
-        images_per_group=images_per_group,
-        n_init=n_init,
-        generator=g,
-    )
+    assign = cluster_assignments(z, st, generator=g)
     terms = dse_terms(z, assign.local_labels, assign.global_blocks, g)
-    settings = dict(
-        local_clusters=local_clusters,
-        global_clusters=global_clusters,
-        images_per_group=images_per_group,
-        normalize=normalize,
+    recorded = dict(
+        local_clusters=st.local_clusters,
+        global_clusters=st.global_clusters,
+        images_per_group=st.images_per_group,
+        normalize=st.normalize,
         seed=seed,
-        n_init=n_init,
+        n_init=st.n_init,
         assignments="kmeans",
     )
-    return _result(terms, settings, B)
+    return _result(terms, recorded, B)
 
 
 @torch.no_grad()
@@ -524,8 +569,8 @@ def dse_from_labels(
     *,
     local_clusters: int | None = None,
     global_clusters: int | None = None,
-    images_per_group: int = 8,
-    normalize: bool = True,
+    images_per_group: int | None = None,
+    normalize: bool | None = None,
     seed: int | None = 0,
 ) -> DSEResult:
     """DSE with given cluster assignments instead of k-means (e.g. ground-truth masks: "oracle" DSE).
@@ -536,10 +581,13 @@ def dse_from_labels(
         global_labels: (B, N) integer cluster of each patch within its group of
             ``images_per_group`` consecutive images, in ``[0, global_clusters)``.
         local_clusters, global_clusters: label ranges (default: max label + 1).
+        images_per_group, normalize: as in :class:`DSESettings` (default: its defaults).
         seed: seed of the ``M_dim`` permutation.
 
     A cluster's centroid is the mean of its members; labels without members are ignored.
     """
+    st = DSESettings().with_overrides(images_per_group=images_per_group, normalize=normalize)
+    images_per_group, normalize = st.images_per_group, st.normalize
     z = as_features(features)
     B, N, d = z.shape
     for name, lab in (("local_labels", local_labels), ("global_labels", global_labels)):

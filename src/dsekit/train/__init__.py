@@ -1,4 +1,9 @@
-"""Training-time tools: the DSE regulariser."""
+"""Training-time tools: the DSE regulariser (exported here).
+
+The self-supervised trainer is :mod:`dsekit.train.ssl` (settings in :mod:`dsekit.train.config`,
+methods in :mod:`dsekit.train.methods`, views in :mod:`dsekit.train.views`); the DSE monitor is
+:mod:`dsekit.train.monitor`.
+"""
 
 from .regularizer import ClusterAssignments, DSERegularizer, cluster_assignments, dse_with_grad, safe_normalize
 

@@ -26,7 +26,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from ..metrics.dse import DSEAccumulator
+from ..backbones.extract import FeatureExtractor, extract_features
+from ..metrics.dse import DSEAccumulator, DSESettings, calibrated_dse
 
 __all__ = ["DSEMonitor", "DSEMonitorCallback", "DenseDegradationWarning", "Evaluation"]
 
@@ -82,10 +83,10 @@ class DSEMonitor:
     margin: float = 0.01
     patience: int = 3
     seed: int = 0
-    local_clusters: int = 3
-    global_clusters: int = 24
-    images_per_group: int = 8
-    normalize: bool = True
+    local_clusters: int = DSESettings.local_clusters
+    global_clusters: int = DSESettings.global_clusters
+    images_per_group: int = DSESettings.images_per_group
+    normalize: bool = DSESettings.normalize
     dse_batch_size: int = 1024
     history: list[Evaluation] = field(default_factory=list)
     _calls: int = 0
@@ -105,8 +106,6 @@ class DSEMonitor:
     @torch.no_grad()
     def compute(self, model: nn.Module) -> dict[str, float]:
         """DSE terms of ``model`` on the held-out images (model left in its original mode)."""
-        from ..backbones.extract import FeatureExtractor, extract_features
-
         was_training = model.training
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         try:
@@ -119,14 +118,8 @@ class DSEMonitor:
             feats = extract_features(extractor, self.images, batch_size=self.batch_size, device=device)
         finally:
             model.train(was_training)
-        acc = DSEAccumulator(
-            self.dse_batch_size,
-            seed=self.seed,
-            local_clusters=self.local_clusters,
-            global_clusters=self.global_clusters,
-            images_per_group=self.images_per_group,
-            normalize=self.normalize,
-        )
+        settings = DSESettings(self.local_clusters, self.global_clusters, self.images_per_group, self.normalize)
+        acc = DSEAccumulator(self.dse_batch_size, seed=self.seed, settings=settings)
         acc.update(feats.to(device))
         return acc.compute().as_dict()
 
@@ -137,9 +130,10 @@ class DSEMonitor:
             return None
         t = self.compute(model)
         terms = {k: float(t[k]) for k in ("inter_class_distance", "intra_class_image", "intra_class_batch", "effective_dimensionality")}
-        s = terms["inter_class_distance"] - (terms["intra_class_image"] + terms["intra_class_batch"]) / 2
-        m_dim = terms["effective_dimensionality"]
-        ev = Evaluation(step=int(step), dse=s + self.lam * m_dim, dse_raw=s + m_dim, checkpoint=checkpoint, **terms)
+        ev = Evaluation(
+            step=int(step), dse=calibrated_dse(terms, self.lam), dse_raw=calibrated_dse(terms, None),
+            checkpoint=checkpoint, **terms,
+        )
         self.history.append(ev)
         self._check_alarm()
         return ev

@@ -37,7 +37,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..metrics.dse import ClusterAssignments, DSETerms, _check_settings, as_features, cluster_assignments, dse_terms
+from ..metrics.dse import (
+    ClusterAssignments, DSESettings, DSETerms, as_features, cluster_assignments, dse_terms, raw_dse,
+)
 from ..metrics.kmeans import make_generator
 
 __all__ = ["ClusterAssignments", "DSERegularizer", "cluster_assignments", "dse_with_grad", "safe_normalize"]
@@ -57,12 +59,13 @@ def safe_normalize(z: Tensor, eps: float = _NORM_EPS) -> Tensor:
 
 def dse_with_grad(
     features: Tensor,
+    settings: DSESettings | None = None,
     *,
-    local_clusters: int = 3,
-    global_clusters: int = 24,
-    images_per_group: int = 8,
-    normalize: bool = True,
-    n_init: int = 1,
+    local_clusters: int | None = None,
+    global_clusters: int | None = None,
+    images_per_group: int | None = None,
+    normalize: bool | None = None,
+    n_init: int | None = None,
     generator: torch.Generator,
     assignments: ClusterAssignments | None = None,
 ) -> DSETerms:
@@ -71,8 +74,9 @@ def dse_with_grad(
     Args:
         features: (B, N, d) float tensor, may require grad. float64 stays float64, other
             float types are computed in float32 (autocast is disabled inside).
-        local_clusters, global_clusters, images_per_group, normalize, n_init: as in
-            :func:`dsekit.metrics.dse.dse`.
+        settings: the estimator's settings (default :class:`dsekit.metrics.dse.DSESettings`).
+        local_clusters, global_clusters, images_per_group, normalize, n_init: override one
+            setting of ``settings``, as in :func:`dsekit.metrics.dse.dse`.
         generator: private generator on ``features.device`` (k-means and ``M_dim``'s
             permutation); with a fresh generator seeded ``s`` the value equals
             ``dse(features, seed=s)`` up to float rounding.
@@ -84,21 +88,18 @@ def dse_with_grad(
     """
     if not isinstance(features, Tensor):
         raise ValueError(f"features: expected a torch tensor of shape (B, N, d), got {type(features).__name__}")
+    st = (settings or DSESettings()).with_overrides(
+        local_clusters=local_clusters, global_clusters=global_clusters, images_per_group=images_per_group,
+        normalize=normalize, n_init=n_init,
+    )
     with _autocast_off(features.device.type):
         z = as_features(features)
         B, N, _ = z.shape
-        _check_settings(B, N, local_clusters, global_clusters, images_per_group)
-        if normalize:
+        st.check(B, N)
+        if st.normalize:
             z = safe_normalize(z)
         if assignments is None:
-            assignments = cluster_assignments(
-                z,
-                local_clusters=local_clusters,
-                global_clusters=global_clusters,
-                images_per_group=images_per_group,
-                n_init=n_init,
-                generator=generator,
-            )
+            assignments = cluster_assignments(z, st, generator=generator)
         elif tuple(assignments.local_labels.shape) != (B, N):
             raise ValueError(
                 f"assignments: local_labels of shape {tuple(assignments.local_labels.shape)} do not match "
@@ -158,8 +159,8 @@ class DSERegularizer(nn.Module):
     Args:
         beta: weight of the regulariser in :meth:`loss`.
         lam: weight of ``M_dim`` (the paper uses 1).
-        local_clusters, global_clusters, images_per_group, normalize, n_init: as in
-            :func:`dsekit.metrics.dse.dse`.
+        local_clusters, global_clusters, images_per_group, normalize, n_init: the estimator's
+            settings (default: :class:`dsekit.metrics.dse.DSESettings`'s), kept in :attr:`settings`.
         seed: seed of the private generator (``None``: fresh entropy).
         gather: all-gather features across DDP ranks first.
 
@@ -176,12 +177,12 @@ class DSERegularizer(nn.Module):
         beta: float = 0.001,
         lam: float = 1.0,
         *,
-        local_clusters: int = 3,
-        global_clusters: int = 24,
-        images_per_group: int = 8,
-        normalize: bool = True,
+        local_clusters: int = DSESettings.local_clusters,
+        global_clusters: int = DSESettings.global_clusters,
+        images_per_group: int = DSESettings.images_per_group,
+        normalize: bool = DSESettings.normalize,
         seed: int | None = 0,
-        n_init: int = 1,
+        n_init: int = DSESettings.n_init,
         gather: bool = False,
     ) -> None:
         super().__init__()
@@ -198,12 +199,8 @@ class DSERegularizer(nn.Module):
                 raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
         self.beta = float(beta)
         self.lam = float(lam)
-        self.local_clusters = local_clusters
-        self.global_clusters = global_clusters
-        self.images_per_group = images_per_group
-        self.normalize = bool(normalize)
+        self.settings = DSESettings(local_clusters, global_clusters, images_per_group, bool(normalize), n_init)
         self.seed = seed
-        self.n_init = n_init
         self.gather = bool(gather)
         self.last_terms: dict[str, float] = {}
         self._generator: torch.Generator | None = None
@@ -236,15 +233,7 @@ class DSERegularizer(nn.Module):
             raise ValueError(f"features: expected a torch tensor of shape (B, N, d), got {type(features).__name__}")
         if self.gather:
             features = _gather_with_grad(features)
-        return dse_with_grad(
-            features,
-            local_clusters=self.local_clusters,
-            global_clusters=self.global_clusters,
-            images_per_group=self.images_per_group,
-            normalize=self.normalize,
-            n_init=self.n_init,
-            generator=self._generator_for(features.device),
-        )
+        return dse_with_grad(features, self.settings, generator=self._generator_for(features.device))
 
     def forward(self, features: Tensor) -> Tensor:
         """DSE (0-d tensor with gradient) of ``features`` (B, N, d)."""
@@ -258,10 +247,11 @@ class DSERegularizer(nn.Module):
         return -self.beta * self(features)
 
     def extra_repr(self) -> str:
+        st = self.settings
         return (
-            f"beta={self.beta}, lam={self.lam}, local_clusters={self.local_clusters}, "
-            f"global_clusters={self.global_clusters}, images_per_group={self.images_per_group}, "
-            f"normalize={self.normalize}, seed={self.seed}, n_init={self.n_init}, gather={self.gather}"
+            f"beta={self.beta}, lam={self.lam}, local_clusters={st.local_clusters}, "
+            f"global_clusters={st.global_clusters}, images_per_group={st.images_per_group}, "
+            f"normalize={st.normalize}, seed={self.seed}, n_init={st.n_init}, gather={self.gather}"
         )
 
 
@@ -272,9 +262,9 @@ def _as_floats(terms: DSETerms, value: Tensor) -> dict[str, float]:
     parts = [getattr(terms, n) for n in names] + [value, terms.scale]
     values = torch.stack([t.detach().to(value.dtype) for t in parts]).tolist()
     out = dict(zip(names, values[:4]))
-    out["dse_raw"] = out["inter_class_distance"] + out["effective_dimensionality"] - (
-        out["intra_class_batch"] + out["intra_class_image"]
-    ) / 2
+    out["dse_raw"] = raw_dse(
+        out["inter_class_distance"], out["intra_class_image"], out["intra_class_batch"], out["effective_dimensionality"]
+    )
     out["dse"], out["scale"] = values[4], values[5]
     out["degenerate"] = float(terms.degenerate)
     return out

@@ -1,4 +1,9 @@
-"""Command-line interface: ``dsekit <command> ...`` (also ``python -m dsekit``)."""
+"""Command-line interface: ``dsekit <command> ...`` (also ``python -m dsekit``).
+
+The only place with argument parsers: ``dse``, ``report``, ``data`` and ``demo`` here, ``scan``,
+``probe`` and ``train`` in their own modules of this package; each handler builds the library's
+settings object and calls the library.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,27 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .cliargs import add_checkpoint_arguments, checkpoint_settings, positive_int, report_failed, run_scenes
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from .. import __version__
+from ..data.scenes import write_scenes
+from ..demo import DemoConfig, demo
+from ..io import load_array
+from ..metrics.dse import TERMS, DSEAccumulator, DSESettings, as_features, dse_from_labels
+from ..report import write_report
+from .args import positive_int
+from .probe import add_probe_parser
+from .scan import add_scan_parser
+from .train import add_train_parser
 
 __all__ = ["main", "build_parser"]
 
+DEFAULT = DSESettings()
+
 
 def _print_terms(title: str, rows: dict[str, float], notes: Sequence[str] = ()) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=title)
     table.add_column("term")
     table.add_column("value", justify="right")
@@ -43,24 +60,19 @@ def _add_dse(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--key", default=None, help="array name inside .npz/.pt/.safetensors files")
     p.add_argument("--local-labels", type=Path, default=None, help="(B, N) cluster of each patch in its image")
     p.add_argument("--global-labels", type=Path, default=None, help="(B, N) cluster of each patch in its group")
-    p.add_argument("--local-clusters", type=positive_int, default=3, help="k per image (default 3)")
-    p.add_argument("--global-clusters", type=positive_int, default=24, help="k per group (default 24)")
-    p.add_argument("--images-per-group", type=positive_int, default=8, help="images per group (default 8)")
+    p.add_argument("--local-clusters", type=positive_int, default=DEFAULT.local_clusters, help=f"k per image (default {DEFAULT.local_clusters})")
+    p.add_argument("--global-clusters", type=positive_int, default=DEFAULT.global_clusters, help=f"k per group (default {DEFAULT.global_clusters})")
+    p.add_argument("--images-per-group", type=positive_int, default=DEFAULT.images_per_group, help=f"images per group (default {DEFAULT.images_per_group})")
     p.add_argument("--batch-size", type=positive_int, default=1024, help="images per DSE batch (default 1024)")
     p.add_argument("--no-normalize", action="store_true", help="do not L2-normalise patches")
     p.add_argument("--seed", type=int, default=0, help="seed of k-means and the M_dim permutation")
-    p.add_argument("--n-init", type=positive_int, default=1, help="k-means restarts (default 1)")
+    p.add_argument("--n-init", type=positive_int, default=DEFAULT.n_init, help=f"k-means restarts (default {DEFAULT.n_init})")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object with the five terms")
     p.set_defaults(func=_run_dse)
 
 
 def _run_dse(args: argparse.Namespace) -> int:
-    import torch
-
-    from .io import load_array
-    from .metrics.dse import DSEAccumulator, TERMS, as_features, dse_from_labels
-
     feats = as_features(load_array(args.features, args.key), name=str(args.features)).to(args.device)
     normalize = not args.no_normalize
     if (args.local_labels is None) != (args.global_labels is None):
@@ -100,78 +112,6 @@ def _run_dse(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- scan
-
-
-def _add_scan(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "scan",
-        help="DSE of every checkpoint of a training run, λ, selected checkpoints and plot",
-        description="Discover the checkpoints of RUN_DIR (official file names of --method, or --glob), "
-        "extract patch features of an image sample, compute DSE per checkpoint, then λ and the "
-        "selection. Resumable: finished checkpoints are skipped on a rerun with the same settings. "
-        "Under torchrun the checkpoints are split across processes.",
-    )
-    p.add_argument("run_dir", type=Path, help="folder holding the run's checkpoints")
-    add_checkpoint_arguments(p)
-    p.add_argument("--images", type=Path, default=None, help="image folder (default: the built-in scenes)")
-    p.add_argument("--num-images", type=positive_int, default=2048, help="images in the sample (default 2048)")
-    p.add_argument("--image-size", type=positive_int, default=None,
-                   help="centre-crop size (default 224, or the run's dsekit.json)")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default RUN_DIR/dse)")
-    p.add_argument("--seed", type=int, default=0, help="image sample, k-means and M_dim seed")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
-    p.add_argument("--dse-batch-size", type=positive_int, default=1024, help="images per DSE batch (default 1024)")
-    p.add_argument("--local-clusters", type=positive_int, default=3)
-    p.add_argument("--global-clusters", type=positive_int, default=24)
-    p.add_argument("--images-per-group", type=positive_int, default=8)
-    p.add_argument("--no-normalize", action="store_true")
-    p.add_argument("--n-init", type=positive_int, default=1, help="k-means restarts")
-    p.add_argument("--metrics", nargs="*", default=[],
-                   help="baseline metric columns: rankme alpha_req dense_rankme lidar")
-    p.add_argument("--lidar-images", type=positive_int, default=64, help="images with augmented views for LiDAR (default 64)")
-    p.add_argument("--lidar-views", type=positive_int, default=8, help="augmented views per image for LiDAR (default 8)")
-    p.add_argument("--window", type=int, default=2, help="local-maximum window (default ±2 checkpoints)")
-    p.add_argument("--top", type=positive_int, default=3, help="candidates to keep (default 3)")
-    p.add_argument("--intervals", type=int, default=10,
-                   help="half-samples of the images (each with its own k-means seed) behind every column's "
-                   "interval; 0: none (default 10)")
-    p.add_argument("--confidence", type=float, default=0.95, help="nominal coverage of the intervals (default 0.95)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.set_defaults(func=_run_scan)
-
-
-def _run_scan(args: argparse.Namespace) -> int:
-    from .scan import ScanConfig, scan
-
-    cfg = ScanConfig(
-        **checkpoint_settings(args),
-        images=None if args.images is None else str(args.images),
-        scenes=run_scenes(args.run_dir) if args.images is None else {},
-        num_images=args.num_images,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        dse_batch_size=args.dse_batch_size,
-        local_clusters=args.local_clusters,
-        global_clusters=args.global_clusters,
-        images_per_group=args.images_per_group,
-        normalize=not args.no_normalize,
-        n_init=args.n_init,
-        metrics=tuple(args.metrics),
-        lidar_images=args.lidar_images,
-        lidar_views=args.lidar_views,
-        window=args.window,
-        top=args.top,
-        intervals=args.intervals,
-        confidence=args.confidence,
-    )
-    result = scan(cfg, progress=not args.quiet)
-    if report_failed("scan", result.failed, result.out_dir / "run.json"):
-        return 1
-    print(f"outputs in {result.out_dir}: dse.csv, selection.json, dse.png, run.json")
-    return 0
-
-
 # --------------------------------------------------------------------------- report
 
 
@@ -199,8 +139,6 @@ def _outputs_folder(run_dir: Path) -> Path:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from .report import write_report
-
     out = _outputs_folder(args.run_dir)
     report = write_report(out, window=args.window, top=args.top, confidence=args.confidence)
     print((out / "report.md").read_text())
@@ -230,8 +168,6 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_data_scenes(args: argparse.Namespace) -> int:
-    from .data.scenes import write_scenes
-
     res = write_scenes(args.out, args.n, splits=args.splits, image_size=args.image_size, seed=args.seed)
     counts = ", ".join(f"{n} {split}" for split, n in res.counts.items())
     print(f"wrote {counts} scenes ({len(res.class_names)} classes) to {res.root}")
@@ -259,8 +195,6 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from .demo import DemoConfig, demo
-
     demo(
         DemoConfig(out=str(args.out), quick=args.quick, seed=args.seed, device=args.device, method=args.method,
                    dse_weight=args.dse_weight),
@@ -273,8 +207,6 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     parser = argparse.ArgumentParser(
         prog="dsekit",
         description="Label-free dense representation quality (DSE) for self-supervised checkpoints.",
@@ -282,11 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dsekit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    from .probe import add_probe_parser
-    from .train.ssl import add_train_parser
-
     _add_dse(sub)
-    _add_scan(sub)
+    add_scan_parser(sub)
     add_probe_parser(sub)
     _add_report(sub)
     add_train_parser(sub)
@@ -300,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as exc:
+    except (ValueError, OSError) as exc:  # bad input, missing or unwritable files: the message names them
         print(f"dsekit {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
