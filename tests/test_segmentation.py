@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -40,16 +41,33 @@ def _image(path: Path, seed: int, h: int = H, w: int = W) -> None:
     Image.fromarray(arr).save(path)
 
 
-def _mask(path: Path, arr: np.ndarray, palette: bool = False) -> None:
+def _voc_palette() -> list[int]:
+    """The PASCAL VOC colour map (256 RGB triples): bits 0, 1, 2 of the index go to the top bit of
+    red, green, blue, bits 3, 4, 5 to the next bit, and so on."""
+    out = []
+    for i in range(256):
+        rgb, c = [0, 0, 0], i
+        for j in range(8):
+            for ch in range(3):
+                rgb[ch] |= ((c >> ch) & 1) << (7 - j)
+            c >>= 3
+        out += rgb
+    return out
+
+
+def _mask(path: Path, arr: np.ndarray, palette: bool | list[int] = False) -> None:
+    """A label PNG: grey ("L", or 16-bit above 255), or with ``palette`` a palette ("P") PNG whose
+    indices are ``arr`` (``True``: the VOC colour map, as in ``SegmentationClass/``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     arr = np.asarray(arr)
     if arr.max() > 255:
         Image.fromarray(arr.astype(np.uint16)).save(path)
         return
-    im = Image.fromarray(arr.astype(np.uint8))
-    if palette:
-        im = im.convert("P")
-        im.putpalette([v for i in range(256) for v in ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256)])
+    if palette is not False:
+        im = Image.frombytes("P", (arr.shape[1], arr.shape[0]), np.ascontiguousarray(arr, dtype=np.uint8).tobytes())
+        im.putpalette(_voc_palette() if palette is True else palette)
+    else:
+        im = Image.fromarray(arr.astype(np.uint8))
     im.save(path)
 
 
@@ -69,10 +87,15 @@ VOC_TRAIN, VOC_VAL = ["2007_000032", "2007_000039"], ["2007_000033", "2008_00000
 
 
 def _voc(root: Path, aug: bool = False) -> Path:
+    """VOCtrainval_11-May-2012.tar's tree: JPEG images, palette PNGs with the VOC colour map in
+    SegmentationClass/ and SegmentationObject/ (instances, not read), the split lists; with
+    ``aug`` the SBD grey PNGs in SegmentationClassAug/ and a DeepLab-style train_aug.txt."""
     voc = root / "VOCdevkit" / "VOC2012"
     for k, i in enumerate(VOC_TRAIN + VOC_VAL):
         _image(voc / "JPEGImages" / f"{i}.jpg", k)
         _mask(voc / "SegmentationClass" / f"{i}.png", _stripes([0, 5, 20, 255][k:] + [0, 5, 20, 255][:k]), palette=True)
+        _mask(voc / "SegmentationObject" / f"{i}.png", _stripes([0, 1, 2, 255]), palette=True)
+    (voc / "Annotations").mkdir(exist_ok=True)
     _write_list(voc / "ImageSets" / "Segmentation" / "train.txt", VOC_TRAIN)
     _write_list(voc / "ImageSets" / "Segmentation" / "val.txt", VOC_VAL)
     _write_list(voc / "ImageSets" / "Segmentation" / "trainval.txt", VOC_TRAIN + VOC_VAL)
@@ -89,22 +112,36 @@ def _voc(root: Path, aug: bool = False) -> Path:
 
 
 def _ade(root: Path, values=(0, 1, 150, 37)) -> Path:
+    """ADEChallengeData2016.zip's tree: JPEG images (the second one greyscale, as a few real ones
+    are), grey "L" PNG annotations 0..150, and the two text files beside them."""
     base = root / "ADEChallengeData2016"
     for sub, prefix in (("training", "ADE_train"), ("validation", "ADE_val")):
         for k in range(3):
             stem = f"{prefix}_{k + 1:08d}"
             _image(base / "images" / sub / f"{stem}.jpg", k)
+            if k == 1:
+                with Image.open(base / "images" / sub / f"{stem}.jpg") as im:
+                    im.convert("L").save(base / "images" / sub / f"{stem}.jpg")
             _mask(base / "annotations" / sub / f"{stem}.png", _stripes(values))
+    (base / "objectInfo150.txt").write_text("Idx\tRatio\tTrain\tVal\tName\n1\t0.1576\t11664\t1172\twall\n")
+    (base / "sceneCategories.txt").write_text("ADE_train_00000001 airport_terminal\n")
     return base
 
 
-def _coco(root: Path, values=(0, 91, 181, 119, 255), images_beside: bool = False) -> Path:
+def _coco(
+    root: Path, values=(0, 91, 181, 119, 255), images_beside: bool = False, maps: str = "stuffthingmaps_trainval2017"
+) -> Path:
+    """COCO 2017 JPEGs (12-digit ids) and the stuffthingmaps (grey "L" PNGs, 0..181 and 255) in
+    ``maps``/<split>/: the zip's name, or ``annotations`` as the official set-up unzips it (then
+    with mmsegmentation's ``<id>_labelTrainIds.png`` copies beside, as its converter leaves them)."""
     for sub in ("train2017", "val2017"):
         for k in range(3):
             stem = f"{k + 139:012d}"
             img_dir = root / sub if images_beside else root / "images" / sub
             _image(img_dir / f"{stem}.jpg", k)
-            _mask(root / "stuffthingmaps_trainval2017" / sub / f"{stem}.png", _stripes(values))
+            _mask(root / maps / sub / f"{stem}.png", _stripes(values))
+            if maps == "annotations":
+                _mask(root / maps / sub / f"{stem}_labelTrainIds.png", _stripes([7, 255]))
     return root
 
 
@@ -112,15 +149,29 @@ CITIES = {"train": ["aachen", "bochum"], "val": ["frankfurt"]}
 
 
 def _cityscapes(root: Path, values=(7, 26, 0, 33, 24), train_ids: bool = False) -> Path:
+    """leftImg8bit_trainvaltest.zip + gtFine_trainvaltest.zip: RGB PNG images, and per image the
+    grey "L" labelIds PNG (0..33), the RGBA colour PNG, the 16-bit instanceIds PNG and the polygon
+    JSON; with ``train_ids`` also labelTrainIds PNGs (as cityscapesScripts writes them)."""
+    from torchvision.datasets import Cityscapes
+
+    colour = {c.id: c.color for c in Cityscapes.classes if c.id >= 0}
     for split, cities in CITIES.items():
         for city in cities:
             for k in range(2):
                 stem = f"{city}_{k:06d}_000019"
+                gt = root / "gtFine" / split / city
                 _image(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", k)
-                _mask(root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", _stripes(values))
-                _mask(root / "gtFine" / split / city / f"{stem}_gtFine_color.png", _stripes(values))
+                _mask(gt / f"{stem}_gtFine_labelIds.png", _stripes(values))
+                ids = _stripes(values)
+                rgba = np.zeros(ids.shape + (4,), np.uint8)
+                for v in np.unique(ids):
+                    rgba[ids == v] = (*colour.get(int(v), (0, 0, 0)), 255)
+                Image.fromarray(rgba).save(gt / f"{stem}_gtFine_color.png")
+                _mask(gt / f"{stem}_gtFine_instanceIds.png", ids.astype(np.int64) * 1000 + 1000)  # 16-bit
+                polygons = '{"imgHeight": %d, "imgWidth": %d, "objects": []}' % (H, W)
+                (gt / f"{stem}_gtFine_polygons.json").write_text(polygons)
                 if train_ids:
-                    _mask(root / "gtFine" / split / city / f"{stem}_gtFine_labelTrainIds.png", _stripes([3, 255]))
+                    _mask(gt / f"{stem}_gtFine_labelTrainIds.png", _stripes([3, 255]))
     return root
 
 
@@ -154,6 +205,37 @@ def test_voc_reads_pairs_through_torchvision(tmp_path, monkeypatch):
     assert np.array_equal(raw_mask.numpy(), expected)
 
 
+def test_voc_palette_is_the_standard_colour_map():
+    pal = np.array(_voc_palette()).reshape(256, 3)
+    known = {0: (0, 0, 0), 1: (128, 0, 0), 2: (0, 128, 0), 3: (128, 128, 0), 4: (0, 0, 128), 5: (128, 0, 128),
+             15: (192, 128, 128), 20: (0, 64, 128), 255: (224, 224, 192)}  # fmt: skip
+    for i, rgb in known.items():
+        assert tuple(pal[i].tolist()) == rgb, i
+
+
+def test_voc_masks_are_palette_indices_not_colours(tmp_path):
+    voc = _voc(tmp_path)
+    path = voc / "SegmentationClass" / f"{VOC_VAL[0]}.png"
+    labels = _stripes([20, 255, 0, 5])  # what _voc wrote for this id
+    with Image.open(path) as im:
+        assert im.mode == "P" and im.getpalette()[: 3 * 21] == _voc_palette()[: 3 * 21]
+        naive_rgb, naive_grey = np.array(im.convert("RGB")), np.array(im.convert("L"))
+    # opened as colours, the same file gives other numbers: class 20 is (0, 64, 128), 255 is (224, 224, 192)
+    assert [naive_rgb[0, x].tolist() for x in (0, 7, W - 1)] == [[0, 64, 128], [224, 224, 192], [128, 0, 128]]
+    assert not any(np.array_equal(naive_rgb[..., ch], labels) for ch in range(3))
+    assert not np.array_equal(naive_grey, labels)
+    ds = get_dataset("voc", tmp_path, "val", image_size=None)
+    assert (ds.num_classes, ds.ignore_index, ds.ids[0]) == (21, 255, VOC_VAL[0])
+    assert np.array_equal(ds.read(0)[1].numpy(), labels)
+    assert np.array_equal(read_mask(path), labels)
+    _mask(path, labels, palette=_voc_palette()[::-1])  # other colours, same indices: same labels
+    assert np.array_equal(ds.read(0)[1].numpy(), labels)
+    with Image.open(path) as im:
+        Image.fromarray(np.array(im.convert("RGB"))).save(path)  # a colour-coded copy: refused, not misread
+    with pytest.raises(ValueError, match="colour image"):
+        ds.read(0)
+
+
 @pytest.mark.parametrize("sub", ["VOCdevkit", "VOCdevkit/VOC2012"])
 def test_voc_root_may_be_the_devkit_or_voc2012_folder(tmp_path, sub):
     _voc(tmp_path)
@@ -174,6 +256,9 @@ def test_voc_train_aug(tmp_path):
     assert ds.ids == VOC_TRAIN + ["2009_000100", "2010_000200"]  # the val id was dropped
     assert ds.samples[0][1].parent.name == "SegmentationClassAug"
     assert set(np.unique(ds.read(3)[1].numpy()).tolist()) == {0, 7, 255}
+    with Image.open(ds.samples[0][1]) as im:
+        assert im.mode == "L"  # SBD masks are grey PNGs with the same label values
+    assert np.array_equal(ds.read(0)[1].numpy(), _stripes([0, 7, 255]))
 
 
 def test_voc_missing_image_is_named(tmp_path):
@@ -207,6 +292,24 @@ def test_ade20k_shift_and_ignore(tmp_path, sub):
         assert np.array_equal(raw_mask.numpy(), _stripes([255, 0, 149, 36]))  # 0 -> ignore, k -> k-1
         image, mask = ds[2]
         assert image.shape == (3, S, S) and set(mask.unique().tolist()) <= {255, 0, 149, 36}
+
+
+def test_ade20k_every_value_and_greyscale_images(tmp_path):
+    base = _ade(tmp_path)
+    row = np.arange(151)
+    _image(base / "images" / "validation" / "ADE_val_00000003.jpg", 5, 4, row.size)
+    _mask(base / "annotations" / "validation" / "ADE_val_00000003.png", np.tile(row, (4, 1)))
+    ds = get_dataset("ade20k", tmp_path, "val", image_size=None)
+    assert (ds.num_classes, ds.ignore_index, ds.label_spec) == (150, 255, "0 (ignored) and 1..150")
+    with Image.open(ds.samples[2][1]) as im:
+        assert im.mode == "L"
+    got = ds.read(2)[1].numpy()
+    assert got[0].tolist() == [255] + list(range(150)) and (got == got[0]).all()  # 0 -> 255, k -> k - 1
+    assert ds.class_names[0] == "wall" and ds.class_names[149] == "flag"
+    with Image.open(ds.samples[1][0]) as im:
+        assert im.mode == "L"  # a greyscale photo, as a few in ADE20K are
+    image, mask = ds.read(1)
+    assert image.shape == (3, H, W) and (image[0] == image[2]).all()
 
 
 def test_ade20k_label_above_150_raises(tmp_path):
@@ -275,6 +378,45 @@ def test_cocostuff_unused_id_and_image_list(tmp_path):
         get_dataset("cocostuff", tmp_path, "train", image_list=lst)
 
 
+def test_cocostuff_official_setup_annotations_folder(tmp_path):
+    _coco(tmp_path, maps="annotations")  # unzip stuffthingmaps_trainval2017.zip -d annotations/
+    ds = get_dataset("cocostuff", tmp_path, "val", image_size=S)
+    assert ds.ids == ["000000000139", "000000000140", "000000000141"]  # no *_labelTrainIds "samples"
+    assert ds.samples[0][1] == tmp_path / "annotations" / "val2017" / "000000000139.png"
+    assert np.array_equal(ds.read(0)[1].numpy(), _stripes([0, 80, 170, 108, 255]))
+    ds27 = get_dataset("cocostuff27", tmp_path, "train", image_size=S)
+    assert np.array_equal(ds27.read(2)[1].numpy(), _stripes([9, 17, 24, 26, 255]))
+
+
+def test_cocostuff_every_id_171_and_27(tmp_path):
+    used = [v for v in range(182) if v not in seg.COCOSTUFF_UNUSED_IDS]
+    assert len(used) == 171 and seg.COCOSTUFF_UNUSED_IDS == (11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90)
+    _coco(tmp_path)
+    row = np.array(used + [255])
+    _image(tmp_path / "images" / "val2017" / "000000000139.jpg", 0, 3, row.size)
+    path = tmp_path / "stuffthingmaps_trainval2017" / "val2017" / "000000000139.png"
+    _mask(path, np.tile(row, (3, 1)))
+    with Image.open(path) as im:
+        assert im.mode == "L"
+    fine = get_dataset("cocostuff", tmp_path, "val", image_size=None).read(0)[1].numpy()
+    assert fine[0].tolist() == list(range(171)) + [255] and (fine == fine[0]).all()  # contiguous, in id order
+    # labels.txt (1-based): 1 person, 92 banner, 149 road, 157 sky-other, 182 wood
+    names = seg.COCOSTUFF_CLASSES
+    assert [names[fine[0, used.index(v - 1)]] for v in (1, 92, 149, 157, 182)] == [
+        "person", "banner", "road", "sky-other", "wood"]  # fmt: skip
+    coarse = get_dataset("cocostuff27", tmp_path, "val", image_size=None).read(0)[1].numpy()[0]
+    assert set(coarse.tolist()) == set(range(27)) | {255}
+    sup = seg.COCOSTUFF27_CLASSES
+    assert [sup[coarse[used.index(v - 1)]] for v in (1, 92, 149, 157, 182)] == [
+        "person", "textile", "ground", "sky", "solid"]  # fmt: skip
+    _mask(path, np.tile(row, (3, 1)), palette=True)  # an indexed (palette) copy reads the same
+    assert np.array_equal(get_dataset("cocostuff", tmp_path, "val", image_size=None).read(0)[1].numpy(), fine)
+    for bad in [*seg.COCOSTUFF_UNUSED_IDS, 182, 254]:
+        _mask(path, np.full((3, row.size), bad))
+        with pytest.raises(ValueError, match=rf"label value\(s\) {bad}\b"):
+            get_dataset("cocostuff", tmp_path, "val").read(0)
+
+
 def test_cocostuff_missing_image_is_named(tmp_path):
     _coco(tmp_path)
     (tmp_path / "images" / "val2017" / "000000000140.jpg").unlink()
@@ -309,11 +451,70 @@ def test_cityscapes_prefers_train_id_files(tmp_path):
     assert np.array_equal(forced.read(0)[1].numpy(), _stripes([0, 13, 255, 18, 11]))
 
 
+# labelIds -> train ids of cityscapesScripts' labels.py; every other id is ignored
+CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
+                        26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}  # fmt: skip
+
+
+def test_cityscapes_every_label_id(tmp_path):
+    _cityscapes(tmp_path)
+    stem = "frankfurt/frankfurt_000000_000019"
+    _image(tmp_path / "leftImg8bit" / "val" / f"{stem}_leftImg8bit.png", 3, 2, 34)
+    _mask(tmp_path / "gtFine" / "val" / f"{stem}_gtFine_labelIds.png", np.tile(np.arange(34), (2, 1)))
+    ds = get_dataset("cityscapes", tmp_path, "val", image_size=None)
+    assert (ds.ids[0], ds.label_type, ds.num_classes, ds.ignore_index) == (stem, "labelIds", 19, 255)
+    assert ds.samples[0][1].name.endswith("_gtFine_labelIds.png")
+    with Image.open(ds.samples[0][1]) as im, Image.open(str(ds.samples[0][1]).replace("labelIds", "color")) as c:
+        assert (im.mode, c.mode) == ("L", "RGBA")
+    got = ds.read(0)[1].numpy()
+    assert got[0].tolist() == [CITYSCAPES_TRAIN_IDS.get(i, 255) for i in range(34)] and (got == got[0]).all()
+    assert ds.class_names == (
+        "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+        "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")  # fmt: skip
+    # labelTrainIds for only some images: the labelIds of all are used
+    _mask(tmp_path / "gtFine" / "val" / f"{stem}_gtFine_labelTrainIds.png", np.zeros((2, 34)))
+    assert get_dataset("cityscapes", tmp_path, "val").label_type == "labelIds"
+
+
 def test_cityscapes_bad_label_id(tmp_path):
     _cityscapes(tmp_path, values=(7, 34))
     ds = get_dataset("cityscapes", tmp_path, "val")
     with pytest.raises(ValueError, match=r"frankfurt_000000_000019_gtFine_labelIds\.png.*34"):
         ds.read(0)
+
+
+# ----------------------------------------------------------------------------------------------
+# the four benchmarks as the probe opens them (default_train_split, then get_dataset)
+# ----------------------------------------------------------------------------------------------
+BENCHMARKS = {  # name: (writer of the fake copy, train split the probe picks, labels of the val masks)
+    "voc": (lambda root: _voc(root, aug=True), "train_aug", {0, 5, 20, 255}),
+    "ade20k": (_ade, "train", {255, 0, 149, 36}),
+    "cocostuff": (_coco, "train", {0, 80, 170, 108, 255}),
+    "cocostuff27": (_coco, "train", {9, 17, 24, 26, 255}),
+    "cityscapes": (_cityscapes, "train", {0, 13, 255, 18, 11}),
+}
+
+
+@pytest.mark.parametrize("name", list(BENCHMARKS))
+def test_benchmark_opened_as_the_probe_does(tmp_path, name):
+    write, train_split, val_labels = BENCHMARKS[name]
+    write(tmp_path)
+    spec = dataset_spec(name)
+    assert default_train_split(name, tmp_path) == train_split
+    kw = dict(image_size=S, resize=None, transform=EvalTransform(image_size=S, mean=None, std=None), seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # VOC: the val id in train_aug.txt
+        train = get_dataset(name, tmp_path, train_split, max_samples=2, **kw)
+    val = get_dataset(name, tmp_path, "val", max_samples=None, **kw)
+    assert train.num_classes == val.num_classes == spec.num_classes and val.class_names == spec.class_names
+    assert len(train) == 2 and train.available > 2 and val.record()["num_classes"] == spec.num_classes
+    raw = set().union(*(np.unique(val.read(i)[1].numpy()).tolist() for i in range(len(val))))
+    assert raw == val_labels
+    for ds in (train, val):
+        images, masks = next(iter(torch.utils.data.DataLoader(ds, batch_size=len(ds))))
+        assert images.shape == (len(ds), 3, S, S) and masks.shape == (len(ds), S, S) and masks.dtype == torch.int64
+        assert set(masks.unique().tolist()) <= set(range(spec.num_classes)) | {IGNORE_INDEX}
+    assert set(masks.unique().tolist()) <= val_labels
 
 
 # ----------------------------------------------------------------------------------------------

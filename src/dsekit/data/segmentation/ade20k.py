@@ -44,7 +44,8 @@ class ADE20KDataset(SegmentationDataset):
         """ADE20K SceneParsing (``ADEChallengeData2016``): 150 classes; mask value 0 ("other") is
     ignored (-> 255) and k in 1..150 becomes class k - 1.
 
-    Splits ``train`` / ``training`` (20210 images) and ``val`` / ``validation`` (2000).
+    Splits ``train`` / ``training`` (20210 images) and ``val`` / ``validation`` (2000). Read here:
+    torchvision has no ADE20K reader.
     """
         + COMMON_ARGS
     )
@@ -57,11 +58,12 @@ class ADE20KDataset(SegmentationDataset):
     LAYOUT = """\
 ROOT/
   ADEChallengeData2016/               (ROOT may also be ADEChallengeData2016/ itself)
+    objectInfo150.txt, sceneCategories.txt   (not read)
     images/
       training/ADE_train_<n>.jpg
       validation/ADE_val_<n>.jpg
     annotations/
-      training/ADE_train_<n>.png      grey PNG: 0 = other (ignored), 1..150 = classes
+      training/ADE_train_<n>.png      grey ("L") PNG: 0 = other (ignored), 1..150 = classes 0..149
       validation/ADE_val_<n>.png
 """
 

@@ -46,8 +46,10 @@ class CityscapesDataset(SegmentationDataset):
         """Cityscapes (fine annotations): the 19 train ids, 255 ignored.
 
     Splits ``train`` (2975) and ``val`` (500). ``torchvision.datasets.Cityscapes`` lists the
-    files. Labels come from ``*_gtFine_labelTrainIds.png`` when every one of the split exists
-    (``label_type="auto"``), else from ``*_gtFine_labelIds.png`` mapped to train ids.
+    files and its ``classes`` table gives the train ids; masks are read here, as its reader
+    returns raw ``labelIds`` without that mapping. Labels come from ``*_gtFine_labelTrainIds.png``
+    when every one of the split exists (``label_type="auto"``), else from
+    ``*_gtFine_labelIds.png`` mapped to train ids.
     """
         + COMMON_ARGS
         + """
@@ -64,8 +66,10 @@ ROOT/
   leftImg8bit/
     {train,val}/<city>/<city>_<seq>_<frame>_leftImg8bit.png
   gtFine/
-    {train,val}/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png        0..33 (mapped to the 19 train ids)
-    {train,val}/<city>/<city>_<seq>_<frame>_gtFine_labelTrainIds.png   optional: 0..18, 255 = ignore
+    {train,val}/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png        grey PNG: 0..33 (mapped to the 19 train ids,
+                                                                         the other ids to 255)
+    {train,val}/<city>/<city>_<seq>_<frame>_gtFine_labelTrainIds.png   optional (cityscapesScripts): 0..18, 255 = ignore
+    (the _gtFine_color.png, _gtFine_instanceIds.png and _gtFine_polygons.json files are not read)
 """
     _SUFFIX = {"labelIds": "_gtFine_labelIds.png", "labelTrainIds": "_gtFine_labelTrainIds.png"}
 

@@ -142,8 +142,10 @@ class COCOStuffDataset(SegmentationDataset):
     the coarse id order of the unsupervised-segmentation benchmarks); 255 ignored.
 
     Splits ``train`` / ``train2017`` (118k) and ``val`` / ``val2017`` (5k). Samples are the maps
-    in ``stuffthingmaps_trainval2017/<split>/``; each needs its ``<id>.jpg``. ``image_list``: a
-    text file of image ids (one per line) restricting the split (e.g. a curated subset).
+    in ``stuffthingmaps_trainval2017/<split>/`` (or ``annotations/<split>/``, where the official
+    set-up unzips them); each needs its ``<id>.jpg``. ``image_list``: a text file of image ids
+    (one per line) restricting the split (e.g. a curated subset). Read here: torchvision's
+    ``CocoDetection`` reads the COCO-style JSON files, not these PNG maps.
     """
         + COMMON_ARGS
         + """
@@ -156,11 +158,16 @@ class COCOStuffDataset(SegmentationDataset):
     num_classes = len(COCOSTUFF_CLASSES)
     class_names = COCOSTUFF_CLASSES
     SPLITS = ("train2017", "val2017")
+    #: where the maps may be under ROOT: the zip's name, or ``annotations/`` of the official set-up
+    MAP_DIRS = ("stuffthingmaps_trainval2017", "annotations")
+    _CONVERTED = "_labelTrainIds"  # mmsegmentation's renumbered copies, written beside the maps
     LAYOUT = """\
 ROOT/
   stuffthingmaps_trainval2017/        (ROOT may also be this folder; images are then looked for beside it)
-    train2017/<id>.png                grey PNG: 0..181 = COCO category id - 1, 255 = unlabeled
+    train2017/<id>.png                grey PNG: 0..181 = COCO-Stuff label id - 1 (171 used), 255 = unlabeled
     val2017/<id>.png
+  annotations/{train2017,val2017}/    or the same maps here (the official set-up: unzip ... -d annotations/;
+                                      <id>_labelTrainIds.png files beside them are skipped)
   images/                             (or train2017/ and val2017/ directly in ROOT)
     train2017/<id>.jpg
     val2017/<id>.jpg
@@ -174,17 +181,18 @@ ROOT/
         self.label_map = cocostuff_label_map(coarse=self.coarse)
         sub = self._check_split(split, {"train": "train2017", "val": "val2017"})
         base = self._check_root()
-        if base.name == "stuffthingmaps_trainval2017":
+        if base.name == self.MAP_DIRS[0]:
             base = base.parent
-        mask_dir = base / "stuffthingmaps_trainval2017" / sub
-        if not mask_dir.parent.is_dir():
-            raise layout_error(self.title, f"{mask_dir.parent} is missing", self.LAYOUT)
+        map_dirs = [base / d for d in self.MAP_DIRS]
+        if not any(d.is_dir() for d in map_dirs):
+            raise layout_error(self.title, f"{' or '.join(map(str, map_dirs))} is missing", self.LAYOUT)
+        mask_dir = next((d / sub for d in map_dirs if (d / sub).is_dir()), map_dirs[0] / sub)
         tried = [base / "images" / sub, base / sub]
         image_dir = next((d for d in tried if d.is_dir()), None)
         if not mask_dir.is_dir() or image_dir is None:
             missing = mask_dir if not mask_dir.is_dir() else " and ".join(map(str, tried))
             raise layout_error(self.title, f"{missing} is missing", self.LAYOUT)
-        masks = scan_dir(mask_dir, (".png",))
+        masks = {k: v for k, v in scan_dir(mask_dir, (".png",)).items() if not k.endswith(self._CONVERTED)}
         ids = sorted(masks)
         if image_list is not None:
             path = Path(image_list)

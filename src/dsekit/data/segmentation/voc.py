@@ -27,7 +27,9 @@ VOC_CLASSES: tuple[str, ...] = (
 
 
 def voc_label_map() -> np.ndarray:
-    """PASCAL VOC: 0..20 are classes, 255 (object borders, difficult) is ignored."""
+    """PASCAL VOC: 0..20 are classes, 255 (object borders, difficult) is ignored; the values are the
+    palette indices of ``SegmentationClass`` PNGs (their colours do not matter) or the grey values
+    of ``SegmentationClassAug`` PNGs."""
     return identity_label_map(len(VOC_CLASSES))
 
 
@@ -39,7 +41,9 @@ class VOCDataset(SegmentationDataset):
     ``train_aug`` (alias ``trainaug``; 10582 with the usual SBD list) from
     ``SegmentationClassAug/``. Ids of ``train_aug`` that are also in ``val.txt`` are dropped with
     a warning. Where the root holds ``VOCdevkit/VOC2012``, ``torchvision.datasets.VOCSegmentation``
-    lists the ``train``/``val``/``trainval`` files.
+    lists the ``train``/``val``/``trainval`` files; it knows neither ``SegmentationClassAug`` nor
+    other roots, and masks are read here (palette indices, never colours) so that their values
+    are checked.
     """
         + COMMON_ARGS
     )
@@ -54,12 +58,13 @@ ROOT/
   VOCdevkit/
     VOC2012/                          (ROOT may also be VOCdevkit/ or VOC2012/ itself)
       JPEGImages/<id>.jpg
-      SegmentationClass/<id>.png      palette PNG: 0..20 = classes, 255 = ignore
+      SegmentationClass/<id>.png      palette ("P") PNG: the palette index is the label, 0..20 = classes,
+                                      255 = ignore (border); the palette colours are not used
       ImageSets/
         Segmentation/{train,val,trainval}.txt    one <id> per line
         SegmentationAug/train_aug.txt            optional: SBD-augmented train list (split "train_aug");
                                                  lines "<id>" or "/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png"
-      SegmentationClassAug/<id>.png   optional: masks of "train_aug" (grey PNG, same labels)
+      SegmentationClassAug/<id>.png   optional: masks of "train_aug" (grey "L" PNG, same labels)
 """
     _AUG_LISTS = (("SegmentationAug", "train_aug.txt"), ("Segmentation", "train_aug.txt"))
 
