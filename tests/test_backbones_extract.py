@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from dsekit.backbones import (
     FeatureExtractor,
+    backbone_recipe,
     create_backbone,
     extract_features,
     num_feature_layers,
@@ -232,6 +233,35 @@ def test_create_backbone_without_init_builds_the_same_architecture() -> None:
     assert {k: v.shape for k, v in a.state_dict().items()} == {k: v.shape for k, v in b.state_dict().items()}
     assert all(torch.isfinite(v).all() for v in b.state_dict().values())
     assert not a.training and not b.training
+
+
+def test_create_backbone_passes_none_kwargs_and_keeps_its_recipe() -> None:
+    """timm.create_model drops None-valued kwargs; ls_init_value=None (no layer scale) must reach ConvNeXt."""
+    kw = {"depths": (1, 1, 1, 1), "dims": (8, 16, 24, 32)}
+    with_ls = create_backbone("convnext_tiny", init_weights=False, **kw)
+    without = create_backbone("convnext_tiny", init_weights=False, ls_init_value=None, head_norm_first=True, **kw)
+    assert "stages.0.blocks.0.gamma" in with_ls.state_dict()
+    assert not any("gamma" in k for k in without.state_dict()) and "norm_pre.weight" in without.state_dict()
+    assert backbone_recipe(without) == {"arch": "convnext_tiny", "img_size": None, "init_weights": False,
+                                        "kwargs": {**kw, "ls_init_value": None, "head_norm_first": True}}
+    assert backbone_recipe(nn.Linear(2, 2)) is None
+
+
+def test_convnext_final_norm_applies_only_where_the_model_puts_it_before_pooling() -> None:
+    """timm's ConvNeXt normalises after pooling (its maps are the raw last stage); built with
+    head_norm_first (VICRegL's order) the last stage's maps are read after that norm."""
+    kw = {"depths": (1, 1, 1, 1), "dims": (8, 16, 24, 32), "ls_init_value": None}
+    model = create_backbone("convnext_tiny", head_norm_first=True, **kw)
+    x = _images(2, 64)
+    with torch.no_grad():
+        last = model.stages(model.stem(x))
+        z = FeatureExtractor(model)(x)
+        raw = FeatureExtractor(model, norm=False)(x)
+        earlier = FeatureExtractor(model, layer=2)(x)
+    ref = nn.functional.layer_norm(last.permute(0, 2, 3, 1), (32,), model.norm_pre.weight, model.norm_pre.bias, 1e-6)
+    assert torch.allclose(z, ref.flatten(1, 2), atol=1e-6)
+    assert torch.equal(raw, last.flatten(2).transpose(1, 2))
+    assert earlier.shape == (2, 16, 24)  # earlier stages: no final norm
 
 
 # --------------------------------------------------------------------------------------------------

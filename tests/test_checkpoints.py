@@ -957,3 +957,272 @@ def test_method_auto_fails_with_the_candidates_when_ambiguous(tmp_path: Path, ca
     err = " ".join(capsys.readouterr().err.split())
     assert rc == 2 and "reads as different backbones" in err and "resa (encoder" in err and "mocov3 (momentum" in err
     assert "pass --method" in err
+
+
+# --------------------------------------------------------------------------------------------------
+# VICRegL with ConvNeXt (its default architecture): official names, no layer scale, final norm
+# --------------------------------------------------------------------------------------------------
+
+CONVNEXT_DEPTHS, CONVNEXT_DIMS = (1, 1, 2, 1), (8, 16, 24, 32)
+CONVNEXT_KW = {"depths": list(CONVNEXT_DEPTHS), "dims": list(CONVNEXT_DIMS)}  # as --model-kwarg gives them
+
+
+class _OfficialLayerNorm(nn.Module):
+    """VICRegL convnext.py's LayerNorm: weight / bias, channels-first in the stem and the downsampling."""
+
+    def __init__(self, dim: int, channels_first: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.channels_first = channels_first
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.channels_first:
+            return torch.nn.functional.layer_norm(x, x.shape[-1:], self.weight, self.bias, 1e-6)
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        return self.weight[:, None, None] * ((x - mean) / torch.sqrt(var + 1e-6)) + self.bias[:, None, None]
+
+
+class _OfficialBlock(nn.Module):
+    """dwconv -> (N,H,W,C) norm -> pwconv1 -> GELU -> pwconv2 -> [gamma] -> residual, as VICRegL's Block."""
+
+    def __init__(self, dim: int, layer_scale: float) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.norm = _OfficialLayerNorm(dim, channels_first=False)
+        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.act = nn.GELU()
+        self.pwconv2 = nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(layer_scale * torch.ones(dim)) if layer_scale > 0 else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.pwconv2(self.act(self.pwconv1(self.norm(self.dwconv(x).permute(0, 2, 3, 1)))))
+        if self.gamma is not None:
+            y = self.gamma * y
+        return x + y.permute(0, 3, 1, 2)
+
+
+class _OfficialConvNeXt(nn.Module):
+    """The module tree of VICRegL's convnext.py (its state-dict keys exactly), tiny; no classifier."""
+
+    def __init__(self, layer_scale: float = 0.0) -> None:
+        super().__init__()
+        d = CONVNEXT_DIMS
+        self.downsample_layers = nn.ModuleList(
+            [nn.Sequential(nn.Conv2d(3, d[0], kernel_size=4, stride=4), _OfficialLayerNorm(d[0], True))]
+            + [nn.Sequential(_OfficialLayerNorm(d[i], True), nn.Conv2d(d[i], d[i + 1], kernel_size=2, stride=2))
+               for i in range(3)]
+        )
+        self.stages = nn.ModuleList(
+            nn.Sequential(*[_OfficialBlock(d[i], layer_scale) for _ in range(CONVNEXT_DEPTHS[i])]) for i in range(4)
+        )
+        self.norm = nn.LayerNorm(d[-1], eps=1e-6)  # the final norm
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(dense maps (B, h*w, C) after the final norm, their mean): VICRegL's forward_features."""
+        for i in range(4):
+            x = self.stages[i](self.downsample_layers[i](x))
+        maps = self.norm(x.flatten(2, 3).permute(0, 2, 1))
+        return maps, maps.mean(dim=1)
+
+
+def _official_vicregl_convnext(seed: int, layer_scale: float = 0.0) -> tuple[nn.Module, dict]:
+    """(the backbone, the state dict VICRegL's utils.checkpoint writes: DDP-wrapped VICRegL with a ConvNeXt
+    backbone, LayerNorm projectors and the online classifier)."""
+
+    class VICRegL(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = _OfficialConvNeXt(layer_scale)
+            dim = CONVNEXT_DIMS[-1]
+            self.maps_projector = nn.Sequential(nn.Linear(dim, 16), nn.LayerNorm(16), nn.ReLU(True),
+                                                nn.Linear(16, 8, bias=False))
+            self.projector = nn.Sequential(nn.Linear(dim, 16), nn.LayerNorm(16), nn.ReLU(True),
+                                           nn.Linear(16, 8, bias=False))
+            self.classifier = nn.Linear(dim, 10)
+
+    class DDP(nn.Module):
+        def __init__(self, module: nn.Module) -> None:
+            super().__init__()
+            self.module = module
+
+    net = _randomize(VICRegL(), seed)
+    return net.backbone, DDP(net).state_dict()
+
+
+@functools.cache
+def _vicregl_convnext_files() -> tuple[nn.Module, dict, dict[str, Tensor]]:
+    """(official backbone, training checkpoint, release file) of a random VICRegL ConvNeXt."""
+    backbone, state = _official_vicregl_convnext(160)
+    ckpt = {"epoch": 3, "model": state, "optimizer": _optimizer_state()}
+    return backbone, ckpt, {k: v.clone() for k, v in backbone.state_dict().items()}
+
+
+def _relative(a: Tensor, b: Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def test_official_convnext_key_names_are_what_vicregl_writes() -> None:
+    _, ckpt, release = _vicregl_convnext_files()
+    assert {"downsample_layers.0.0.weight", "downsample_layers.3.0.bias", "stages.2.1.dwconv.weight",
+            "stages.3.0.pwconv2.weight", "norm.weight"} <= set(release)
+    assert not any("gamma" in k or k.startswith("head.") for k in release)  # layer_scale_init_value=0, no head
+    assert {"module.backbone.norm.bias", "module.maps_projector.3.weight", "module.classifier.weight"} <= set(ckpt["model"])
+
+
+@pytest.mark.parametrize("layout, name", [("training checkpoint, backbone", "model.pth"),
+                                          ("release file", "convnext_small_alpha0.9.pth")])
+def test_vicregl_convnext_loads_strictly_with_the_official_dense_features(layout: str, name: str, tmp_path: Path) -> None:
+    official, ckpt, release = _vicregl_convnext_files()
+    path = _save(tmp_path, name, ckpt if name == "model.pth" else release)
+    seen: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # strict: nothing missing, unexpected or partial
+        model = load_backbone(path, "vicregl", "convnext_tiny", model_kwargs=CONVNEXT_KW, img_size=64, layout=seen)
+    assert seen == [layout]
+    sd = model.state_dict()
+    assert not any("gamma" in k for k in sd)  # built without layer scale, as VICRegL trains it
+    for timm_key, official_key in [
+        ("stem.0.weight", "downsample_layers.0.0.weight"), ("stem.1.bias", "downsample_layers.0.1.bias"),
+        ("stages.1.downsample.0.weight", "downsample_layers.1.0.weight"),
+        ("stages.3.downsample.1.weight", "downsample_layers.3.1.weight"),
+        ("stages.2.blocks.1.conv_dw.weight", "stages.2.1.dwconv.weight"),
+        ("stages.2.blocks.1.norm.weight", "stages.2.1.norm.weight"),
+        ("stages.0.blocks.0.mlp.fc1.weight", "stages.0.0.pwconv1.weight"),
+        ("stages.3.blocks.0.mlp.fc2.bias", "stages.3.0.pwconv2.bias"),
+        ("norm_pre.weight", "norm.weight"), ("norm_pre.bias", "norm.bias"),
+    ]:
+        assert torch.equal(sd[timm_key], release[official_key]), timm_key
+    got = _timm_features(model, X64)
+    with torch.no_grad():
+        ref, pooled = official(X64)
+    assert got.shape == ref.shape == (2, 4, CONVNEXT_DIMS[-1])
+    assert _relative(got, ref) < 1e-5
+    with torch.no_grad():  # the pooled representation follows VICRegL's order too: norm, then mean
+        assert _relative(model.forward_head(model.forward_features(X64), pre_logits=True), pooled) < 1e-5
+        raw = FeatureExtractor(model, norm=False)(X64)  # the last stage before the final norm
+    assert _relative(raw, ref) > 0.1
+
+
+def test_vicregl_convnext_into_a_backbone_built_without_its_settings(tmp_path: Path) -> None:
+    """scan and probe build the backbone once from --arch / --model-kwarg (sweep.build_model) and load every
+    checkpoint into it: the ConvNeXt family's settings (no layer scale, norm before pooling) still apply."""
+    from dsekit.backbones import load_backbone_as
+    from dsekit.sweep import RunSettings, build_model
+
+    official, ckpt, _ = _vicregl_convnext_files()
+    path = _save(tmp_path, "model.pth", ckpt)
+    cfg = RunSettings(run_dir=str(tmp_path), method="vicregl", arch="convnext_tiny", model_kwargs=CONVNEXT_KW,
+                      image_size=64)
+    built = build_model(cfg)
+    partial_msgs: list[str] = []
+    model = load_backbone_as(cfg, path, built, partial=partial_msgs)
+    assert not partial_msgs
+    with torch.no_grad():
+        ref, _ = official(X64)
+    assert _relative(_timm_features(model, X64), ref) < 1e-5
+    # the next checkpoint goes into the same replacement; one that has them already is loaded into as it is
+    assert load_backbone_as(cfg, path, built) is model
+    assert load_backbone_as(cfg, path, model) is model
+    # the other methods' ConvNeXt is timm's: layer scale, final norm after pooling (not applied to the maps)
+    plain = create_backbone("convnext_tiny", init_weights=False, **CONVNEXT_KW)
+    assert get_adapter("vicreg").family_kwargs_for("convnext_tiny") == {}
+    assert any("gamma" in k for k in plain.state_dict()) and "head.norm.weight" in plain.state_dict()
+
+
+def test_vicregl_convnext_through_the_cli(tmp_path: Path, capsys) -> None:
+    """`dsekit scan RUN --method vicregl --arch convnext_tiny`: two per-epoch copies of model.pth, both strict."""
+    from dsekit.cli import main
+
+    _, ckpt, _ = _vicregl_convnext_files()
+    run = tmp_path / "run"
+    for epoch in (1, 2):
+        (run / f"ep{epoch}").mkdir(parents=True)
+        torch.save({**ckpt, "epoch": epoch}, run / f"ep{epoch}" / "model.pth")
+    rc = main(["scan", str(run), "--method", "vicregl", "--arch", "convnext_tiny",
+               "--model-kwarg", "depths=[1,1,2,1]", "--model-kwarg", "dims=[8,16,24,32]", "--image-size", "64",
+               "--num-images", "8", "--global-clusters", "4", "--images-per-group", "4", "--intervals", "0",
+               "--quiet", "--out", str(tmp_path / "out")])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    rows = (tmp_path / "out" / "dse.csv").read_text().splitlines()
+    assert len(rows) == 3 and "partial" not in "".join(rows)
+    run_json = __import__("json").loads((tmp_path / "out" / "run.json").read_text())
+    assert [c["layout"] for c in run_json["checkpoints"]] == ["training checkpoint, backbone"] * 2
+
+
+def test_method_auto_detects_vicregl_convnext(tmp_path: Path, capsys) -> None:
+    from dsekit.backbones.detect import detect_checkpoint
+    from dsekit.cli import main
+
+    official, ckpt, release = _vicregl_convnext_files()
+    kw = {"depths": CONVNEXT_DEPTHS, "dims": CONVNEXT_DIMS, "ls_init_value": None, "head_norm_first": True}
+    for name, obj, layout in (("model.pth", ckpt, "training checkpoint"),
+                              ("convnext_small_alpha0.9.pth", release, "release file")):
+        det = detect_checkpoint(_save(tmp_path, name, obj))
+        assert (det.method, det.branch, det.arch, det.model_kwargs, det.layout) == (
+            "vicregl", "backbone", "convnext_tiny", kw, layout)
+
+    run = tmp_path / "run"
+    run.mkdir()
+    _save(run, "model.pth", ckpt)
+    rc = main(["scan", str(run), "--method", "auto", "--glob", "model.pth", "--image-size", "64", "--num-images",
+               "8", "--global-clusters", "4", "--images-per-group", "4", "--intervals", "0", "--quiet",
+               "--out", str(tmp_path / "out")])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    said = " ".join((out.out + out.err).split())
+    assert "model.pth reads as VICRegL (training checkpoint, backbone), convnext_tiny" in said
+    assert "ls_init_value=None, head_norm_first=True" in said
+    settings = __import__("json").loads((tmp_path / "out" / "run.json").read_text())["settings"]
+    assert settings["method"] == "vicregl" and settings["arch"] == "convnext_tiny"
+
+
+def test_convnext_standard_sizes_are_named() -> None:
+    from dsekit.backbones.detect import infer_architecture
+
+    def timm_keys(depths: tuple[int, ...], dims: tuple[int, ...], gamma: bool) -> dict[str, Tensor]:
+        sd = {"stem.0.weight": torch.empty(dims[0], 3, 4, 4), "norm_pre.weight": torch.empty(dims[-1])}
+        for i, (n, d) in enumerate(zip(depths, dims)):
+            for j in range(n):
+                sd[f"stages.{i}.blocks.{j}.conv_dw.weight"] = torch.empty(d, 1, 7, 7)
+                if gamma:
+                    sd[f"stages.{i}.blocks.{j}.gamma"] = torch.empty(d)
+        return sd
+
+    small = timm_keys((3, 3, 27, 3), (96, 192, 384, 768), gamma=False)
+    assert infer_architecture(small) == ("convnext_small", {"ls_init_value": None, "head_norm_first": True})
+    base = timm_keys((3, 3, 27, 3), (128, 256, 512, 1024), gamma=True)
+    assert infer_architecture(base) == ("convnext_base", {"head_norm_first": True})
+
+
+def test_vicregl_convnext_failed_loads_name_the_keys(tmp_path: Path) -> None:
+    _, ckpt, _ = _vicregl_convnext_files()
+    path = _save(tmp_path, "model.pth", ckpt)
+    # the default architecture (a ResNet) for a ConvNeXt checkpoint: the keys, and what to check
+    with pytest.raises(CheckpointKeyError) as err:
+        load_backbone(path, "vicregl", model_kwargs=RESNET_KW)
+    msg = str(err.value)
+    assert "missing keys" in msg and "conv1.weight" in msg and "unexpected keys" in msg and "stem.0.weight" in msg
+    assert "Check the method / arch / branch" in msg
+    # a ConvNeXt of other widths: the mismatched shapes are listed (no failed reshape inside the mapping)
+    with pytest.raises(CheckpointKeyError) as err:
+        load_backbone(path, "vicregl", "convnext_tiny", model_kwargs={**CONVNEXT_KW, "dims": [8, 16, 24, 40]})
+    assert "shape mismatches" in str(err.value) and "stages.3.blocks.0.mlp.fc1.weight (128, 32)" in str(err.value)
+
+
+def test_vicregl_convnext_trained_with_layer_scale(tmp_path: Path) -> None:
+    """--layer-scale-init-value > 0 keeps gamma: the missing setting is named; ls_init_value loads it."""
+    from dsekit.backbones.detect import detect_checkpoint
+
+    official, state = _official_vicregl_convnext(170, layer_scale=0.5)
+    path = _save(tmp_path, "model.pth", {"epoch": 1, "model": state})
+    with pytest.raises(CheckpointKeyError, match=r"unexpected keys .*stages\.0\.blocks\.0\.gamma"):
+        load_backbone(path, "vicregl", "convnext_tiny", model_kwargs=CONVNEXT_KW)
+    model = load_backbone(path, "vicregl", "convnext_tiny", model_kwargs={**CONVNEXT_KW, "ls_init_value": 1e-6})
+    assert torch.equal(model.state_dict()["stages.2.blocks.1.gamma"], official.state_dict()["stages.2.1.gamma"])
+    with torch.no_grad():
+        ref, _ = official(X64)
+    assert _relative(_timm_features(model, X64), ref) < 1e-5
+    assert "ls_init_value" not in detect_checkpoint(path).model_kwargs

@@ -246,7 +246,7 @@ def build_model(cfg: RunSettings) -> torch.nn.Module:
     model argument or layer raises ``ValueError`` here."""
     adapter = get_adapter(cfg.method)
     name = cfg.arch or adapter.arch
-    kwargs = dict(adapter.arch_kwargs) if name == adapter.arch else {}
+    kwargs = adapter.kwargs_for(name)  # the method's family and default-architecture settings
     kwargs.update(cfg.model_kwargs)
     kwargs.pop("img_size", None)
     try:

@@ -18,6 +18,7 @@ from dsekit.backbones.discovery import discover_checkpoints, epoch_from_filename
 from dsekit.backbones.extract import (
     FeatureExtractor,
     FeatureFn,
+    backbone_recipe,
     create_backbone,
     extract_features,
     num_feature_layers,
@@ -50,6 +51,7 @@ __all__ = [
     "PartialLoadWarning",
     "UnsafeCheckpointError",
     "adapt_state_dict",
+    "backbone_recipe",
     "create_backbone",
     "discover_checkpoints",
     "epoch_from_filename",

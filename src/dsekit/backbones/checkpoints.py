@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 import warnings
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from torch import Tensor, nn
 
 from dsekit.backbones.discovery import CHECKPOINT_EXTENSIONS  # noqa: F401 - still importable from here
 from dsekit.backbones.discovery import discover_checkpoints, epoch_from_filename
-from dsekit.backbones.extract import create_backbone
+from dsekit.backbones.extract import backbone_recipe, create_backbone
 from dsekit.backbones.reading import SAFE_GLOBALS, read_checkpoint
 from dsekit.backbones.registry import INIT_EPOCH, Remap  # noqa: F401 - still importable from here
 from dsekit.backbones.registry import (
@@ -68,6 +69,7 @@ __all__ = [
     "load_state_dict_for",
     "read_checkpoint",
     "register",
+    "with_family_kwargs",
 ]
 
 
@@ -395,7 +397,10 @@ def load_backbone(
         method: one of :func:`list_methods` (e.g. ``'dino'``, ``'mocov3'``, ``'generic'``).
         arch: timm architecture (default: the method's), or a ready ``nn.Module`` to load into. The
             method's ``arch_kwargs`` (e.g. MoCo v3's 12 heads, I-JEPA's missing class token) apply when
-            ``arch`` is ``None`` or the method's default arch.
+            ``arch`` is ``None`` or the method's default arch; its ``family_kwargs`` (VICRegL's ConvNeXt:
+            no layer scale, final norm before pooling) to any arch of the family. A ready module
+            built by :func:`create_backbone` without the family kwargs is built again with them
+            (the returned model is then a new one).
         branch: which network to read (default: teacher / momentum / target as the DSE paper).
         prefix: sub-module prefix to keep (mostly for ``generic``).
         allow_partial: turn missing / unexpected keys into a warning.
@@ -410,10 +415,10 @@ def load_backbone(
     """
     adapter = get_adapter(method)
     if isinstance(arch, nn.Module):
-        model = arch
+        model = with_family_kwargs(arch, adapter)
     else:
         name = arch or adapter.arch
-        kwargs: dict[str, Any] = dict(adapter.arch_kwargs) if name == adapter.arch else {}
+        kwargs: dict[str, Any] = adapter.kwargs_for(name)
         kwargs.update(model_kwargs or {})
         if "img_size" in kwargs:
             img_size = kwargs.pop("img_size") if img_size is None else img_size
@@ -424,6 +429,31 @@ def load_backbone(
     if layout is not None:
         layout.append(adapted.layout if adapted.layout != "training checkpoint" else f"training checkpoint, {adapted.branch}")
     return load_into(model, adapted.state_dict, allow_partial=allow_partial, source=Path(path))
+
+
+#: backbones built again by :func:`with_family_kwargs`, by the module they replace and the method
+_REBUILT: weakref.WeakKeyDictionary[nn.Module, dict[str, nn.Module]] = weakref.WeakKeyDictionary()
+
+
+def with_family_kwargs(model: nn.Module, adapter: MethodAdapter) -> nn.Module:
+    """``model``, or the same architecture built again with the method's ``family_kwargs`` that
+    :func:`create_backbone` was not given (kwargs it was given win); other modules as they are.
+
+    The new backbone is built once per ``model`` and method: a backbone loaded into again for
+    each checkpoint (scan, probe) is replaced by the same one each time."""
+    recipe = backbone_recipe(model)
+    if recipe is None:
+        return model
+    wanted = {k: v for k, v in adapter.family_kwargs_for(recipe["arch"]).items() if k not in recipe["kwargs"]}
+    if not wanted:
+        return model
+    rebuilt = _REBUILT.setdefault(model, {})
+    if adapter.name not in rebuilt:
+        rebuilt[adapter.name] = create_backbone(
+            recipe["arch"], img_size=recipe["img_size"], init_weights=recipe["init_weights"],
+            **{**wanted, **recipe["kwargs"]},
+        )
+    return rebuilt[adapter.name]
 
 
 def load_backbone_as(
@@ -440,7 +470,8 @@ def load_backbone_as(
     ``allow_partial``, ``trust_checkpoints``, ``model_kwargs`` and ``image_size`` (as
     :class:`dsekit.scan.ScanConfig` and :class:`dsekit.probe.ProbeConfig`); ``model``, a
     backbone of the right architecture to load into again (every weight is overwritten, as
-    loading is strict), saves rebuilding it for each checkpoint. ``partial``: a list that
+    loading is strict), saves rebuilding it for each checkpoint (unless it lacks the method's
+    ``family_kwargs``: see :func:`load_backbone`). ``partial``: a list that
     receives the :class:`PartialLoadWarning` message when the checkpoint did not fit (only with
     ``allow_partial``); the warning is still shown.
     """

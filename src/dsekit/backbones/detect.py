@@ -3,7 +3,8 @@
 Every registered adapter (``generic`` aside) is tried on the file's contents with its default
 branch; each one that yields backbone weights gives a candidate, whose timm architecture is read
 off the weights' names and shapes (ViT: patch size, width, depth, class token; ResNet: block type
-and depth). Candidates that yield the very same backbone (the DINO family shares one layout, so
+and depth; ConvNeXt, as VICRegL maps it: blocks and widths, layer scale, where the final norm
+sits). Candidates that yield the very same backbone (the DINO family shares one layout, so
 do the ResNet encoders saved under ``state_dict``) are one answer: the one whose official file
 name matches is named, else the first registered. Different backbones from one file are
 ambiguous: :class:`CheckpointError` lists them, to be settled with ``--method``.
@@ -31,6 +32,14 @@ __all__ = ["Detection", "detect_checkpoint", "infer_architecture"]
 _VIT_SIZES = {192: ("tiny", 3), 384: ("small", 6), 768: ("base", 12), 1024: ("large", 16)}
 #: blocks in ResNet stages 1..4 -> depth (basic blocks for 18/34, bottlenecks from 50 on)
 _RESNET_DEPTHS = {(2, 2, 2, 2): 18, (3, 4, 6, 3): 34, (3, 4, 23, 3): 101, (3, 8, 36, 3): 152}
+#: ConvNeXt (blocks per stage, widths) -> timm name
+_CONVNEXT_SIZES = {
+    ((3, 3, 9, 3), (96, 192, 384, 768)): "convnext_tiny",
+    ((3, 3, 27, 3), (96, 192, 384, 768)): "convnext_small",
+    ((3, 3, 27, 3), (128, 256, 512, 1024)): "convnext_base",
+    ((3, 3, 27, 3), (192, 384, 768, 1536)): "convnext_large",
+    ((3, 3, 27, 3), (256, 512, 1024, 2048)): "convnext_xlarge",
+}
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,8 @@ def infer_architecture(state_dict: Mapping[str, Tensor], adapter: Any = None) ->
         if heads is not None and kw.get("num_heads") == heads:
             kw.pop("num_heads")
         return name, kw
+    if "stem.0.weight" in state_dict and "stages.0.blocks.0.conv_dw.weight" in state_dict:
+        return _convnext_architecture(state_dict)
     if "conv1.weight" in state_dict and "layer4.0.conv1.weight" in state_dict:
         blocks = tuple(
             1 + max(int(m.group(1)) for k in state_dict if (m := re.match(rf"layer{s}\.(\d+)\.", k))) for s in range(1, 5)
@@ -105,6 +116,26 @@ def infer_architecture(state_dict: Mapping[str, Tensor], adapter: Any = None) ->
             kw["base_width"] = int(state_dict["layer1.0.conv1.weight"].shape[0])
         return f"resnet{depth}", kw
     return None
+
+
+def _convnext_architecture(state_dict: Mapping[str, Tensor]) -> tuple[str, dict[str, Any]] | None:
+    """A timm ConvNeXt's name and kwargs from its timm-named weights: blocks and widths per stage,
+    layer scale (``gamma``) or none, final norm before pooling (``norm_pre``) or after."""
+    stages = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(r"stages\.(\d+)\.", k)))
+    if stages != 4 or any(f"stages.{i}.blocks.0.conv_dw.weight" not in state_dict for i in range(4)):
+        return None
+    depths = tuple(
+        1 + max(int(m.group(1)) for k in state_dict if (m := re.match(rf"stages\.{i}\.blocks\.(\d+)\.", k)))
+        for i in range(4)
+    )
+    dims = tuple(int(state_dict[f"stages.{i}.blocks.0.conv_dw.weight"].shape[0]) for i in range(4))
+    name = _CONVNEXT_SIZES.get((depths, dims))
+    kw: dict[str, Any] = {} if name else {"depths": depths, "dims": dims}
+    if "stages.0.blocks.0.gamma" not in state_dict:
+        kw["ls_init_value"] = None
+    if "norm_pre.weight" in state_dict:
+        kw["head_norm_first"] = True
+    return name or "convnext_tiny", kw
 
 
 def _fits(adapted: AdaptedStateDict, arch: tuple[str, dict[str, Any]], models: dict[str, set[str] | None]) -> bool:

@@ -6,7 +6,9 @@ Every timm model that implements ``forward_intermediates`` is supported the same
   class token, models with register tokens, any patch or image size): the patch tokens of the chosen
   block **after the final norm**, prefix (class / register / distillation) tokens dropped, ``N = h*w``.
 * CNNs (``resnet50``, ConvNeXt, ...): the chosen stage's ``(d, h, w)`` map flattened row-major to
-  ``N = h*w`` vectors of size ``d``.
+  ``N = h*w`` vectors of size ``d``. A ConvNeXt built with ``head_norm_first=True`` (VICRegL's, whose
+  final norm comes before pooling) gives its last stage after that norm; timm's default ConvNeXt
+  normalises only after pooling, so its maps are the raw stage.
 * Swin (``swin_tiny_patch4_window7_224``): the chosen stage; the last stage is taken after the final norm.
 
 Any other ``nn.Module`` can be used with a user function ``fn(model, images) -> (B, N, d)``.
@@ -18,6 +20,7 @@ import difflib
 import inspect
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
+from functools import partial
 from typing import Any
 
 import torch
@@ -26,6 +29,7 @@ from torch import Tensor, nn
 __all__ = [
     "FeatureExtractor",
     "FeatureFn",
+    "backbone_recipe",
     "create_backbone",
     "extract_features",
     "num_feature_layers",
@@ -103,9 +107,13 @@ def create_backbone(
             (``weight_init='skip'``; layers keep PyTorch's default initialisation). This saves seconds
             per model when a checkpoint overwrites every weight anyway.
         **timm_kwargs: passed to ``timm.create_model`` (e.g. ``depth=4``, ``num_heads=12``,
-            ``class_token=False``).
+            ``class_token=False``). A ``None`` value reaches the model as ``None`` (e.g.
+            ``ls_init_value=None``: a ConvNeXt without layer scale), where ``timm.create_model``
+            would drop it and keep the default: such models are built by the architecture's
+            timm entry point.
 
     The initial weights come from the process-wide RNG's current state, which is left as it was.
+    How the model was built is kept on it (:func:`backbone_recipe`).
 
     Weights are never downloaded: load them with :func:`dsekit.backbones.load_backbone`.
     """
@@ -122,7 +130,12 @@ def create_backbone(
         close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
         hint = f"; close matches: {', '.join(close)}" if close else ""
         raise ValueError(f"unknown timm architecture {arch!r}{hint}")
+    recipe = {"arch": arch, "img_size": img_size, "init_weights": init_weights, "kwargs": dict(timm_kwargs)}
     kwargs: dict[str, Any] = {"num_classes": 0, **timm_kwargs}
+    # timm.create_model drops None-valued kwargs; the entry point passes them on to the model
+    create = (
+        timm.models.model_entrypoint(arch) if any(v is None for v in kwargs.values()) else partial(timm.create_model, arch)
+    )
     optional: list[str] = []  # kwargs dropped again if the architecture does not take them
     if img_size is not None and "img_size" not in kwargs:
         kwargs["img_size"] = img_size
@@ -135,7 +148,7 @@ def create_backbone(
             # layers draw their initial weights from the process-wide RNG: draw them from a fork of
             # it, so that building a backbone leaves the caller's RNG as it was
             with torch.random.fork_rng(devices=[]):
-                model = timm.create_model(arch, pretrained=False, **kwargs)
+                model = create(pretrained=False, **kwargs)
             break
         except TypeError as err:
             rejected = [k for k in optional if k in str(err)]
@@ -144,7 +157,32 @@ def create_backbone(
             for k in rejected:
                 kwargs.pop(k)
                 optional.remove(k)
+    if not init_weights:
+        _zero_skipped_tensors(model)
+    model.dsekit_recipe = recipe
     return model.eval()
+
+
+#: parameters that timm allocates with ``torch.empty`` and fills only in its weight initialisation
+_SKIPPED_INIT = ("cls_token", "reg_token", "dist_token", "pos_embed", "mask_token")
+
+
+def _zero_skipped_tensors(model: nn.Module) -> None:
+    """Zero what ``weight_init='skip'`` leaves uninitialised (memory garbage, NaN at times): the
+    prefix tokens and position embedding, and any other parameter or buffer that is not finite."""
+    with torch.no_grad():
+        for name, t in [*model.named_parameters(), *model.named_buffers()]:
+            if t.is_floating_point() and (name.rsplit(".", 1)[-1] in _SKIPPED_INIT or not bool(torch.isfinite(t).all())):
+                t.zero_()
+
+
+def backbone_recipe(model: nn.Module) -> dict[str, Any] | None:
+    """How :func:`create_backbone` built ``model`` (``arch``, ``img_size``, ``init_weights`` and the
+    timm ``kwargs`` it was given), to build it again with other kwargs; ``None`` for other models."""
+    recipe = getattr(model, "dsekit_recipe", None)
+    if not isinstance(recipe, dict):
+        return None
+    return {**recipe, "kwargs": dict(recipe["kwargs"])}
 
 
 def num_feature_layers(model: nn.Module) -> int | None:

@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
-from dsekit.backbones.registry import BranchSpec, MethodAdapter, StateDict, register
+from dsekit.backbones.registry import BranchSpec, MethodAdapter, Remap, StateDict, register
 
 __all__: list[str] = []
 
@@ -40,6 +40,46 @@ def _swin_remap(state_dict: StateDict, model: nn.Module | None) -> StateDict:
     for k, v in state_dict.items():
         k = shift.sub(lambda m: f"layers.{int(m.group(1)) + 1}.downsample.", k)
         out[k] = v
+    return out
+
+
+class _FilterModel:
+    """The model as timm's ConvNeXt checkpoint filter sees it while it maps one tensor: the filter
+    reshapes 2-D weights to the model's shape; a weight the model lacks, or holds with another number
+    of elements, keeps its own shape (the loader then names the mismatch instead of a failed reshape)."""
+
+    def __init__(self, tensor: Tensor, target: Mapping[str, Tensor]) -> None:
+        """``tensor``: the weight being mapped; ``target``: the model's state dict (may be empty)."""
+        self.tensor, self.target = tensor, target
+
+    def state_dict(self) -> _FilterModel:
+        """Itself: the filter only looks weights up by their timm name."""
+        return self
+
+    def __getitem__(self, key: str) -> Tensor:
+        """The model's weight ``key`` where it fits the tensor being mapped, else that tensor."""
+        t = self.target.get(key)
+        return t if t is not None and t.numel() == self.tensor.numel() else self.tensor
+
+
+def _official_convnext_remap(state_dict: StateDict, model: nn.Module | None, *, norm_first: bool = False) -> StateDict:
+    """Official ConvNeXt names (``downsample_layers.*``, ``stages.i.j.*``, ``norm.*``) -> timm's, by
+    timm's own filter (``timm.models.convnext.checkpoint_filter_fn``); other layouts pass unchanged.
+
+    timm puts the final norm in ``head.norm`` (applied after pooling); where the model applies it
+    before pooling instead (``head_norm_first=True``: ``norm_pre``, VICRegL's order) it goes there.
+    Without a model, ``norm_first`` says which.
+    """
+    if "downsample_layers.0.0.weight" not in state_dict:
+        return dict(state_dict)
+    from timm.models.convnext import checkpoint_filter_fn
+
+    target = model.state_dict() if model is not None else {}
+    out: StateDict = {}
+    for k, v in state_dict.items():  # one tensor at a time: a mismatched model fails in the loader, with names
+        out.update(checkpoint_filter_fn({k: v}, _FilterModel(v, target)))
+    if ("norm_pre.weight" in target) if model is not None else norm_first:
+        out = {("norm_pre." + k[len("head.norm.") :] if k.startswith("head.norm.") else k): v for k, v in out.items()}
     return out
 
 
@@ -87,6 +127,8 @@ def _resnet_encoder_adapter(
     source: str = "",
     notes: str = "",
     run_files: tuple[str, ...] = (),
+    remap: Remap | None = None,
+    family_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> MethodAdapter:
     specs = {
         b: BranchSpec(container=container, select=sel, drop=drop, rename=rename, description=desc)
@@ -103,6 +145,8 @@ def _resnet_encoder_adapter(
         source=source,
         notes=notes,
         run_files=run_files,
+        remap=remap,
+        family_kwargs=family_kwargs or {},
     )
 
 
@@ -324,13 +368,18 @@ def _register_builtins() -> None:
         _resnet_encoder_adapter(
             "vicregl",
             "VICRegL",
-            {"backbone": ("backbone.", "the ResNet backbone")},
+            {"backbone": ("backbone.", "the backbone (ResNet or ConvNeXt)")},
             "backbone",
             container=("model",),
             file_patterns=("model_{epoch}.pth",),
             source="https://github.com/facebookresearch/VICRegL",
             run_files=("model.pth",),
-            notes="projector, maps_projector and classifier dropped.",
+            remap=partial(_official_convnext_remap, norm_first=True),
+            family_kwargs={"convnext_": {"ls_init_value": None, "head_norm_first": True}},
+            notes="projector, maps_projector and classifier dropped. ConvNeXt (VICRegL's default, e.g. "
+            "arch='convnext_small'): official names mapped by timm's filter; built without layer scale "
+            "(layer_scale_init_value=0: no gamma) and with the final LayerNorm before pooling "
+            "(head_norm_first), so that the last stage is read after it, as VICRegL's dense maps.",
         )
     )
     register(

@@ -126,6 +126,9 @@ class MethodAdapter:
         run_files: the file names the official script overwrites each epoch (one-file runs, e.g.
             VICReg's ``model.pth``); copies kept per epoch are discovered under sub-folders or with
             a suffix, their epoch read from the path or from the checkpoint's ``epoch`` field.
+        family_kwargs: timm kwargs for every architecture of a family, by name prefix (e.g.
+            VICRegL's ``{"convnext_": {"ls_init_value": None, ...}}``), whatever ``arch`` is; see
+            :meth:`kwargs_for`.
     """
 
     name: str
@@ -140,6 +143,7 @@ class MethodAdapter:
     source: str = ""
     notes: str = ""
     run_files: tuple[str, ...] = ()
+    family_kwargs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.default_branch not in self.branches:
@@ -164,6 +168,22 @@ class MethodAdapter:
             )
         return key, self.branches[key]
 
+    def family_kwargs_for(self, arch: str) -> dict[str, Any]:
+        """The ``family_kwargs`` of the families whose prefix ``arch`` starts with."""
+        out: dict[str, Any] = {}
+        for prefix, kwargs in self.family_kwargs.items():
+            if arch.startswith(prefix):
+                out.update(kwargs)
+        return out
+
+    def kwargs_for(self, arch: str) -> dict[str, Any]:
+        """The timm kwargs this method's network needs when built as ``arch``: its family's
+        (:meth:`family_kwargs_for`), then ``arch_kwargs`` when ``arch`` is the default one."""
+        out = self.family_kwargs_for(arch)
+        if arch == self.arch:
+            out.update(self.arch_kwargs)
+        return out
+
     @property
     def file_regexes(self) -> tuple[re.Pattern[str], ...]:
         """The compiled ``file_patterns`` (``{epoch}`` -> digits), matched against the file name."""
@@ -177,6 +197,7 @@ class MethodAdapter:
             "title": self.title,
             "arch": self.arch,
             "arch_kwargs": {k: repr(v) if callable(v) else v for k, v in self.arch_kwargs.items()},
+            "family_kwargs": {f: dict(kw) for f, kw in self.family_kwargs.items()},
             "default_branch": name,
             "branches": sorted(self.branches),
             "container": [c if c is not None else "<root>" for c in spec.container],
