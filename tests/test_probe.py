@@ -361,6 +361,21 @@ def test_rerun_skips_finished_checkpoints_and_a_new_setting_recomputes(probed, v
     assert len(calls) == len(EPOCHS) and other.computed == len(EPOCHS)
 
 
+def test_a_cached_result_whose_confusions_are_unreadable_is_probed_again(probed, vit_run, tmp_path):
+    """A result without its per-image confusions (an older cache format, a damaged file) cannot get
+    an interval: it is probed again, never reported as "not probed"."""
+    import shutil
+
+    ref = probe(_cfg(vit_run, probed.out_dir), progress=False)  # the shared folder, as these settings leave it
+    out = tmp_path / "out"
+    shutil.copytree(probed.out_dir, out)
+    victim = next((out / "cache" / "probe").glob(f"model_ep{EPOCHS[0]}.pth.*.npz"))
+    victim.write_bytes(b"not an npz")
+    again = probe(_cfg(vit_run, out), progress=False)
+    assert again.computed == 1 and again.ok
+    assert [r.miou for r in again.results] == [r.miou for r in ref.results]
+
+
 def test_spilled_cache_gives_the_same_numbers_within_its_bound(probed, vit_run, tmp_path):
     bound = 60_000  # bytes: the training features (55 kB) fit; the rest spills to disk
     seen = {}
