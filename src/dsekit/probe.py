@@ -437,7 +437,7 @@ class _ProbeTask(SweepTask[CheckpointProbe]):
     verb = "probed"
 
     def __init__(self, cfg: ProbeConfig, run: Any, data: tuple[Any, Any], store: FeatureCache, key: str,
-                 label: str, rank: int, console: Any, progress: bool) -> None:
+                 label: str, rank: int, console: Any, progress: bool, t_start: float) -> None:
         self.cfg, self.run, self.store, self.key, self.label = cfg, run, store, key, label
         self.train_ds, self.val_ds = data
         self.rank, self.console, self.progress = rank, console, progress
@@ -445,7 +445,8 @@ class _ProbeTask(SweepTask[CheckpointProbe]):
         self.feats: dict[str, np.ndarray] = {}
         self.data: dict[str, _Split] = {}
         self.data_seconds: float | None = None
-        self.t_start = time.perf_counter()
+        self.t_start = t_start  #: when the run began (the data timing counts opening the datasets too)
+        self._read: dict[Path, list[Any]] = {}  #: cache files whose confusions were read already
 
     def prepare(self) -> str:
         # set-up errors (architecture, dataset files, labels) stop the run; checkpoint errors do not
@@ -484,9 +485,14 @@ class _ProbeTask(SweepTask[CheckpointProbe]):
 
     def complete(self, path: Path, target: Path, result: CheckpointProbe) -> bool:
         """A cached result counts only with its confusions (without them it cannot get an interval)."""
-        conf = _cached_confusions(target.with_suffix(".npz"))
+        # the sweep asks twice (what is pending, then the results): a file is read once (its name
+        # holds the result key and it is written once, atomically)
+        conf = self._read.get(target)
+        if conf is None:
+            conf = _cached_confusions(target.with_suffix(".npz"))
         if conf is None:
             return False
+        self._read[target] = conf
         self.confusions[str(path)] = conf
         return True
 
@@ -541,8 +547,7 @@ def probe(
             train_ds = _open_dataset(cfg, train_split, "train")
             val_ds = _open_dataset(cfg, cfg.val_split, "val")
             key = cfg.result_key(_fingerprint(train_ds, val_ds) + label + train_split)
-            task = _ProbeTask(cfg, run, (train_ds, val_ds), store, key, label, rank, console, progress)
-            task.t_start = t_start
+            task = _ProbeTask(cfg, run, (train_ds, val_ds), store, key, label, rank, console, progress, t_start)
             results, computed = sweep(
                 run.checkpoints, task, cache=cache_dir, key=key, rank=rank, world=world, console=console,
                 after_checkpoint=after_checkpoint,

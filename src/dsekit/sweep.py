@@ -172,9 +172,10 @@ def sweep(
         key = task.prepare()
         for n, i in enumerate(todo, 1):
             path, epoch = checkpoints[i]
+            target = _cache_path(cache, path, identities[i], key)
             try:
-                res = task.score(n, len(todo), path, epoch, identities[i], _cache_path(cache, path, identities[i], key))
-                write_json_atomic(_cache_path(cache, path, identities[i], key), asdict(res))
+                res = task.score(n, len(todo), path, epoch, identities[i], target)
+                write_json_atomic(target, asdict(res))
                 _failed_path(cache, path, task.label).unlink(missing_ok=True)
                 computed += 1
             except Exception as exc:  # noqa: BLE001 - one bad checkpoint must not stop the sweep
