@@ -31,7 +31,7 @@ import torch
 
 from .backbones import FeatureExtractor, create_backbone, discover_checkpoints, get_adapter
 from .backbones.detect import detect_checkpoint
-from .runtime import PRECISIONS, barrier, ensure_writable, file_identity, resolve_device, write_json_atomic
+from .runtime import barrier, ensure_writable, file_identity, resolve_device, resolve_precision, write_json_atomic
 
 __all__ = ["RunSettings", "SweepTask", "OpenRun", "build_model", "check_run_settings", "open_run", "resolve_auto", "sweep"]
 
@@ -231,8 +231,7 @@ def resolve_auto(cfg: RunSettings, console: Any = None) -> RunSettings:
 def check_run_settings(cfg: RunSettings) -> None:
     """Settings shared by scan and probe that can only fail: checked before any checkpoint is read."""
     get_adapter(cfg.method)  # unknown method: error listing the known ones
-    if cfg.precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {sorted(PRECISIONS)}, got {cfg.precision!r}")
+    resolve_precision(cfg.precision)  # an unknown name: error listing the known ones
     seed = cfg.seed
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= _MAX_SEED:
         raise ValueError(f"seed: expected an integer in 0..2**63-1, got {seed!r}")
