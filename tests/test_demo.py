@@ -45,6 +45,10 @@ def test_demo_trains_scans_probes_and_reports(tmp_path, capsys):
     text = (out_dir / "report.md").read_text()
     assert "IoU per class" in text and "best − untrained" in text
     assert (out_dir / "classes_scenes.png").is_file()
+    # the demo's default training: DINO with the DSE regulariser (the run that rises and then falls)
+    info = json.loads((tmp_path / "demo" / "run" / "dsekit.json").read_text())
+    assert info["method"] == "dino" and info["settings"]["dse_weight"] == 0.1
+    assert "DINO with the DSE regulariser (β = 0.1)" in printed
     # a rerun reuses everything already computed
     again = demo(DemoConfig(out=str(tmp_path / "demo")), progress=False, settings=TINY)
     assert again["datasets"]["scenes"]["miou"] == entry["miou"]

@@ -180,15 +180,15 @@ def _run_data_scenes(args: argparse.Namespace) -> int:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="end to end on a laptop CPU: train a small MoCo v3, scan, probe, report",
-        description="Train a small MoCo v3 on the built-in scenes (CPU), scan its checkpoints (DSE), "
+        help="end to end on a laptop CPU: train a small DINO, scan, probe, report",
+        description="Train a small DINO with the DSE regulariser on the built-in scenes (CPU), scan its checkpoints (DSE), "
         "linear-probe them on the scenes' masks (mIoU) and write the report. A rerun reuses what is done.",
     )
     p.add_argument("--quick", action="store_true", help="a smaller run (a few minutes)")
     p.add_argument("--out", type=Path, default=Path("dsekit-demo"), help="output folder (default ./dsekit-demo)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
-    p.add_argument("--method", default="mocov3", choices=["mocov3", "dino"], help="SSL method (default mocov3)")
-    p.add_argument("--dse-weight", type=float, default=0.0, help="β of the DSE regulariser (default 0: off)")
+    p.add_argument("--method", default="dino", choices=["dino", "mocov3"], help="SSL method (default dino)")
+    p.add_argument("--dse-weight", type=float, default=0.1, help="β of the DSE regulariser (default 0.1; 0: off)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_demo)
