@@ -125,3 +125,26 @@ def test_bad_labels_errors():
         dse_from_labels(z, ok.astype(np.float32), ok)
     with pytest.raises(ValueError, match="local_labels: expected values"):
         dse_from_labels(z, ok - 1, ok)
+
+
+@pytest.mark.parametrize("spectrum", ["clustered", "power_law"])
+def test_float32_spectra_agree_with_float64(spectrum):
+    """The estimator's spectra run in the input's precision: float32 features give the terms of
+    the same features in float64 (same clusters) to well within the golden tolerance (1e-4)."""
+    from dsekit.metrics.dse import cluster_assignments
+    from dsekit.metrics.kmeans import make_generator
+
+    if spectrum == "clustered":
+        z = clustered_features(24, 64, 96, classes=12, seed=3)
+    else:  # singular values falling as 1/i: many small ones, the hard case for float32
+        g = torch.Generator().manual_seed(4)
+        u = torch.linalg.qr(torch.randn(24 * 64, 96, generator=g))[0]
+        v = torch.linalg.qr(torch.randn(96, 96, generator=g))[0]
+        z = (u * (1.0 / torch.arange(1, 97)) @ v.T).reshape(24, 64, 96)
+    z = torch.nn.functional.normalize(z, dim=-1)
+    a = cluster_assignments(z, generator=make_generator(0))
+    glob = torch.cat([labels.reshape(-1, 64) for labels, _, _ in a.global_blocks])
+    r32 = dse_from_labels(z, a.local_labels, glob, seed=0)
+    r64 = dse_from_labels(z.double(), a.local_labels, glob, seed=0)
+    for name in TERMS:
+        assert getattr(r32, name) == pytest.approx(getattr(r64, name), rel=1e-5, abs=1e-6), name

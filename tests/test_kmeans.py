@@ -136,3 +136,33 @@ def test_more_seeding_trials_find_small_clusters_more_often():
 def test_invalid_seeding_trials():
     with pytest.raises(ValueError, match="n_local_trials"):
         kmeans(torch.randn(1, 10, 2), 2, n_local_trials=0)
+
+
+def test_each_problem_stops_when_it_converges_whatever_the_batch():
+    """A problem's Lloyd iterations and result do not depend on slower problems in its batch."""
+    import importlib
+
+    km = importlib.import_module("dsekit.metrics.kmeans")
+    easy, _ = _blobs(P=1, k=4, per=40, d=6, spread=0.01, seed=1)
+    g = torch.Generator().manual_seed(2)
+    hard = torch.randn(3, 160, 6, generator=g)  # no structure: many iterations
+    x = torch.cat([easy, hard])
+    x_sq = x.pow(2).sum(-1)
+    start = x[:, :4].unsqueeze(1).clone()  # (P, R=1, k, d): the first points as centres
+    threshold = torch.full((4, 1), 1e-6)
+    c_all, l_all, d_all, it_all = km._lloyd(x, x_sq, start.clone(), threshold, 50)
+    c_one, l_one, d_one, it_one = km._lloyd(x[:1], x_sq[:1], start[:1].clone(), threshold[:1], 50)
+    assert it_all[0] == it_one[0] < it_all[1:].max()  # the easy problem stopped first
+    torch.testing.assert_close(c_all[:1], c_one)
+    assert torch.equal(l_all[:1], l_one)
+    # every problem ends on the assignment to its own returned centres
+    for p in range(4):
+        d2 = torch.cdist(x[p], c_all[p, 0]).square()
+        assert torch.equal(d2.argmin(-1), l_all[p, 0])
+
+
+def test_kmeans_reports_iterations_per_problem():
+    x, _ = _blobs(P=3)
+    res = kmeans(x, 5, seed=0, max_iter=7)
+    assert res.iterations.shape == (3,) and int(res.iterations.max()) == res.n_iter <= 7
+    assert bool((res.iterations >= 1).all())

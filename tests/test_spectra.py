@@ -126,3 +126,38 @@ def test_float32_gradient_path_agrees_with_float64_values():
     s32 = singular_values(rows.clone().requires_grad_(True))
     assert s32.dtype == torch.float32
     torch.testing.assert_close(s32.double(), singular_values(rows), rtol=1e-4, atol=1e-5)
+
+
+def test_eigvalsh_stacks_equal_one_call_per_stack():
+    from dsekit.metrics.spectra import eigvalsh_stacks
+
+    g = torch.Generator().manual_seed(0)
+    stacks = []
+    for c, m in ((1, 5), (7, 3), (12, 40), (2, 64)):
+        a = torch.randn(c, m, m + 3, generator=g)
+        stacks.append(a @ a.transpose(1, 2))
+    before = torch.get_num_threads()
+    for threads in (1, 2, 3):
+        torch.set_num_threads(threads)
+        try:
+            got = eigvalsh_stacks(stacks)
+        finally:
+            torch.set_num_threads(before)
+        assert torch.get_num_threads() == before
+        for s, e in zip(stacks, got):
+            torch.testing.assert_close(e, torch.linalg.eigvalsh(s))
+    assert eigvalsh_stacks([]) == []
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_centered_nuclear_norms_stacks_equal_one_stack_at_a_time(dtype):
+    from dsekit.metrics.spectra import centered_nuclear_norms_stacks
+
+    g = torch.Generator().manual_seed(1)
+    stacks = [(torch.randn(6, m, 30, generator=g), torch.randint(1, m + 1, (6,), generator=g)) for m in (4, 17, 45)]
+    got = centered_nuclear_norms_stacks(iter(stacks), dtype)
+    for (rows, counts), v in zip(stacks, got):
+        assert v.dtype == dtype
+        torch.testing.assert_close(v, centered_nuclear_norms(rows, counts, dtype), rtol=1e-6, atol=1e-6)
+        ref = torch.stack([torch.linalg.svdvals((r[:n] - r[:n].mean(0)).double()).sum() for r, n in zip(rows, counts)])
+        torch.testing.assert_close(v.double(), ref, rtol=1e-5, atol=1e-5)

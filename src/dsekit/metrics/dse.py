@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .kmeans import kmeans, make_generator
-from .spectra import centered_nuclear_norms, effective_rank
+from .kmeans import kmeans, make_generator, pairwise_sq_dists
+from .spectra import centered_nuclear_norms, centered_nuclear_norms_stacks, effective_rank, input_precision
 
 __all__ = [
     "TERMS",
@@ -67,8 +67,10 @@ _DEGENERATE_RTOL = 1e-6
 # less often, which cuts DSE's seed-to-seed spread on unevenly sized clusters by an order of
 # magnitude (``bench/dse_speed.py``) for about 7 % more time than 5.
 KMEANS_SEEDING_TRIALS = 16
-# Elements per chunk when gathering padded clusters / shuffled positions (bounds memory).
-_CHUNK_ELEMENTS = 1 << 24
+# Elements per chunk when gathering padded clusters / shuffled positions / centred images: 16 MiB
+# of float32 bounds memory and stays below the C allocator's mapping threshold (32 MiB), so
+# chunks reuse freed memory instead of faulting in fresh pages on every call.
+_CHUNK_ELEMENTS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -214,10 +216,10 @@ def as_features(features: Any, name: str = "features") -> Tensor:
         raise ValueError(f"{name}: expected floating-point values, got dtype {features.dtype}")
     if features.dtype != torch.float64:
         features = features.float()
-    bad = ~torch.isfinite(features)
-    if bool(bad.any()):
-        raise ValueError(f"{name}: contains {int(bad.sum())} non-finite values (NaN or Inf)")
-    peak = float(features.detach().abs().max())
+    peak = float(torch.linalg.vector_norm(features.detach(), ord=math.inf))  # one pass; NaN or Inf if any is
+    if not math.isfinite(peak):
+        bad = int((~torch.isfinite(features)).sum())
+        raise ValueError(f"{name}: contains {bad} non-finite values (NaN or Inf)")
     if peak > 2.0**40 or 0.0 < peak < 2.0**-40:
         features = features * 2.0 ** -math.floor(math.log2(peak))  # exact: a power of two
     return features
@@ -315,16 +317,14 @@ def cluster_radii(points: Tensor, partitions: list[tuple[Tensor, int, int]]) -> 
         order[(starts[ids[lo:hi]].unsqueeze(1) + torch.arange(m, device=points.device)).clamp_max(last)]
         for lo, hi, m in buckets
     ]  # (c, m) point indices per bucket; rows past a cluster's count are padding
+    sizes_of = [counts[ids[lo:hi]] for lo, hi, _ in buckets]
     if grad:
         flat = points.index_select(0, torch.cat([i.reshape(-1) for i in index]))  # backward: one index_add_
         rows = [r.reshape(*i.shape, d) for r, i in zip(flat.split([i.numel() for i in index]), index)]
-    else:
-        rows = (points[i] for i in index)  # one bucket at a time: bounded memory
-    values = []
-    for (lo, hi, _), r in zip(buckets, rows):
-        c_counts = counts[ids[lo:hi]]
-        nuc = centered_nuclear_norms(r, c_counts)
-        values.append(nuc / torch.sqrt(torch.clamp(c_counts - 1, min=d).to(nuc.dtype)))
+        nucs = [centered_nuclear_norms(r, c) for r, c in zip(rows, sizes_of)]
+    else:  # one bucket's rows at a time (bounded memory), all eigenvalues in one pass
+        nucs = centered_nuclear_norms_stacks(((points[i], c) for i, c in zip(index, sizes_of)), input_precision(points))
+    values = [nuc / torch.sqrt(torch.clamp(c - 1, min=d).to(nuc.dtype)) for nuc, c in zip(nucs, sizes_of)]
     dtype = points.dtype if grad else torch.float64
     radii = points.new_zeros(counts.numel(), dtype=dtype)
     if values:
@@ -346,7 +346,10 @@ def _member_means(x: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 def _inter_distance(x: Tensor, labels: Tensor, centroids: Tensor, present: Tensor) -> Tensor:
     """Mean distance of each point to the nearest other centroid: -> (P,)."""
-    d = torch.cdist(x, centroids)  # (P, n, k)
+    if x.requires_grad and torch.is_grad_enabled():
+        d = torch.cdist(x, centroids)  # (P, n, k), a finite gradient at distance 0
+    else:
+        d = pairwise_sq_dists(x, centroids).sqrt_()
     excluded = F.one_hot(labels, centroids.shape[1]).bool() | ~present.unsqueeze(1)
     d = d.masked_fill(excluded, float("inf"))
     nearest = d.min(-1).values
@@ -370,7 +373,7 @@ def effective_dimensionality(z: Tensor, generator: torch.Generator) -> Tensor:
     for lo in range(0, N, step):
         idx = flat[lo * B : (lo + step) * B]
         cols = points.index_select(0, idx).reshape(-1, B, d)  # (c, B, d)
-        values.append(effective_rank(cols, normalize=True))
+        values.append(effective_rank(cols, normalize=True, dtype=input_precision(z)))
     return torch.cat(values).mean()
 
 
@@ -391,8 +394,9 @@ def dse_terms(
         generator: for the permutation of ``M_dim``.
     """
     B, N, d = z.shape
-    centred = z - z.mean((0, 1), keepdim=True)
-    scale = centred.norm(dim=-1).mean()
+    mean = z.mean((0, 1), keepdim=True)
+    step = max(1, _CHUNK_ELEMENTS // (N * d))  # images at a time: no full-size centred copy
+    scale = torch.cat([torch.linalg.vector_norm(c - mean, dim=-1) for c in z.split(step)]).mean()
     rms = torch.linalg.vector_norm(z.detach(), dim=-1).square().mean().sqrt()
     degenerate = bool(scale <= _DEGENERATE_RTOL * rms) or bool(scale == 0)
 

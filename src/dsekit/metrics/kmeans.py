@@ -9,9 +9,10 @@ all restarts, on CPU or CUDA.
   scikit-learn): each new centre is drawn with probability ∝ D² (squared distance to
   the nearest chosen centre), ``2 + ⌊ln k⌋`` candidates are drawn and the one that lowers
   the potential most is kept (``n_local_trials`` sets another number of candidates).
-* Lloyd iterations (at most ``max_iter``) until every problem's centroid shift
-  ``‖C_new − C_old‖_F`` is at most ``tol`` times the problem's RMS spread (relative, so
-  the result does not depend on the scale of the data).
+* Lloyd iterations (at most ``max_iter``), each problem until its centroid shift
+  ``‖C_new − C_old‖_F`` is at most ``tol`` times its RMS spread (relative, so the result
+  does not depend on the scale of the data); converged problems leave the batch, so a
+  batch costs the iterations its problems need, not ``P`` times the slowest one's.
 * Empty clusters are re-seeded with the points farthest from their centroid.
 * ``n_init`` restarts run side by side; the one with the lowest inertia wins per problem.
 * The returned labels are the assignment to the returned centroids.
@@ -38,7 +39,8 @@ class KMeansResult:
     centroids: Tensor  #: (P, k, d)
     labels: Tensor  #: (P, n) int64, index of the nearest returned centroid
     inertia: Tensor  #: (P,) sum of squared distances of points to their centroid
-    n_iter: int  #: Lloyd iterations run
+    n_iter: int  #: Lloyd iterations run (the most any problem needed)
+    iterations: Tensor | None = None  #: (P,) int64 Lloyd iterations each problem ran
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
@@ -134,6 +136,46 @@ def _update(x: Tensor, labels: Tensor, centres: Tensor, dist: Tensor) -> Tensor:
     return new
 
 
+def _lloyd(
+    x: Tensor, x_sq: Tensor, centres: Tensor, threshold: Tensor, max_iter: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Lloyd iterations from ``centres`` (P, R, k, d); each problem stops once all its restarts'
+    shifts are at most ``threshold`` (P, 1), or after ``max_iter``.
+
+    A problem's result is final once it converges. Converged problems are dropped from the
+    batch when they are at least half of it, so the batch shrinks with at most ``log2 P``
+    copies of the points.
+
+    Returns centres (P, R, k, d), labels and squared distances (P, R, n) of the final
+    assignment, and the iterations each problem ran (P,).
+    """
+    P = x.shape[0]
+    labels, dist = _assign(x, x_sq, centres)
+    iterations = torch.zeros(P, dtype=torch.long, device=x.device)
+    active = torch.arange(P, device=x.device)  # the batch's problems
+    running = torch.ones(P, dtype=torch.bool, device=x.device)  # in the batch and not converged
+    xa, xa_sq, ca, la, da, ta = x, x_sq, centres, labels, dist, threshold
+    for _ in range(max_iter):
+        new = _update(xa, la, ca, da)
+        shift = (new - ca).pow(2).sum((-1, -2)).sqrt()  # (Pa, R)
+        ca = new
+        la, da = _assign(xa, xa_sq, ca)
+        iterations[active[running]] += 1
+        done = running & (shift <= ta).all(1)  # converged in this iteration
+        if bool(done.any()):
+            finished = active[done]
+            centres[finished], labels[finished], dist[finished] = ca[done], la[done], da[done]
+            running &= ~done
+        if not bool(running.any()):
+            return centres, labels, dist, iterations
+        if 2 * int(running.sum()) <= running.numel():  # half the batch is done: drop it
+            active, xa, xa_sq, ca, la, da, ta = (t[running] for t in (active, xa, xa_sq, ca, la, da, ta))
+            running = running[running]
+    left = active[running]
+    centres[left], labels[left], dist[left] = ca[running], la[running], da[running]
+    return centres, labels, dist, iterations
+
+
 def _validate(x: Tensor, k: int, n_init: int, max_iter: int) -> None:
     if not isinstance(x, Tensor) or x.ndim != 3:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
@@ -194,16 +236,7 @@ def kmeans(
     threshold = (tol * spread).view(P, 1)
 
     centres = _kmeans_plus_plus(x, x_sq, k, n_init, n_local_trials, generator)
-    labels, dist = _assign(x, x_sq, centres)
-    it = 0
-    for it in range(1, max_iter + 1):
-        new = _update(x, labels, centres, dist)
-        shift = (new - centres).pow(2).sum((-1, -2)).sqrt()  # (P, R)
-        centres = new
-        labels, dist = _assign(x, x_sq, centres)
-        if bool((shift <= threshold).all()):
-            break
-
+    centres, labels, dist, iterations = _lloyd(x, x_sq, centres, threshold, max_iter)
     inertia = dist.sum(-1)  # (P, R)
     best = inertia.argmin(1)  # (P,)
     rows = torch.arange(P, device=x.device)
@@ -211,5 +244,6 @@ def kmeans(
         centroids=centres[rows, best],
         labels=labels[rows, best],
         inertia=inertia[rows, best],
-        n_iter=it,
+        n_iter=int(iterations.max()) if P else 0,
+        iterations=iterations,
     )

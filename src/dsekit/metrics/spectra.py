@@ -11,19 +11,21 @@ Two paths compute singular values of a batch of matrices ``x`` of shape ``(..., 
   vanishing singular values (see :class:`_GramSingularValues`).
 * ``"svd"``: ``torch.linalg.svdvals`` (reference path, used in tests).
 
-Precision: without gradient (the estimator) the Gram matrix is formed and decomposed in
-float64, so that small singular values keep their precision. With gradient (the
-regulariser) it is computed in the input's precision, float32 at least: training runs in
-float32, the eigenvectors the gradient needs cost twice as much in float64, and singular
-values below the float32 rounding level (``max(m, n) · eps32 · σ_max²`` in ``λ``, about
-0.7 % of ``σ_max`` for ``d = 384``) count as zero. On features of full rank the two
-agree to float32 rounding; float64 inputs (``gradcheck``) stay float64.
+Precision: without gradient the Gram matrix is formed and decomposed in ``dtype``, float64
+by default (the baselines), so that small singular values keep their precision; the DSE
+estimator asks for its input's precision (float32 for float32 features, as the gradient
+path), which halves the cost of its spectra (README, "Benchmarks", gives the measured
+error). With gradient (the regulariser) it is computed in the input's precision, float32 at
+least: training runs in float32, the eigenvectors the gradient needs cost twice as much in
+float64, and singular values below the float32 rounding level (``max(m, n) · eps32 ·
+σ_max²`` in ``λ``, about 0.7 % of ``σ_max`` for ``d = 384``) count as zero. On features of
+full rank the two agree to float32 rounding; float64 inputs (``gradcheck``) stay float64.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -37,6 +39,9 @@ __all__ = [
     "erank_from_singular_values",
     "center",
     "centered_nuclear_norms",
+    "centered_nuclear_norms_stacks",
+    "eigvalsh_stacks",
+    "input_precision",
 ]
 
 
@@ -92,8 +97,43 @@ def _batched_eigh(gram: Tensor, vectors: bool) -> tuple[Tensor, Tensor | None]:
     return eig, (vec.reshape(shape) if vec is not None else None)
 
 
-def _grad_precision(x: Tensor) -> torch.dtype:
-    """Precision of a spectrum computed with gradient: the input's (float32 at least)."""
+def eigvalsh_stacks(grams: list[Tensor]) -> list[Tensor]:
+    """Eigenvalues (ascending) of several stacks of symmetric matrices ``[(c_i, m_i, m_i)]``.
+
+    On CPU all stacks are shared out over the worker threads in one pass (pieces of at most
+    ``1/threads`` of a stack, placed largest first on the least loaded thread by their
+    ``c · m³`` cost), so many small stacks cost one thread pool, not one each.
+    """
+    if not grams:
+        return []
+    if grams[0].device.type != "cpu":
+        return [torch.linalg.eigvalsh(g) for g in grams]
+    with _single_intra_op_thread() as threads:
+        pieces = []  # (cost, stack index, slice start, slice stop)
+        for i, g in enumerate(grams):
+            c, m = g.shape[0], g.shape[-1]
+            bounds = torch.linspace(0, c, min(threads, c) + 1).round().long().tolist()
+            pieces += [((hi - lo) * m**3, i, lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+        if threads <= 1 or len(pieces) <= 1:
+            return [torch.linalg.eigvalsh(g) for g in grams]
+        loads, plans = [0] * threads, [[] for _ in range(threads)]
+        for piece in sorted(pieces, reverse=True):
+            w = loads.index(min(loads))
+            loads[w] += piece[0]
+            plans[w].append(piece)
+        out = [torch.empty(g.shape[:-1], dtype=g.dtype) for g in grams]
+
+        def work(plan: list[tuple[int, int, int, int]]) -> None:
+            for _, i, lo, hi in plan:
+                out[i][lo:hi] = torch.linalg.eigvalsh(grams[i][lo:hi])
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(work, [p for p in plans if p]))
+    return out
+
+
+def input_precision(x: Tensor) -> torch.dtype:
+    """The input's precision, float32 at least: float64 for float64 ``x``, else float32."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
@@ -105,14 +145,22 @@ def _gram_spectrum(x: Tensor, vectors: bool, dtype: torch.dtype = torch.float64)
     decomposition (``max(m, n) · eps · λ_max``, as ``torch.linalg.matrix_rank``) are set
     to 0: their square roots would otherwise be ``sqrt(eps)``-sized noise, not spectrum.
     """
-    xd = x.detach().to(dtype)
-    m, n = xd.shape[-2], xd.shape[-1]
-    left = m <= n
-    gram = xd @ xd.transpose(-1, -2) if left else xd.transpose(-1, -2) @ xd
+    gram, left = _gram(x.detach().to(dtype))
     eig, vec = _batched_eigh(gram, vectors)
-    floor = max(m, n) * torch.finfo(dtype).eps * eig[..., -1:].clamp_min(0)
-    sv = torch.where(eig > floor, eig, torch.zeros_like(eig)).sqrt()
-    return sv, vec, left
+    return _singular_from_eigenvalues(eig, max(x.shape[-2], x.shape[-1])), vec, left
+
+
+def _gram(x: Tensor) -> tuple[Tensor, bool]:
+    """The smaller Gram matrix of ``x`` (..., m, n) and whether it is ``x xᵀ`` (``m <= n``)."""
+    left = x.shape[-2] <= x.shape[-1]
+    return (x @ x.transpose(-1, -2) if left else x.transpose(-1, -2) @ x), left
+
+
+def _singular_from_eigenvalues(eig: Tensor, size: int) -> Tensor:
+    """``σ = sqrt(λ)`` from ascending Gram eigenvalues of a matrix with ``size = max(m, n)``;
+    ``λ`` at or below ``size · eps · λ_max`` count as 0."""
+    floor = size * torch.finfo(eig.dtype).eps * eig[..., -1:].clamp_min(0)
+    return torch.where(eig > floor, eig, torch.zeros_like(eig)).sqrt()
 
 
 class _GramSingularValues(torch.autograd.Function):
@@ -130,7 +178,7 @@ class _GramSingularValues(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> Tensor:  # type: ignore[override]
-        sv, vec, left = _gram_spectrum(x, vectors=True, dtype=_grad_precision(x))
+        sv, vec, left = _gram_spectrum(x, vectors=True, dtype=input_precision(x))
         ctx.save_for_backward(x, vec, sv)
         ctx.left = left
         return sv.flip(-1)
@@ -155,14 +203,17 @@ def _singular_value_grad(x: Tensor, vec: Tensor, sv: Tensor, left: bool, grad: T
     return proj @ x if left else x @ proj
 
 
-def _gram_singular_values(x: Tensor) -> Tensor:
-    """Singular values (descending); float64, or with gradient the input's precision (float32 at least)."""
+def _gram_singular_values(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """Singular values (descending); in ``dtype`` (default float64), or with gradient the
+    input's precision (float32 at least)."""
     if x.requires_grad and torch.is_grad_enabled():
         return _GramSingularValues.apply(x)
-    return _gram_spectrum(x, vectors=False)[0].flip(-1)
+    return _gram_spectrum(x, vectors=False, dtype=dtype or torch.float64)[0].flip(-1)
 
 
-def singular_values(x: Tensor, *, center_rows: bool = False, method: str = "auto") -> Tensor:
+def singular_values(
+    x: Tensor, *, center_rows: bool = False, method: str = "auto", dtype: torch.dtype | None = None
+) -> Tensor:
     """Singular values, descending.
 
     Args:
@@ -171,9 +222,10 @@ def singular_values(x: Tensor, *, center_rows: bool = False, method: str = "auto
         method: ``"gram"`` (eigenvalues of the smaller Gram matrix, with the
             gradient of :class:`_GramSingularValues`), ``"svd"`` (``torch.linalg.svdvals``)
             or ``"auto"`` (``"gram"``).
+        dtype: precision of the ``"gram"`` spectrum without gradient (default float64).
 
     Returns:
-        ``(..., min(m, n))`` tensor; for ``"gram"`` float64 (with gradient: float64 or
+        ``(..., min(m, n))`` tensor; for ``"gram"`` ``dtype`` (with gradient: float64 or
         float32, see the module docstring), ``x.dtype`` for ``"svd"``.
     """
     if x.ndim < 2:
@@ -183,7 +235,7 @@ def singular_values(x: Tensor, *, center_rows: bool = False, method: str = "auto
     if method == "auto":
         method = "gram"
     if method == "gram":
-        return _gram_singular_values(x)
+        return _gram_singular_values(x, dtype)
     if method == "svd":
         return torch.linalg.svdvals(x)
     raise ValueError(f"method: expected 'auto', 'gram' or 'svd', got {method!r}")
@@ -226,6 +278,7 @@ def effective_rank(
     center_rows: bool = False,
     eps: float = 0.0,
     method: str = "auto",
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Effective rank of each matrix, optionally divided by ``min(m, n)``.
 
@@ -234,47 +287,72 @@ def effective_rank(
         normalize: divide by ``min(m, n)`` so the value lies in ``(0, 1]``.
         center_rows: centre the rows first (DSE's ``M_dim`` does not).
         eps: see :func:`erank_from_singular_values`.
-        method: see :func:`singular_values`.
+        method, dtype: see :func:`singular_values`.
 
     Returns:
         ``(...)`` tensor.
     """
-    s = singular_values(x, center_rows=center_rows, method=method)
+    s = singular_values(x, center_rows=center_rows, method=method, dtype=dtype)
     r = erank_from_singular_values(s, eps=eps)
     if normalize:
         r = r / min(x.shape[-2], x.shape[-1])
     return r
 
 
-def centered_nuclear_norms(rows: Tensor, counts: Tensor) -> Tensor:
+def centered_nuclear_norms(rows: Tensor, counts: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """Nuclear norms of padded point sets after centring each on its own mean.
 
     Args:
         rows: ``(c, m, d)``; set ``i`` is ``rows[i, :counts[i]]``, the remaining rows are
             padding and ignored whatever their values.
         counts: ``(c,)`` number of points of each set (>= 1).
+        dtype: precision without gradient (default float64).
 
     Returns:
         ``(c,)`` nuclear norms ``‖C_i - mean(C_i)‖_*``, from the Gram spectrum of the
-        centred sets, centred and decomposed in float64 (with gradient: in the input's
+        centred sets, centred and decomposed in ``dtype`` (with gradient: in the input's
         precision, float32 at least; see the module docstring). With gradient:
         ``∂‖HC‖_*/∂C = U Vᵀ`` of the centred set, whose columns ``U`` are orthogonal to
         the constant vector, so the centring adds nothing to it and padding rows get 0.
     """
     if rows.requires_grad and torch.is_grad_enabled():
         return _CentredNuclearNorms.apply(rows, counts)
-    return _centred_spectrum(rows, counts, vectors=False)[1].sum(-1)
+    return _centred_spectrum(rows, counts, vectors=False, dtype=dtype or torch.float64)[1].sum(-1)
+
+
+def centered_nuclear_norms_stacks(
+    stacks: Iterable[tuple[Tensor, Tensor]], dtype: torch.dtype | None = None
+) -> list[Tensor]:
+    """:func:`centered_nuclear_norms` of several padded stacks ``[(rows, counts)]``, without
+    gradient; their eigenvalues are computed in one pass (:func:`eigvalsh_stacks`).
+
+    ``rows`` may be an iterator's items: each stack is reduced to its Gram matrices before
+    the next is read, so at most one stack of rows is held at a time.
+    """
+    grams, sizes = [], []
+    for rows, counts in stacks:
+        centred = _centred(rows, counts, dtype or torch.float64)
+        grams.append(_gram(centred)[0])
+        sizes.append(max(rows.shape[-2], rows.shape[-1]))
+        del centred
+    eigs = eigvalsh_stacks(grams)
+    return [_singular_from_eigenvalues(e, size).sum(-1) for e, size in zip(eigs, sizes)]
+
+
+def _centred(rows: Tensor, counts: Tensor, dtype: torch.dtype) -> Tensor:
+    """Copy of padded sets ``rows`` (c, m, d) in ``dtype``, each centred on its own mean; padding rows 0."""
+    c, m, _ = rows.shape
+    xd = rows.detach().to(dtype)
+    valid = (torch.arange(m, device=rows.device).unsqueeze(0) < counts.unsqueeze(1)).to(dtype)  # (c, m)
+    mean = (valid.unsqueeze(1) @ xd) / counts.to(dtype).view(c, 1, 1)  # (c, 1, d)
+    return (xd - mean).mul_(valid.unsqueeze(-1))  # padding rows become 0: no effect on σ
 
 
 def _centred_spectrum(
     rows: Tensor, counts: Tensor, vectors: bool, dtype: torch.dtype = torch.float64
 ) -> tuple[Tensor, Tensor, Tensor | None, bool]:
     """Centred copy of padded sets in ``dtype`` (padding rows 0) and its Gram spectrum."""
-    c, m, _ = rows.shape
-    xd = rows.detach().to(dtype)
-    valid = (torch.arange(m, device=rows.device).unsqueeze(0) < counts.unsqueeze(1)).to(dtype)  # (c, m)
-    mean = (valid.unsqueeze(1) @ xd) / counts.to(dtype).view(c, 1, 1)  # (c, 1, d)
-    centred = (xd - mean).mul_(valid.unsqueeze(-1))  # padding rows become 0: no effect on σ
+    centred = _centred(rows, counts, dtype)
     sv, vec, left = _gram_spectrum(centred, vectors, dtype)
     return centred, sv, vec, left
 
@@ -285,7 +363,7 @@ class _CentredNuclearNorms(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, rows: Tensor, counts: Tensor) -> Tensor:  # type: ignore[override]
-        centred, sv, vec, left = _centred_spectrum(rows, counts, vectors=True, dtype=_grad_precision(rows))
+        centred, sv, vec, left = _centred_spectrum(rows, counts, vectors=True, dtype=input_precision(rows))
         ctx.save_for_backward(centred.to(rows.dtype), vec, sv)
         ctx.left = left
         return sv.sum(-1)

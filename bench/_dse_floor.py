@@ -1,0 +1,156 @@
+"""The floor of one DSE computation on this machine: its unavoidable kernels, timed bare.
+
+DSE of ``(B, N, d)`` features cannot cost less than the dense linear algebra its definition
+requires. The floor is that work, each kernel timed alone at its real shape in float32 on the
+same input (median of 3 runs after a warm-up), with nothing else around it:
+
+* **k-means** (per image, ``k = 3``; per group of 8 images, ``k = 24``): the distance products
+  of the k-means++ seeding (``k − 1`` steps, each against the candidates the seeding draws,
+  ``DSESettings.seeding_trials``), the first assignment, and per Lloyd iteration the
+  centroid sums and the new assignment — each a batched matrix product (``torch.bmm``) over
+  all problems; Lloyd's share is scaled by the mean number of iterations the problems
+  needed to converge on this input (read from an untimed run of dsekit's k-means);
+* **M_inter**: the distances of every patch to every centroid of its group (one product);
+* **cluster radii** (``M_intra``): for every cluster of >= 2 patches of both k-means, its Gram
+  matrix (``min(m, d)²`` entries) and that matrix's eigenvalues;
+* **M_dim**: the ``N`` Gram matrices of the ``B × d`` one-patch-per-image matrices and their
+  eigenvalues.
+
+The eigenvalues are timed with ``torch.linalg.eigvalsh`` on the actual Gram matrices, grouped
+by exact size (no padding), each group split over the CPU threads (one single-threaded LAPACK
+call per thread, as dsekit does). Normalisation, reductions, sorting, indexing and copies
+are left out: the floor is a lower bound, not an estimate.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from _common import sync
+
+from dsekit.metrics.dse import DSESettings
+from dsekit.metrics.kmeans import kmeans, make_generator
+
+
+@dataclass
+class Floor:
+    """Bare kernel seconds per part of the computation."""
+
+    parts: dict[str, float] = field(default_factory=dict)
+    iterations: dict[str, float] = field(default_factory=dict)  #: mean Lloyd iterations per problem
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.parts.values())
+
+
+def _timed(fn: Callable[[], object], device: str, repeats: int = 3) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _kmeans_products(x: torch.Tensor, k: int, trials: int, iterations: float, device: str) -> float:
+    """Seconds of k-means' matrix products on ``x`` (P, n, d): seeding, assignments, updates;
+    ``iterations``: mean Lloyd iterations per problem."""
+    P, n, d = x.shape
+    cand = x[:, :trials].transpose(1, 2).contiguous()  # (P, d, trials): candidate centres
+    cent = x[:, :k].transpose(1, 2).contiguous()  # (P, d, k)
+    onehot = torch.zeros(P, k, n, device=x.device, dtype=x.dtype)
+    seeding = _timed(lambda: torch.bmm(x, cand), device) * (k - 1)
+    assign = _timed(lambda: torch.bmm(x, cent), device) * (iterations + 1)
+    update = _timed(lambda: torch.bmm(onehot, x), device) * iterations
+    return seeding + assign + update
+
+
+def _sets_by_size(points: torch.Tensor, members: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The member sets of ``points`` (M, d), stacked by exact size: [(c, m, d)]."""
+    by_size: dict[int, list[torch.Tensor]] = {}
+    for idx in members:
+        by_size.setdefault(idx.numel(), []).append(idx)
+    return [points[torch.stack(ids)] for ids in by_size.values()]
+
+
+def _gram(sets: torch.Tensor) -> torch.Tensor:
+    """Gram matrices of the smaller side of (c, m, d) -> (c, r, r), r = min(m, d)."""
+    return sets @ sets.transpose(1, 2) if sets.shape[1] <= sets.shape[2] else sets.transpose(1, 2) @ sets
+
+
+def _eig_seconds(grams: list[torch.Tensor], threads: int) -> float:
+    """Wall time of ``eigvalsh`` over ``grams`` (stacks of equal size), each split over ``threads``."""
+    tasks = [t for stack in grams for t in stack.tensor_split(min(threads, stack.shape[0])) if t.shape[0]]
+
+    def run() -> None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            if threads <= 1:
+                for t in tasks:
+                    torch.linalg.eigvalsh(t)
+            else:
+                with ThreadPoolExecutor(max_workers=threads) as pool:
+                    list(pool.map(torch.linalg.eigvalsh, tasks))
+        finally:
+            torch.set_num_threads(before)
+
+    return _timed(run, "cpu")
+
+
+def _cluster_members(labels: torch.Tensor, k: int) -> list[torch.Tensor]:
+    """Point indices (into the flattened problems) of every cluster of >= 2 points; labels (P, n)."""
+    members = []
+    flat = labels + k * torch.arange(labels.shape[0]).unsqueeze(1)
+    order = flat.reshape(-1).argsort(stable=True)
+    counts = torch.bincount(flat.reshape(-1), minlength=labels.shape[0] * k)
+    for ids in order.split(counts.tolist()):
+        if ids.numel() >= 2:
+            members.append(ids)
+    return members
+
+
+def dse_floor(features: torch.Tensor, threads: int, settings: DSESettings | None = None, seed: int = 0) -> Floor:
+    """The floor of ``dse(features)`` (``features`` (B, N, d), CPU) on this machine."""
+    st = settings or DSESettings()
+    device = str(features.device)
+    z = F.normalize(features.float(), dim=-1)
+    B, N, d = z.shape
+    G, kg, kl = st.images_per_group, st.global_clusters, st.local_clusters
+    g = make_generator(seed, z.device)
+    floor = Floor()
+
+    local = kmeans(z, kl, n_init=st.n_init, generator=g, n_local_trials=st.seeding_trials)
+    P = B // G
+    x = z[: P * G].reshape(P, G * N, d)
+    glob = kmeans(x, kg, n_init=st.n_init, generator=g, n_local_trials=st.seeding_trials)
+    floor.iterations = {name: float(r.iterations.float().mean()) for name, r in (("local", local), ("global", glob))}
+    floor.parts["k-means"] = _kmeans_products(z, kl, st.seeding_trials, floor.iterations["local"], device) + _kmeans_products(
+        x, kg, st.seeding_trials, floor.iterations["global"], device
+    )
+    cent_t = glob.centroids.transpose(1, 2).contiguous()
+    floor.parts["M_inter"] = _timed(lambda: torch.bmm(x, cent_t), device)
+
+    points = z.reshape(B * N, d)
+    members = _cluster_members(local.labels, kl) + _cluster_members(glob.labels, kg)
+    sets = _sets_by_size(points, members)
+    floor.parts["radii: Gram"] = _timed(lambda: [_gram(s) for s in sets], device)
+    floor.parts["radii: eigenvalues"] = _eig_seconds([_gram(s) for s in sets], threads)
+
+    cols = z.transpose(0, 1).contiguous()  # (N, B, d): one patch per image at each position
+    left = B <= d
+    gram_fn = (lambda: torch.bmm(cols, cols.transpose(1, 2))) if left else (lambda: torch.bmm(cols.transpose(1, 2), cols))
+    floor.parts["M_dim: Gram"] = _timed(gram_fn, device)
+    floor.parts["M_dim: eigenvalues"] = _eig_seconds([gram_fn()], threads)
+    return floor
