@@ -2,13 +2,14 @@
 
 DSE of ``(B, N, d)`` features cannot cost less than the dense linear algebra its definition
 requires. The floor is that work, each kernel timed alone at its real shape in float32 on the
-same input (median of 3 runs after a warm-up), with nothing else around it:
+same input (median of 5 runs after a warm-up), with nothing else around it:
 
 * **k-means** (per image, ``k = 3``; per group of 8 images, ``k = 24``): the distance products
   of the k-means++ seeding (``k − 1`` steps, each against the candidates the seeding draws,
   ``DSESettings.seeding_trials``), the first assignment, and per Lloyd iteration the
-  centroid sums and the new assignment — each a batched matrix product (``torch.bmm``) over
-  all problems; Lloyd's share is scaled by the mean number of iterations the problems
+  centroid sums and the new assignment — each a batched matrix product (``torch.bmm``), the
+  seeding's over all problems, Lloyd's over blocks of problems that stay in cache (as
+  dsekit runs them); Lloyd's share is scaled by the mean number of iterations the problems
   needed to converge on this input (read from an untimed run of dsekit's k-means);
 * **M_inter**: the distances of every patch to every centroid of its group (one product);
 * **cluster radii** (``M_intra``): for every cluster of >= 2 patches of both k-means, its Gram
@@ -16,7 +17,9 @@ same input (median of 3 runs after a warm-up), with nothing else around it:
 * **M_dim**: the ``N`` Gram matrices of the ``B × d`` one-patch-per-image matrices and their
   eigenvalues.
 
-The eigenvalues are timed with ``torch.linalg.eigvalsh`` on the actual Gram matrices, grouped
+The Gram matrices and their eigenvalues are in float64, the precision the estimator needs (in
+float32 the small singular values of real features are lost: README, "Benchmarks"); k-means
+runs in float32. The eigenvalues are timed with ``torch.linalg.eigvalsh`` on the actual Gram matrices, grouped
 by exact size (no padding), each group split over the CPU threads (one single-threaded LAPACK
 call per thread, as dsekit does). Normalisation, reductions, sorting, indexing and copies
 are left out: the floor is a lower bound, not an estimate.
@@ -36,7 +39,7 @@ import torch.nn.functional as F
 from _common import sync
 
 from dsekit.metrics.dse import DSESettings
-from dsekit.metrics.kmeans import kmeans, make_generator
+from dsekit.metrics.kmeans import kmeans, lloyd_block, make_generator
 
 
 @dataclass
@@ -51,7 +54,7 @@ class Floor:
         return sum(self.parts.values())
 
 
-def _timed(fn: Callable[[], object], device: str, repeats: int = 3) -> float:
+def _timed(fn: Callable[[], object], device: str, repeats: int = 5) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
@@ -65,15 +68,25 @@ def _timed(fn: Callable[[], object], device: str, repeats: int = 3) -> float:
 
 def _kmeans_products(x: torch.Tensor, k: int, trials: int, iterations: float, device: str) -> float:
     """Seconds of k-means' matrix products on ``x`` (P, n, d): seeding, assignments, updates;
-    ``iterations``: mean Lloyd iterations per problem."""
+    ``iterations``: mean Lloyd iterations per problem. On CPU the Lloyd products are timed
+    over dsekit's blocks of problems (``lloyd_block``), which stay in cache."""
     P, n, d = x.shape
     cand = x[:, :trials].transpose(1, 2).contiguous()  # (P, d, trials): candidate centres
     cent = x[:, :k].transpose(1, 2).contiguous()  # (P, d, k)
     onehot = torch.zeros(P, k, n, device=x.device, dtype=x.dtype)
+    step = lloyd_block(x)
+    blocks = [slice(i, i + step) for i in range(0, P, step)]
+
+    def lloyd_step() -> None:
+        for b in blocks:
+            for _ in range(2):  # two iterations per block while it is in cache
+                torch.bmm(onehot[b], x[b])
+                torch.bmm(x[b], cent[b])
+
     seeding = _timed(lambda: torch.bmm(x, cand), device) * (k - 1)
-    assign = _timed(lambda: torch.bmm(x, cent), device) * (iterations + 1)
-    update = _timed(lambda: torch.bmm(onehot, x), device) * iterations
-    return seeding + assign + update
+    assign = _timed(lambda: torch.bmm(x, cent), device)  # the first assignment
+    lloyd = _timed(lloyd_step, device) / 2 * iterations
+    return seeding + assign + lloyd
 
 
 def _sets_by_size(points: torch.Tensor, members: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -85,7 +98,8 @@ def _sets_by_size(points: torch.Tensor, members: list[torch.Tensor]) -> list[tor
 
 
 def _gram(sets: torch.Tensor) -> torch.Tensor:
-    """Gram matrices of the smaller side of (c, m, d) -> (c, r, r), r = min(m, d)."""
+    """Gram matrices of the smaller side of (c, m, d) -> (c, r, r), r = min(m, d), in float64."""
+    sets = sets.double()
     return sets @ sets.transpose(1, 2) if sets.shape[1] <= sets.shape[2] else sets.transpose(1, 2) @ sets
 
 
@@ -148,7 +162,7 @@ def dse_floor(features: torch.Tensor, threads: int, settings: DSESettings | None
     floor.parts["radii: Gram"] = _timed(lambda: [_gram(s) for s in sets], device)
     floor.parts["radii: eigenvalues"] = _eig_seconds([_gram(s) for s in sets], threads)
 
-    cols = z.transpose(0, 1).contiguous()  # (N, B, d): one patch per image at each position
+    cols = z.transpose(0, 1).double().contiguous()  # (N, B, d): one patch per image at each position
     left = B <= d
     gram_fn = (lambda: torch.bmm(cols, cols.transpose(1, 2))) if left else (lambda: torch.bmm(cols.transpose(1, 2), cols))
     floor.parts["M_dim: Gram"] = _timed(gram_fn, device)

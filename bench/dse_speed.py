@@ -13,14 +13,16 @@ Usage::
     python bench/dse_speed.py [--reference DIR] [--inputs NAME ...] [--sizes 64 256 1024]
                               [--threads 2] [--device cpu|cuda|all] [--repeats R] [--real RUN]
                               [--cache DIR] [--json OUT] [--quick] [--max-ref-seconds S]
-                              [--parts timing memory spread]
+                              [--parts timing memory spread] [--passive] [--no-floor]
 
 Reported:
 
 * per input, device and batch size ``B`` (``N = 196`` patches, ``d = 384`` channels): the
-  median time of dsekit (after a warm-up call at the same size), the median time of the
-  reference (fewer calls at slow sizes; skipped when a linear extrapolation from the previous
-  size exceeds ``--max-ref-seconds``), their ratio, both DSE values, and on CPU the *floor*:
+  median time of dsekit (after a warm-up call at the same size) and of the reference, timed
+  in alternation (each reference call right after a dsekit call; fewer reference calls at
+  slow sizes; skipped when a linear extrapolation from the previous size exceeds
+  ``--max-ref-seconds``), their ratio (the median of the ratios of the calls made one after
+  the other, robust to the machine's drift), both DSE values, and on CPU the *floor*:
   the bare time of the kernels the computation cannot avoid, timed alone at their real shapes
   on the same input (``bench/_dse_floor.py`` says which), and dsekit's time over it;
 * the peak extra memory of one dsekit call at ``B = 1024`` (input ``uneven-anisotropic``),
@@ -47,7 +49,6 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
-import inspect
 import json
 import os
 import platform
@@ -63,11 +64,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Idle OpenMP threads sleep rather than spin (set before torch loads its OpenMP runtime):
-# on a machine shared with other jobs, spinning threads of a 2-thread pool can slow every
-# parallel region down many times over; on an idle machine the setting changes little.
-# An OMP_WAIT_POLICY already in the environment is kept.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# ``--passive``: idle OpenMP threads sleep rather than spin (set before torch loads its OpenMP
+# runtime). On a machine shared with other jobs, spinning threads of a 2-thread pool can slow
+# every parallel region down many times over; on an idle machine the default (spinning for a
+# while) is faster for dsekit and the reference alike. An OMP_WAIT_POLICY already in the
+# environment is kept either way, and every run prints the policy it ran under.
+if "--passive" in sys.argv[1:]:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
@@ -75,7 +78,7 @@ from _common import preserved_rng, sync  # noqa: E402
 from _dse_floor import dse_floor  # noqa: E402
 from _dse_inputs import DIM, N_PATCHES, REAL, SUITE, clustered_features, real_token_loader, synthetic_features, train_real_run  # noqa: E402
 
-from dsekit.metrics.dse import dse  # noqa: E402
+from dsekit.metrics.dse import DSESettings, dse  # noqa: E402
 
 SETTINGS = dict(local_clusters=3, global_clusters=24, images_per_group=8, normalize=True)
 MEMORY_INPUT = "uneven-anisotropic"
@@ -155,18 +158,29 @@ def time_dsekit(x: torch.Tensor, repeats: int, seed: int) -> tuple[float, list[f
     return statistics.median(times), times, value
 
 
-def time_reference(
+def time_side_by_side(
     ref: Callable[..., Any], x: torch.Tensor, repeats: int, seed: int, budget: float
-) -> tuple[float, list[float], float]:
-    """Up to ``repeats`` timed reference calls, fewer once ``budget`` seconds are spent."""
-    times: list[float] = []
-    value = float("nan")
-    while len(times) < repeats:
-        seconds, value = run_reference(ref, x, seed)
-        times.append(seconds)
-        if sum(times) + seconds > budget:
-            break
-    return statistics.median(times), times, value
+) -> tuple[list[float], float, list[float], float]:
+    """dsekit (after a warm-up call) and the reference in alternation, each reference call right
+    after a dsekit call, so that both see the same machine; the reference stops once ``budget``
+    seconds are spent, dsekit goes on to ``repeats`` calls -> (dsekit times, DSE, reference
+    times, DSE)."""
+    device = str(x.device)
+    value = run_dsekit(x, seed)  # warm-up
+    mine: list[float] = []
+    theirs: list[float] = []
+    ref_value = float("nan")
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        value = run_dsekit(x, seed)
+        sync(device)
+        mine.append(time.perf_counter() - t0)
+        if theirs and sum(theirs) + theirs[-1] > budget:
+            continue
+        seconds, ref_value = run_reference(ref, x, seed)
+        theirs.append(seconds)
+    return mine, value, theirs, ref_value
 
 
 # --------------------------------------------------------------------------- memory
@@ -336,7 +350,7 @@ def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
         table.add_column(c, justify="right")
     for r in rows:
         table.add_row(*r)
-    Console(width=max(100, len(title) + 4)).print(table)
+    Console(width=max(160, len(title) + 4)).print(table)
 
 
 # --------------------------------------------------------------------------- main
@@ -351,6 +365,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache", metavar="DIR", default=os.path.join(os.path.expanduser("~"), ".cache", "dsekit-bench"),
                    help="where the real-tokens run is trained once (default ~/.cache/dsekit-bench)")
     p.add_argument("--no-floor", action="store_true", help="do not measure the floor")
+    p.add_argument("--passive", action="store_true", help="OMP_WAIT_POLICY=PASSIVE (for a machine shared with other jobs)")
     p.add_argument("--sizes", type=int, nargs="+", metavar="B", help="batch sizes (default 64 256 1024; --quick: 64)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--device", choices=("cpu", "cuda", "all"), default="all", help="cpu, cuda, or all available (default)")
@@ -414,27 +429,34 @@ def bench_timings(args: argparse.Namespace, devices: list[str], ref: Callable[..
             last_ref: tuple[int, float] | None = None
             for B in args.sizes:
                 x = make(B).to(device)
-                t_dse, all_dse, v_dse = time_dsekit(x, args.repeats, args.seed)
+                estimate = last_ref[1] * B / last_ref[0] if last_ref else None
+                skip = ref is None or (estimate is not None and estimate > args.max_ref_seconds)
+                note = "" if ref is None or not skip else (
+                    f"reference skipped: ~{estimate:.0f} s expected (> --max-ref-seconds {args.max_ref_seconds:g})")
+                all_ref: list[float] = []
+                v_ref: float | None = None
+                if skip:
+                    t_dse, all_dse, v_dse = time_dsekit(x, args.repeats, args.seed)
+                else:
+                    try:
+                        all_dse, v_dse, all_ref, v_ref = time_side_by_side(ref, x, args.repeats, args.seed, args.ref_budget)
+                    except Exception as exc:  # noqa: BLE001 - report and go on
+                        note = f"reference failed: {type(exc).__name__}: {exc}"
+                        t_dse, all_dse, v_dse = time_dsekit(x, args.repeats, args.seed)
+                    t_dse = statistics.median(all_dse)
                 e: dict[str, Any] = dict(input=name, device=device, B=B, dsekit_s=t_dse, dsekit_times=all_dse,
-                                         dsekit_dse=v_dse, reference_s=None, reference_times=[], reference_dse=None,
+                                         dsekit_dse=v_dse, reference_s=None, reference_times=all_ref, reference_dse=v_ref,
                                          ratio=None, floor_s=None, floor_parts=None, floor_iterations=None,
-                                         over_floor=None, note="")
+                                         over_floor=None, note=note)
+                if all_ref:
+                    # the median of the ratios of the calls made one after the other
+                    pairs = [r / d for r, d in zip(all_ref, all_dse)]
+                    e.update(reference_s=statistics.median(all_ref), ratio=statistics.median(pairs), pair_ratios=pairs)
+                    last_ref = (B, statistics.median(all_ref))
                 if device == "cpu" and not args.no_floor:
                     fl = dse_floor(x, args.threads, seed=args.seed)
                     e.update(floor_s=fl.seconds, floor_parts=fl.parts, floor_iterations=fl.iterations,
                              over_floor=t_dse / fl.seconds)
-                if ref is not None:
-                    estimate = last_ref[1] * B / last_ref[0] if last_ref else None
-                    if estimate is not None and estimate > args.max_ref_seconds:
-                        e["note"] = f"reference skipped: ~{estimate:.0f} s expected (> --max-ref-seconds {args.max_ref_seconds:g})"
-                    else:
-                        try:
-                            t_ref, all_ref, v_ref = time_reference(ref, x, args.repeats, args.seed, args.ref_budget)
-                        except Exception as exc:  # noqa: BLE001 - report and go on
-                            e["note"] = f"reference failed: {type(exc).__name__}: {exc}"
-                        else:
-                            e.update(reference_s=t_ref, reference_times=all_ref, reference_dse=v_ref, ratio=t_ref / t_dse)
-                            last_ref = (B, t_ref)
                 entries.append(e)
                 print(f"  {name} {device} B={B}: dsekit {_fmt_s(t_dse)}"
                       + (f", floor {_fmt_s(e['floor_s'])}" if e["floor_s"] is not None else "")
@@ -453,7 +475,7 @@ def bench_timings(args: argparse.Namespace, devices: list[str], ref: Callable[..
         ["input", "device", "B", "dsekit", "reference", "ref/dsekit", "floor", "dsekit/floor", "DSE dsekit", "DSE ref"],
         rows,
     )
-    print("  floor: the bare time of the unavoidable kernels on this input (bench/_dse_floor.py), float32")
+    print("  floor: the bare time of the unavoidable kernels on this input (bench/_dse_floor.py)")
     for e in entries:
         if e["note"]:
             print(f"  {e['input']} {e['device']} B={e['B']}: {e['note']}")
@@ -462,7 +484,7 @@ def bench_timings(args: argparse.Namespace, devices: list[str], ref: Callable[..
 
 def bench_spread(args: argparse.Namespace, device: str, ref: Callable[..., Any] | None) -> dict[str, Any]:
     """DSE over seeds for dsekit (default and further ``n_init``) and the reference; print the table."""
-    default_n_init = inspect.signature(dse).parameters["n_init"].default
+    default_n_init = DSESettings().n_init
     extra = [n for n in args.spread_n_init if n != default_n_init]
     spreads = seed_spread(ref, args.spread_size, device, args.seeds, [None, *extra])
     rs = next((s for s in spreads if s.name == "reference"), None)
@@ -561,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(of {os.cpu_count()} cores), devices: {', '.join(devices)}"
           + (f" ({torch.cuda.get_device_name()})" if "cuda" in devices else ""))
     print(f"load average at start: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}; "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset (the OpenMP default)')}")
     if load0[0] > 0.5 * (os.cpu_count() or 1):
         print(f"warning: the machine is busy (load {load0[0]:.2f} on {os.cpu_count()} cores): CPU timings are unreliable")
     print(ref_note, flush=True)

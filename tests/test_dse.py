@@ -127,20 +127,23 @@ def test_bad_labels_errors():
         dse_from_labels(z, ok - 1, ok)
 
 
-@pytest.mark.parametrize("spectrum", ["clustered", "power_law"])
-def test_float32_spectra_agree_with_float64(spectrum):
-    """The estimator's spectra run in the input's precision: float32 features give the terms of
-    the same features in float64 (same clusters) to well within the golden tolerance (1e-4)."""
+@pytest.mark.parametrize("spectrum", ["clustered", "power_law", "few_directions"])
+def test_float32_features_get_float64_spectra(spectrum):
+    """float32 features give the terms of the same features in float64 (same clusters): the
+    spectra are float64 either way (in float32 the Gram spectrum loses every singular value below
+    ~0.7 % of the largest, which changed M_dim by up to 24 % on the benchmark's inputs)."""
     from dsekit.metrics.dse import cluster_assignments
     from dsekit.metrics.kmeans import make_generator
 
     if spectrum == "clustered":
         z = clustered_features(24, 64, 96, classes=12, seed=3)
-    else:  # singular values falling as 1/i: many small ones, the hard case for float32
+    elif spectrum == "power_law":  # singular values falling as 1/i
         g = torch.Generator().manual_seed(4)
         u = torch.linalg.qr(torch.randn(24 * 64, 96, generator=g))[0]
         v = torch.linalg.qr(torch.randn(96, 96, generator=g))[0]
         z = (u * (1.0 / torch.arange(1, 97)) @ v.T).reshape(24, 64, 96)
+    else:  # 12 classes, noise of norm 0.01
+        z = clustered_features(24, 64, 96, classes=12, noise=0.01, image_shift=0.05, seed=5)
     z = torch.nn.functional.normalize(z, dim=-1)
     a = cluster_assignments(z, generator=make_generator(0))
     glob = torch.cat([labels.reshape(-1, 64) for labels, _, _ in a.global_blocks])

@@ -166,3 +166,17 @@ def test_kmeans_reports_iterations_per_problem():
     res = kmeans(x, 5, seed=0, max_iter=7)
     assert res.iterations.shape == (3,) and int(res.iterations.max()) == res.n_iter <= 7
     assert bool((res.iterations >= 1).all())
+
+
+def test_cpu_blocks_of_problems_give_the_same_result(monkeypatch):
+    """Lloyd runs over cache-sized blocks of problems on CPU; any block size gives the same answer."""
+    import importlib
+
+    km = importlib.import_module("dsekit.metrics.kmeans")
+    x = torch.randn(7, 90, 12, generator=torch.Generator().manual_seed(5))
+    whole = kmeans(x, 4, seed=1, n_init=2)
+    monkeypatch.setattr(km, "_LLOYD_BLOCK_BYTES", 1)  # one problem per block
+    assert km.lloyd_block(x) == 1
+    one = kmeans(x, 4, seed=1, n_init=2)
+    assert torch.equal(whole.labels, one.labels) and torch.equal(whole.iterations, one.iterations)
+    torch.testing.assert_close(whole.centroids, one.centroids, rtol=1e-5, atol=1e-6)

@@ -155,7 +155,7 @@ def test_centered_nuclear_norms_stacks_equal_one_stack_at_a_time(dtype):
 
     g = torch.Generator().manual_seed(1)
     stacks = [(torch.randn(6, m, 30, generator=g), torch.randint(1, m + 1, (6,), generator=g)) for m in (4, 17, 45)]
-    got = centered_nuclear_norms_stacks(iter(stacks), dtype)
+    got = centered_nuclear_norms_stacks(((r.clone(), c) for r, c in stacks), dtype)  # centred in place
     for (rows, counts), v in zip(stacks, got):
         assert v.dtype == dtype
         torch.testing.assert_close(v, centered_nuclear_norms(rows, counts, dtype), rtol=1e-6, atol=1e-6)

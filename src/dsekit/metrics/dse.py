@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .kmeans import kmeans, make_generator, pairwise_sq_dists
-from .spectra import centered_nuclear_norms, centered_nuclear_norms_stacks, effective_rank, input_precision
+from .spectra import centered_nuclear_norms, centered_nuclear_norms_stacks, effective_rank
 
 __all__ = [
     "TERMS",
@@ -323,7 +323,7 @@ def cluster_radii(points: Tensor, partitions: list[tuple[Tensor, int, int]]) -> 
         rows = [r.reshape(*i.shape, d) for r, i in zip(flat.split([i.numel() for i in index]), index)]
         nucs = [centered_nuclear_norms(r, c) for r, c in zip(rows, sizes_of)]
     else:  # one bucket's rows at a time (bounded memory), all eigenvalues in one pass
-        nucs = centered_nuclear_norms_stacks(((points[i], c) for i, c in zip(index, sizes_of)), input_precision(points))
+        nucs = centered_nuclear_norms_stacks((points[i], c) for i, c in zip(index, sizes_of))
     values = [nuc / torch.sqrt(torch.clamp(c - 1, min=d).to(nuc.dtype)) for nuc, c in zip(nucs, sizes_of)]
     dtype = points.dtype if grad else torch.float64
     radii = points.new_zeros(counts.numel(), dtype=dtype)
@@ -373,7 +373,7 @@ def effective_dimensionality(z: Tensor, generator: torch.Generator) -> Tensor:
     for lo in range(0, N, step):
         idx = flat[lo * B : (lo + step) * B]
         cols = points.index_select(0, idx).reshape(-1, B, d)  # (c, B, d)
-        values.append(effective_rank(cols, normalize=True, dtype=input_precision(z)))
+        values.append(effective_rank(cols, normalize=True))
     return torch.cat(values).mean()
 
 

@@ -11,8 +11,10 @@ all restarts, on CPU or CUDA.
   the potential most is kept (``n_local_trials`` sets another number of candidates).
 * Lloyd iterations (at most ``max_iter``), each problem until its centroid shift
   ``‖C_new − C_old‖_F`` is at most ``tol`` times its RMS spread (relative, so the result
-  does not depend on the scale of the data); converged problems leave the batch, so a
-  batch costs the iterations its problems need, not ``P`` times the slowest one's.
+  does not depend on the scale of the data) or its labels repeat (a fixed point: the next
+  update would return the same centroids); converged problems leave the batch, so a batch
+  costs the iterations its problems need, not ``P`` times the slowest one's. On CPU the
+  iterations run over blocks of problems of at most 16 MiB, which stay in cache.
 * Empty clusters are re-seeded with the points farthest from their centroid.
 * ``n_init`` restarts run side by side; the one with the lowest inertia wins per problem.
 * The returned labels are the assignment to the returned centroids.
@@ -29,7 +31,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["KMeansResult", "kmeans", "make_generator", "pairwise_sq_dists"]
+__all__ = ["KMeansResult", "kmeans", "lloyd_block", "make_generator", "pairwise_sq_dists"]
+
+# Bytes of points per block of problems in the CPU Lloyd iterations: the block stays in the
+# last-level cache from one iteration to the next (and a converged problem's removal copies
+# at most this much).
+_LLOYD_BLOCK_BYTES = 16 << 20
 
 
 @dataclass
@@ -92,13 +99,16 @@ def _kmeans_plus_plus(
     """
     P, n, d = x.shape
     R = restarts
+    xt = x.transpose(1, 2)  # (P, d, n): candidate-by-point products come out (P, R·trials, n)
     first = torch.randint(0, n, (P, R), device=x.device, generator=generator)
     centres = [_gather_points(x, first)]  # each (P, R, d)
     closest = pairwise_sq_dists(x, centres[0], x_sq).transpose(1, 2)  # (P, R, n)
     for _ in range(1, k):
         cand = _sample_rows(closest.reshape(P * R, n), trials, generator).reshape(P, R * trials)
         cand_pts = _gather_points(x, cand)  # (P, R*trials, d)
-        d2 = pairwise_sq_dists(x, cand_pts, x_sq).transpose(1, 2).reshape(P, R, trials, n)
+        # ‖c‖² − 2 c·x: the squared distance less ‖x‖², which is the same for every candidate
+        shifted = torch.baddbmm(_sq_norms(cand_pts).unsqueeze(-1), cand_pts, xt, alpha=-2.0)
+        d2 = shifted.add_(x_sq.unsqueeze(1)).clamp_min_(0).view(P, R, trials, n)
         new_closest = torch.minimum(closest.unsqueeze(2), d2)  # (P, R, trials, n)
         best = new_closest.sum(-1).argmin(-1)  # (P, R)
         closest = new_closest.gather(2, best[:, :, None, None].expand(P, R, 1, n)).squeeze(2)
@@ -116,8 +126,9 @@ def _assign(x: Tensor, x_sq: Tensor, centres: Tensor) -> tuple[Tensor, Tensor]:
     return labels, dist
 
 
-def _update(x: Tensor, labels: Tensor, centres: Tensor, dist: Tensor) -> Tensor:
-    """Lloyd update with empty clusters re-seeded at the farthest points -> (P, R, k, d)."""
+def _update(x: Tensor, labels: Tensor, centres: Tensor, dist: Tensor) -> tuple[Tensor, Tensor]:
+    """Lloyd update with empty clusters re-seeded at the farthest points -> centres (P, R, k, d)
+    and whether a cluster was empty (P, R)."""
     P, R, k, d = centres.shape
     n = x.shape[1]
     offset = (torch.arange(R, device=x.device) * k).view(1, R, 1)
@@ -133,7 +144,7 @@ def _update(x: Tensor, labels: Tensor, centres: Tensor, dist: Tensor) -> Tensor:
         pick = far.gather(2, rank).reshape(P, R * k)
         reseed = _gather_points(x, pick).reshape(P, R, k, d)
         new = torch.where(empty.unsqueeze(-1), reseed, new)
-    return new
+    return new, empty.any(-1)
 
 
 def _lloyd(
@@ -143,8 +154,8 @@ def _lloyd(
     shifts are at most ``threshold`` (P, 1), or after ``max_iter``.
 
     A problem's result is final once it converges. Converged problems are dropped from the
-    batch when they are at least half of it, so the batch shrinks with at most ``log2 P``
-    copies of the points.
+    batch when they are at least a quarter of it, so the batch shrinks with at most
+    ``log_{4/3} P`` copies of the points, each smaller than the last.
 
     Returns centres (P, R, k, d), labels and squared distances (P, R, n) of the final
     assignment, and the iterations each problem ran (P,).
@@ -156,24 +167,35 @@ def _lloyd(
     running = torch.ones(P, dtype=torch.bool, device=x.device)  # in the batch and not converged
     xa, xa_sq, ca, la, da, ta = x, x_sq, centres, labels, dist, threshold
     for _ in range(max_iter):
-        new = _update(xa, la, ca, da)
+        new, emptied = _update(xa, la, ca, da)
         shift = (new - ca).pow(2).sum((-1, -2)).sqrt()  # (Pa, R)
         ca = new
+        previous = la
         la, da = _assign(xa, xa_sq, ca)
         iterations[active[running]] += 1
-        done = running & (shift <= ta).all(1)  # converged in this iteration
+        # converged: a small shift, or a fixed point (the same labels, no cluster re-seeded),
+        # after which the next update would return these very centres
+        stable = (la == previous).all(-1) & ~emptied  # (Pa, R)
+        done = running & ((shift <= ta) | stable).all(1)  # converged in this iteration
         if bool(done.any()):
             finished = active[done]
             centres[finished], labels[finished], dist[finished] = ca[done], la[done], da[done]
             running &= ~done
         if not bool(running.any()):
             return centres, labels, dist, iterations
-        if 2 * int(running.sum()) <= running.numel():  # half the batch is done: drop it
+        if 4 * int(running.sum()) <= 3 * running.numel():  # a quarter of the batch is done: drop it
             active, xa, xa_sq, ca, la, da, ta = (t[running] for t in (active, xa, xa_sq, ca, la, da, ta))
             running = running[running]
     left = active[running]
     centres[left], labels[left], dist[left] = ca[running], la[running], da[running]
     return centres, labels, dist, iterations
+
+
+def lloyd_block(x: Tensor) -> int:
+    """Problems per block of the Lloyd iterations on ``x`` (P, n, d): all of them on a GPU; on
+    CPU as many as fit in 16 MiB (at least one), so that a block stays in cache."""
+    P, n, d = x.shape
+    return P if x.device.type != "cpu" else max(1, _LLOYD_BLOCK_BYTES // (n * d * x.element_size()))
 
 
 def _validate(x: Tensor, k: int, n_init: int, max_iter: int) -> None:
@@ -236,7 +258,13 @@ def kmeans(
     threshold = (tol * spread).view(P, 1)
 
     centres = _kmeans_plus_plus(x, x_sq, k, n_init, n_local_trials, generator)
-    centres, labels, dist, iterations = _lloyd(x, x_sq, centres, threshold, max_iter)
+    # Lloyd has no randomness, so on CPU it runs over blocks of problems that stay in cache
+    step = lloyd_block(x)
+    parts = [
+        _lloyd(x[i : i + step], x_sq[i : i + step], centres[i : i + step], threshold[i : i + step], max_iter)
+        for i in range(0, P, step)
+    ]
+    centres, labels, dist, iterations = (torch.cat(t) for t in zip(*parts))
     inertia = dist.sum(-1)  # (P, R)
     best = inertia.argmin(1)  # (P,)
     rows = torch.arange(P, device=x.device)

@@ -11,15 +11,16 @@ Two paths compute singular values of a batch of matrices ``x`` of shape ``(..., 
   vanishing singular values (see :class:`_GramSingularValues`).
 * ``"svd"``: ``torch.linalg.svdvals`` (reference path, used in tests).
 
-Precision: without gradient the Gram matrix is formed and decomposed in ``dtype``, float64
-by default (the baselines), so that small singular values keep their precision; the DSE
-estimator asks for its input's precision (float32 for float32 features, as the gradient
-path), which halves the cost of its spectra (README, "Benchmarks", gives the measured
-error). With gradient (the regulariser) it is computed in the input's precision, float32 at
-least: training runs in float32, the eigenvectors the gradient needs cost twice as much in
-float64, and singular values below the float32 rounding level (``max(m, n) · eps32 ·
-σ_max²`` in ``λ``, about 0.7 % of ``σ_max`` for ``d = 384``) count as zero. On features of
-full rank the two agree to float32 rounding; float64 inputs (``gradcheck``) stay float64.
+Precision: without gradient (the estimator, the baselines) the Gram matrix is formed and
+decomposed in float64 (``dtype`` may ask for another), so that small singular values keep
+their precision: in float32 every eigenvalue below ``max(m, n) · eps32 · λ_max`` is rounding
+noise, which on features of a few strong directions plus weak noise (well-separated classes,
+trained backbones' tokens) removes hundreds of small singular values and changes ``M_dim`` by
+up to 24 % (measured: README, "Benchmarks"). With gradient (the regulariser) it is computed
+in the input's precision, float32 at least: training runs in float32, the eigenvectors the
+gradient needs cost twice as much in float64, and singular values below the float32 rounding
+level (about 0.7 % of ``σ_max`` for ``d = 384``) count as zero. float64 inputs (``gradcheck``)
+stay float64.
 """
 
 from __future__ import annotations
@@ -327,11 +328,12 @@ def centered_nuclear_norms_stacks(
     gradient; their eigenvalues are computed in one pass (:func:`eigvalsh_stacks`).
 
     ``rows`` may be an iterator's items: each stack is reduced to its Gram matrices before
-    the next is read, so at most one stack of rows is held at a time.
+    the next is read, so at most one stack of rows is held at a time. The stacks are buffers
+    of the caller's: each is centred in place.
     """
     grams, sizes = [], []
     for rows, counts in stacks:
-        centred = _centred(rows, counts, dtype or torch.float64)
+        centred = _centred(rows, counts, dtype or torch.float64, in_place=True)
         grams.append(_gram(centred)[0])
         sizes.append(max(rows.shape[-2], rows.shape[-1]))
         del centred
@@ -339,13 +341,18 @@ def centered_nuclear_norms_stacks(
     return [_singular_from_eigenvalues(e, size).sum(-1) for e, size in zip(eigs, sizes)]
 
 
-def _centred(rows: Tensor, counts: Tensor, dtype: torch.dtype) -> Tensor:
-    """Copy of padded sets ``rows`` (c, m, d) in ``dtype``, each centred on its own mean; padding rows 0."""
+def _centred(rows: Tensor, counts: Tensor, dtype: torch.dtype, in_place: bool = False) -> Tensor:
+    """Padded sets ``rows`` (c, m, d) in ``dtype``, each centred on its own mean; padding rows 0.
+
+    A copy, unless ``in_place`` and ``rows`` already has ``dtype``: then ``rows`` itself (a
+    buffer of the caller's) is overwritten.
+    """
     c, m, _ = rows.shape
     xd = rows.detach().to(dtype)
     valid = (torch.arange(m, device=rows.device).unsqueeze(0) < counts.unsqueeze(1)).to(dtype)  # (c, m)
     mean = (valid.unsqueeze(1) @ xd) / counts.to(dtype).view(c, 1, 1)  # (c, 1, d)
-    return (xd - mean).mul_(valid.unsqueeze(-1))  # padding rows become 0: no effect on σ
+    centred = xd.sub_(mean) if in_place else xd - mean
+    return centred.mul_(valid.unsqueeze(-1))  # padding rows become 0: no effect on σ
 
 
 def _centred_spectrum(
