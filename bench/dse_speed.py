@@ -146,16 +146,21 @@ def run_reference(ref: Callable[..., Any], x: torch.Tensor, seed: int) -> tuple[
 
 def time_dsekit(x: torch.Tensor, repeats: int, seed: int) -> tuple[float, list[float], float]:
     """Warm-up call, then ``repeats`` timed calls -> (median seconds, all times, DSE)."""
-    device = str(x.device)
     value = run_dsekit(x, seed)  # warm-up
     times = []
     for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        value = run_dsekit(x, seed)
-        sync(device)
-        times.append(time.perf_counter() - t0)
+        seconds, value = _dsekit_call(x, seed)
+        times.append(seconds)
     return statistics.median(times), times, value
+
+
+def _dsekit_call(x: torch.Tensor, seed: int) -> tuple[float, float]:
+    """One timed dsekit call -> (seconds, DSE)."""
+    sync(str(x.device))
+    t0 = time.perf_counter()
+    value = run_dsekit(x, seed)
+    sync(str(x.device))
+    return time.perf_counter() - t0, value
 
 
 def time_side_by_side(
@@ -165,17 +170,13 @@ def time_side_by_side(
     after a dsekit call, so that both see the same machine; the reference stops once ``budget``
     seconds are spent, dsekit goes on to ``repeats`` calls -> (dsekit times, DSE, reference
     times, DSE)."""
-    device = str(x.device)
     value = run_dsekit(x, seed)  # warm-up
     mine: list[float] = []
     theirs: list[float] = []
     ref_value = float("nan")
     for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        value = run_dsekit(x, seed)
-        sync(device)
-        mine.append(time.perf_counter() - t0)
+        seconds, value = _dsekit_call(x, seed)
+        mine.append(seconds)
         if theirs and sum(theirs) + theirs[-1] > budget:
             continue
         seconds, ref_value = run_reference(ref, x, seed)
