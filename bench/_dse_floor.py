@@ -20,8 +20,8 @@ same input (median of 5 runs after a warm-up), with nothing else around it:
 The Gram matrices and their eigenvalues are in float64, the precision the estimator needs (in
 float32 the small singular values of real features are lost: README, "Benchmarks"); k-means
 runs in float32. The eigenvalues are timed with ``torch.linalg.eigvalsh`` on the actual Gram matrices, grouped
-by exact size (no padding), each group split over the CPU threads (one single-threaded LAPACK
-call per thread, as dsekit does). Normalisation, reductions, sorting, indexing and copies
+by exact size (no padding), shared out over the CPU threads with dsekit's own dispatcher
+(single-threaded LAPACK calls, one pool for all). Normalisation, reductions, sorting, indexing and copies
 are left out: the floor is a lower bound, not an estimate.
 """
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -40,6 +39,7 @@ from _common import sync
 
 from dsekit.metrics.dse import DSESettings
 from dsekit.metrics.kmeans import kmeans, lloyd_block, make_generator
+from dsekit.metrics.spectra import eigvalsh_stacks
 
 
 @dataclass
@@ -103,24 +103,10 @@ def _gram(sets: torch.Tensor) -> torch.Tensor:
     return sets @ sets.transpose(1, 2) if sets.shape[1] <= sets.shape[2] else sets.transpose(1, 2) @ sets
 
 
-def _eig_seconds(grams: list[torch.Tensor], threads: int) -> float:
-    """Wall time of ``eigvalsh`` over ``grams`` (stacks of equal size), each split over ``threads``."""
-    tasks = [t for stack in grams for t in stack.tensor_split(min(threads, stack.shape[0])) if t.shape[0]]
-
-    def run() -> None:
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            if threads <= 1:
-                for t in tasks:
-                    torch.linalg.eigvalsh(t)
-            else:
-                with ThreadPoolExecutor(max_workers=threads) as pool:
-                    list(pool.map(torch.linalg.eigvalsh, tasks))
-        finally:
-            torch.set_num_threads(before)
-
-    return _timed(run, "cpu")
+def _eig_seconds(grams: list[torch.Tensor]) -> float:
+    """Wall time of the eigenvalues of ``grams`` (stacks of equal size), shared out over torch's
+    CPU threads as dsekit does (:func:`dsekit.metrics.spectra.eigvalsh_stacks`)."""
+    return _timed(lambda: eigvalsh_stacks(grams), "cpu")
 
 
 def _cluster_members(labels: torch.Tensor, k: int) -> list[torch.Tensor]:
@@ -135,8 +121,9 @@ def _cluster_members(labels: torch.Tensor, k: int) -> list[torch.Tensor]:
     return members
 
 
-def dse_floor(features: torch.Tensor, threads: int, settings: DSESettings | None = None, seed: int = 0) -> Floor:
-    """The floor of ``dse(features)`` (``features`` (B, N, d), CPU) on this machine."""
+def dse_floor(features: torch.Tensor, settings: DSESettings | None = None, seed: int = 0) -> Floor:
+    """The floor of ``dse(features)`` (``features`` (B, N, d), CPU) on this machine, with torch's
+    current number of CPU threads."""
     st = settings or DSESettings()
     device = str(features.device)
     z = F.normalize(features.float(), dim=-1)
@@ -160,11 +147,11 @@ def dse_floor(features: torch.Tensor, threads: int, settings: DSESettings | None
     members = _cluster_members(local.labels, kl) + _cluster_members(glob.labels, kg)
     sets = _sets_by_size(points, members)
     floor.parts["radii: Gram"] = _timed(lambda: [_gram(s) for s in sets], device)
-    floor.parts["radii: eigenvalues"] = _eig_seconds([_gram(s) for s in sets], threads)
+    floor.parts["radii: eigenvalues"] = _eig_seconds([_gram(s) for s in sets])
 
     cols = z.transpose(0, 1).double().contiguous()  # (N, B, d): one patch per image at each position
     left = B <= d
     gram_fn = (lambda: torch.bmm(cols, cols.transpose(1, 2))) if left else (lambda: torch.bmm(cols.transpose(1, 2), cols))
     floor.parts["M_dim: Gram"] = _timed(gram_fn, device)
-    floor.parts["M_dim: eigenvalues"] = _eig_seconds([gram_fn()], threads)
+    floor.parts["M_dim: eigenvalues"] = _eig_seconds([gram_fn()])
     return floor

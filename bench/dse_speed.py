@@ -402,6 +402,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("threads", "repeats", "seeds", "spread_size", "memory_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')}: expected >= 1, got {getattr(args, name)}")
+    if args.real and not (Path(args.real) / "dsekit.json").is_file():
+        p.error(f"--real: {args.real} is not a run folder written by dsekit train (no dsekit.json)")
     if min(args.sizes) < 1:
         p.error(f"--sizes: expected positive batch sizes, got {args.sizes}")
     return args
@@ -443,7 +445,7 @@ def bench_timings(args: argparse.Namespace, devices: list[str], ref: Callable[..
                         all_dse, v_dse, all_ref, v_ref = time_side_by_side(ref, x, args.repeats, args.seed, args.ref_budget)
                     except Exception as exc:  # noqa: BLE001 - report and go on
                         note = f"reference failed: {type(exc).__name__}: {exc}"
-                        t_dse, all_dse, v_dse = time_dsekit(x, args.repeats, args.seed)
+                        _, all_dse, v_dse = time_dsekit(x, args.repeats, args.seed)
                     t_dse = statistics.median(all_dse)
                 e: dict[str, Any] = dict(input=name, device=device, B=B, dsekit_s=t_dse, dsekit_times=all_dse,
                                          dsekit_dse=v_dse, reference_s=None, reference_times=all_ref, reference_dse=v_ref,
@@ -455,7 +457,7 @@ def bench_timings(args: argparse.Namespace, devices: list[str], ref: Callable[..
                     e.update(reference_s=statistics.median(all_ref), ratio=statistics.median(pairs), pair_ratios=pairs)
                     last_ref = (B, statistics.median(all_ref))
                 if device == "cpu" and not args.no_floor:
-                    fl = dse_floor(x, args.threads, seed=args.seed)
+                    fl = dse_floor(x, seed=args.seed)
                     e.update(floor_s=fl.seconds, floor_parts=fl.parts, floor_iterations=fl.iterations,
                              over_floor=t_dse / fl.seconds)
                 entries.append(e)

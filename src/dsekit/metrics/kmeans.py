@@ -47,7 +47,7 @@ class KMeansResult:
     labels: Tensor  #: (P, n) int64, index of the nearest returned centroid
     inertia: Tensor  #: (P,) sum of squared distances of points to their centroid
     n_iter: int  #: Lloyd iterations run (the most any problem needed)
-    iterations: Tensor | None = None  #: (P,) int64 Lloyd iterations each problem ran
+    iterations: Tensor  #: (P,) int64 Lloyd iterations each problem ran
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
@@ -150,8 +150,9 @@ def _update(x: Tensor, labels: Tensor, centres: Tensor, dist: Tensor) -> tuple[T
 def _lloyd(
     x: Tensor, x_sq: Tensor, centres: Tensor, threshold: Tensor, max_iter: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Lloyd iterations from ``centres`` (P, R, k, d); each problem stops once all its restarts'
-    shifts are at most ``threshold`` (P, 1), or after ``max_iter``.
+    """Lloyd iterations from ``centres`` (P, R, k, d); each problem stops once each of its
+    restarts has converged (a shift at most ``threshold`` (P, 1), or a fixed point), or after
+    ``max_iter``.
 
     A problem's result is final once it converges. Converged problems are dropped from the
     batch when they are at least a quarter of it, so the batch shrinks with at most
@@ -272,6 +273,6 @@ def kmeans(
         centroids=centres[rows, best],
         labels=labels[rows, best],
         inertia=inertia[rows, best],
-        n_iter=int(iterations.max()) if P else 0,
+        n_iter=int(iterations.max()),
         iterations=iterations,
     )

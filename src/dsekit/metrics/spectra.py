@@ -12,7 +12,7 @@ Two paths compute singular values of a batch of matrices ``x`` of shape ``(..., 
 * ``"svd"``: ``torch.linalg.svdvals`` (reference path, used in tests).
 
 Precision: without gradient (the estimator, the baselines) the Gram matrix is formed and
-decomposed in float64 (``dtype`` may ask for another), so that small singular values keep
+decomposed in float64, so that small singular values keep
 their precision: in float32 every eigenvalue below ``max(m, n) · eps32 · λ_max`` is rounding
 noise, which on features of a few strong directions plus weak noise (well-separated classes,
 trained backbones' tokens) removes hundreds of small singular values and changes ``M_dim`` by
@@ -42,7 +42,6 @@ __all__ = [
     "centered_nuclear_norms",
     "centered_nuclear_norms_stacks",
     "eigvalsh_stacks",
-    "input_precision",
 ]
 
 
@@ -66,49 +65,37 @@ def _single_intra_op_thread() -> Iterator[int]:
 
 
 def _batched_eigh(gram: Tensor, vectors: bool) -> tuple[Tensor, Tensor | None]:
-    """Eigenvalues (ascending) and optionally eigenvectors of a batch ``(..., m, m)``.
-
-    On CPU a batched eigen-decomposition is a loop of small LAPACK calls whose own OpenMP
-    threading gains nothing (and, on busy cores, spinning threads make it many times
-    slower). Instead the batch is split across as many worker threads as torch's
-    intra-op setting allows, each running single-threaded LAPACK on its share.
-    """
-
-    def decompose(g: Tensor) -> tuple[Tensor, Tensor | None]:
-        if vectors:
-            return torch.linalg.eigh(g)
-        return torch.linalg.eigvalsh(g), None
-
-    if gram.device.type != "cpu":
-        return decompose(gram)
+    """Eigenvalues (ascending) and optionally eigenvectors of a batch ``(..., m, m)``
+    (the batch is shared out over the CPU threads as in :func:`eigvalsh_stacks`)."""
     shape = gram.shape
-    flat = gram.reshape(-1, shape[-2], shape[-1])
-    with _single_intra_op_thread() as threads:
-        workers = min(threads, flat.shape[0])
-        if workers <= 1:
-            eig, vec = decompose(flat)
-        else:
-            # Workers are created inside the single-thread block, so each initialises
-            # torch's per-thread state with one intra-op thread.
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                parts = list(pool.map(decompose, flat.tensor_split(workers)))
-            eig = torch.cat([e for e, _ in parts])
-            vec = torch.cat([v for _, v in parts]) if vectors else None
-    eig = eig.reshape(*shape[:-1])
-    return eig, (vec.reshape(shape) if vec is not None else None)
+    ((eig, vec),) = _eigh_stacks([gram.reshape(-1, shape[-2], shape[-1])], vectors)
+    return eig.reshape(*shape[:-1]), (vec.reshape(shape) if vec is not None else None)
 
 
 def eigvalsh_stacks(grams: list[Tensor]) -> list[Tensor]:
-    """Eigenvalues (ascending) of several stacks of symmetric matrices ``[(c_i, m_i, m_i)]``.
+    """Eigenvalues (ascending) of several stacks of symmetric matrices ``[(c_i, m_i, m_i)]``,
+    in one pass over the CPU threads (see :func:`_eigh_stacks`)."""
+    return [eig for eig, _ in _eigh_stacks(grams, vectors=False)]
 
-    On CPU all stacks are shared out over the worker threads in one pass (pieces of at most
-    ``1/threads`` of a stack, placed largest first on the least loaded thread by their
-    ``c · m³`` cost), so many small stacks cost one thread pool, not one each.
+
+def _eigh_stacks(grams: list[Tensor], vectors: bool) -> list[tuple[Tensor, Tensor | None]]:
+    """Eigenvalues and optionally eigenvectors of several stacks ``[(c_i, m_i, m_i)]``.
+
+    On CPU a batched eigen-decomposition is a loop of small LAPACK calls whose own OpenMP
+    threading gains nothing (and, on busy cores, spinning threads make it many times
+    slower). Instead all stacks are shared out over as many worker threads as torch's
+    intra-op setting allows, in one pass: pieces of at most ``1/threads`` of a stack, placed
+    largest first on the least loaded thread by their ``c · m³`` cost, each worker running
+    single-threaded LAPACK, so many small stacks cost one thread pool, not one each.
     """
+
+    def decompose(g: Tensor) -> tuple[Tensor, Tensor | None]:
+        return torch.linalg.eigh(g) if vectors else (torch.linalg.eigvalsh(g), None)
+
     if not grams:
         return []
     if grams[0].device.type != "cpu":
-        return [torch.linalg.eigvalsh(g) for g in grams]
+        return [decompose(g) for g in grams]
     with _single_intra_op_thread() as threads:
         pieces = []  # (cost, stack index, slice start, slice stop)
         for i, g in enumerate(grams):
@@ -116,25 +103,31 @@ def eigvalsh_stacks(grams: list[Tensor]) -> list[Tensor]:
             bounds = torch.linspace(0, c, min(threads, c) + 1).round().long().tolist()
             pieces += [((hi - lo) * m**3, i, lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
         if threads <= 1 or len(pieces) <= 1:
-            return [torch.linalg.eigvalsh(g) for g in grams]
+            return [decompose(g) for g in grams]
         loads, plans = [0] * threads, [[] for _ in range(threads)]
         for piece in sorted(pieces, reverse=True):
             w = loads.index(min(loads))
             loads[w] += piece[0]
             plans[w].append(piece)
-        out = [torch.empty(g.shape[:-1], dtype=g.dtype) for g in grams]
+        eigs = [torch.empty(g.shape[:-1], dtype=g.dtype) for g in grams]
+        vecs = [torch.empty_like(g) for g in grams] if vectors else None
 
         def work(plan: list[tuple[int, int, int, int]]) -> None:
             for _, i, lo, hi in plan:
-                out[i][lo:hi] = torch.linalg.eigvalsh(grams[i][lo:hi])
+                eig, vec = decompose(grams[i][lo:hi])
+                eigs[i][lo:hi] = eig
+                if vecs is not None:
+                    vecs[i][lo:hi] = vec
 
+        # Workers are created inside the single-thread block, so each initialises torch's
+        # per-thread state with one intra-op thread.
         with ThreadPoolExecutor(max_workers=threads) as pool:
             list(pool.map(work, [p for p in plans if p]))
-    return out
+    return [(e, vecs[i] if vecs is not None else None) for i, e in enumerate(eigs)]
 
 
-def input_precision(x: Tensor) -> torch.dtype:
-    """The input's precision, float32 at least: float64 for float64 ``x``, else float32."""
+def _grad_precision(x: Tensor) -> torch.dtype:
+    """Precision of a spectrum computed with gradient: the input's (float32 at least)."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
@@ -179,7 +172,7 @@ class _GramSingularValues(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> Tensor:  # type: ignore[override]
-        sv, vec, left = _gram_spectrum(x, vectors=True, dtype=input_precision(x))
+        sv, vec, left = _gram_spectrum(x, vectors=True, dtype=_grad_precision(x))
         ctx.save_for_backward(x, vec, sv)
         ctx.left = left
         return sv.flip(-1)
@@ -204,17 +197,14 @@ def _singular_value_grad(x: Tensor, vec: Tensor, sv: Tensor, left: bool, grad: T
     return proj @ x if left else x @ proj
 
 
-def _gram_singular_values(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-    """Singular values (descending); in ``dtype`` (default float64), or with gradient the
-    input's precision (float32 at least)."""
+def _gram_singular_values(x: Tensor) -> Tensor:
+    """Singular values (descending); float64, or with gradient the input's precision (float32 at least)."""
     if x.requires_grad and torch.is_grad_enabled():
         return _GramSingularValues.apply(x)
-    return _gram_spectrum(x, vectors=False, dtype=dtype or torch.float64)[0].flip(-1)
+    return _gram_spectrum(x, vectors=False)[0].flip(-1)
 
 
-def singular_values(
-    x: Tensor, *, center_rows: bool = False, method: str = "auto", dtype: torch.dtype | None = None
-) -> Tensor:
+def singular_values(x: Tensor, *, center_rows: bool = False, method: str = "auto") -> Tensor:
     """Singular values, descending.
 
     Args:
@@ -223,10 +213,9 @@ def singular_values(
         method: ``"gram"`` (eigenvalues of the smaller Gram matrix, with the
             gradient of :class:`_GramSingularValues`), ``"svd"`` (``torch.linalg.svdvals``)
             or ``"auto"`` (``"gram"``).
-        dtype: precision of the ``"gram"`` spectrum without gradient (default float64).
 
     Returns:
-        ``(..., min(m, n))`` tensor; for ``"gram"`` ``dtype`` (with gradient: float64 or
+        ``(..., min(m, n))`` tensor; for ``"gram"`` float64 (with gradient: float64 or
         float32, see the module docstring), ``x.dtype`` for ``"svd"``.
     """
     if x.ndim < 2:
@@ -236,7 +225,7 @@ def singular_values(
     if method == "auto":
         method = "gram"
     if method == "gram":
-        return _gram_singular_values(x, dtype)
+        return _gram_singular_values(x)
     if method == "svd":
         return torch.linalg.svdvals(x)
     raise ValueError(f"method: expected 'auto', 'gram' or 'svd', got {method!r}")
@@ -279,7 +268,6 @@ def effective_rank(
     center_rows: bool = False,
     eps: float = 0.0,
     method: str = "auto",
-    dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Effective rank of each matrix, optionally divided by ``min(m, n)``.
 
@@ -288,42 +276,39 @@ def effective_rank(
         normalize: divide by ``min(m, n)`` so the value lies in ``(0, 1]``.
         center_rows: centre the rows first (DSE's ``M_dim`` does not).
         eps: see :func:`erank_from_singular_values`.
-        method, dtype: see :func:`singular_values`.
+        method: see :func:`singular_values`.
 
     Returns:
         ``(...)`` tensor.
     """
-    s = singular_values(x, center_rows=center_rows, method=method, dtype=dtype)
+    s = singular_values(x, center_rows=center_rows, method=method)
     r = erank_from_singular_values(s, eps=eps)
     if normalize:
         r = r / min(x.shape[-2], x.shape[-1])
     return r
 
 
-def centered_nuclear_norms(rows: Tensor, counts: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+def centered_nuclear_norms(rows: Tensor, counts: Tensor) -> Tensor:
     """Nuclear norms of padded point sets after centring each on its own mean.
 
     Args:
         rows: ``(c, m, d)``; set ``i`` is ``rows[i, :counts[i]]``, the remaining rows are
             padding and ignored whatever their values.
         counts: ``(c,)`` number of points of each set (>= 1).
-        dtype: precision without gradient (default float64).
 
     Returns:
         ``(c,)`` nuclear norms ``‖C_i - mean(C_i)‖_*``, from the Gram spectrum of the
-        centred sets, centred and decomposed in ``dtype`` (with gradient: in the input's
+        centred sets, centred and decomposed in float64 (with gradient: in the input's
         precision, float32 at least; see the module docstring). With gradient:
         ``∂‖HC‖_*/∂C = U Vᵀ`` of the centred set, whose columns ``U`` are orthogonal to
         the constant vector, so the centring adds nothing to it and padding rows get 0.
     """
     if rows.requires_grad and torch.is_grad_enabled():
         return _CentredNuclearNorms.apply(rows, counts)
-    return _centred_spectrum(rows, counts, vectors=False, dtype=dtype or torch.float64)[1].sum(-1)
+    return _centred_spectrum(rows, counts, vectors=False)[1].sum(-1)
 
 
-def centered_nuclear_norms_stacks(
-    stacks: Iterable[tuple[Tensor, Tensor]], dtype: torch.dtype | None = None
-) -> list[Tensor]:
+def centered_nuclear_norms_stacks(stacks: Iterable[tuple[Tensor, Tensor]]) -> list[Tensor]:
     """:func:`centered_nuclear_norms` of several padded stacks ``[(rows, counts)]``, without
     gradient; their eigenvalues are computed in one pass (:func:`eigvalsh_stacks`).
 
@@ -333,7 +318,7 @@ def centered_nuclear_norms_stacks(
     """
     grams, sizes = [], []
     for rows, counts in stacks:
-        centred = _centred(rows, counts, dtype or torch.float64, in_place=True)
+        centred = _centred(rows, counts, torch.float64, in_place=True)
         grams.append(_gram(centred)[0])
         sizes.append(max(rows.shape[-2], rows.shape[-1]))
         del centred
@@ -370,7 +355,7 @@ class _CentredNuclearNorms(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, rows: Tensor, counts: Tensor) -> Tensor:  # type: ignore[override]
-        centred, sv, vec, left = _centred_spectrum(rows, counts, vectors=True, dtype=input_precision(rows))
+        centred, sv, vec, left = _centred_spectrum(rows, counts, vectors=True, dtype=_grad_precision(rows))
         ctx.save_for_backward(centred.to(rows.dtype), vec, sv)
         ctx.left = left
         return sv.sum(-1)
