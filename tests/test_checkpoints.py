@@ -23,6 +23,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
+from _weights import randomize
+
 from dsekit.backbones import (
     BranchSpec,
     CheckpointError,
@@ -58,26 +60,8 @@ RESNET_KW = {"layers": (1, 1, 1, 1), "base_width": 16}  # ResNet-50 names, narro
 # --------------------------------------------------------------------------------------------------
 
 
-def _randomize(model: nn.Module, seed: int) -> nn.Module:
-    """Fill every parameter and float buffer with seeded random values (BN stats included)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in list(model.state_dict(keep_vars=True).items()):
-            if not t.is_floating_point():
-                continue
-            if name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            elif t.ndim == 1 and name.endswith("weight"):
-                t.copy_(1.0 + 0.1 * torch.randn(t.shape, generator=g))
-            elif t.ndim == 1:
-                t.copy_(0.1 * torch.randn(t.shape, generator=g))
-            else:
-                t.copy_(0.05 * torch.randn(t.shape, generator=g))
-    return model.eval()
-
-
 def _vit(seed: int, **kw: object) -> nn.Module:
-    return _randomize(create_backbone("vit_small_patch16_224", init_weights=False, **{**VIT_KW, **kw}), seed)
+    return randomize(create_backbone("vit_small_patch16_224", init_weights=False, **{**VIT_KW, **kw}), seed)
 
 
 def _ijepa_vit(seed: int) -> nn.Module:
@@ -85,7 +69,7 @@ def _ijepa_vit(seed: int) -> nn.Module:
         "vit_base_patch16_224", init_weights=False, class_token=False, global_pool="avg", fc_norm=False,
         **IJEPA_KW,
     )
-    return _randomize(model, seed)
+    return randomize(model, seed)
 
 
 def _swin(seed: int) -> nn.Module:
@@ -93,12 +77,12 @@ def _swin(seed: int) -> nn.Module:
         "swin_tiny_patch4_window7_224", init_weights=False, norm_layer=partial(nn.LayerNorm, eps=1e-6),
         **SWIN_KW,
     )
-    return _randomize(model, seed)
+    return randomize(model, seed)
 
 
 def _tv_resnet(seed: int) -> ResNet:
     """A torchvision ResNet-50 layout (1 block per stage, narrower), as the CNN methods' releases build."""
-    return _randomize(ResNet(Bottleneck, [1, 1, 1, 1], width_per_group=16), seed)
+    return randomize(ResNet(Bottleneck, [1, 1, 1, 1], width_per_group=16), seed)
 
 
 def _tv_features(net: ResNet, x: Tensor) -> Tensor:
@@ -125,7 +109,7 @@ def _mlp(*dims: int, bn: bool = False) -> nn.Sequential:
             if bn:
                 layers.append(nn.BatchNorm1d(b))
             layers.append(nn.GELU())
-    return _randomize(nn.Sequential(*layers), 99)
+    return randomize(nn.Sequential(*layers), 99)
 
 
 def _dino_head(dim: int, prefix: str) -> dict[str, Tensor]:
@@ -344,7 +328,7 @@ def build_densecl() -> Built:
 
 def _simsiam_encoder(seed: int) -> ResNet:
     net = _tv_resnet(seed)
-    net.fc = _randomize(nn.Sequential(nn.Linear(2048, 32, bias=False), nn.BatchNorm1d(32), nn.ReLU(),
+    net.fc = randomize(nn.Sequential(nn.Linear(2048, 32, bias=False), nn.BatchNorm1d(32), nn.ReLU(),
                                       nn.Linear(32, 16), nn.BatchNorm1d(16, affine=False)), seed + 1)
     return net
 
@@ -1047,7 +1031,7 @@ def _official_vicregl_convnext(seed: int, layer_scale: float = 0.0) -> tuple[nn.
             super().__init__()
             self.module = module
 
-    net = _randomize(VICRegL(), seed)
+    net = randomize(VICRegL(), seed)
     return net.backbone, DDP(net).state_dict()
 
 

@@ -38,6 +38,7 @@ from dsekit.metrics.baselines import BASELINE_METRICS
 from dsekit.metrics.dse import TERMS, DSEAccumulator
 from dsekit.scan import CSV_COLUMNS, ScanConfig, scan
 from dsekit.select import calibrate, select_checkpoints
+from _weights import randomize
 
 ARCH = "vit_small_patch16_224"
 DEPTH = 1
@@ -61,26 +62,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # --------------------------------------------------------------------------------------------------
 
 
-def _randomize(model: nn.Module, seed: int) -> nn.Module:
-    """Seeded random values in every float parameter / buffer (BN statistics included)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in model.state_dict(keep_vars=True).items():
-            if not t.is_floating_point():
-                continue
-            if name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            elif t.ndim == 1 and name.endswith("weight"):
-                t.copy_(1.0 + 0.1 * torch.randn(t.shape, generator=g))
-            elif t.ndim == 1:
-                t.copy_(0.1 * torch.randn(t.shape, generator=g))
-            else:
-                t.copy_(0.05 * torch.randn(t.shape, generator=g))
-    return model.eval()
-
-
 def _vit(seed: int) -> nn.Module:
-    return _randomize(create_backbone(ARCH, img_size=IMG, depth=DEPTH, init_weights=False), seed)
+    return randomize(create_backbone(ARCH, img_size=IMG, depth=DEPTH, init_weights=False), seed)
 
 
 def _head(dim: int, seed: int) -> dict[str, Tensor]:
@@ -551,7 +534,7 @@ def _simsiam_encoder(seed: int) -> ResNet:
     net = ResNet(Bottleneck, [1, 1, 1, 1], width_per_group=16)
     net.fc = nn.Sequential(nn.Linear(2048, 32, bias=False), nn.BatchNorm1d(32), nn.ReLU(),
                            nn.Linear(32, 16), nn.BatchNorm1d(16, affine=False))
-    return _randomize(net, seed)
+    return randomize(net, seed)
 
 
 def _tv_features(net: ResNet, x: Tensor) -> Tensor:
@@ -616,7 +599,7 @@ def test_swin_method_scan(tmp_path):
     run.mkdir()
     teachers = {}
     for ep, seed in ((0, 20), (10, 21), (20, 22)):
-        teacher = teachers[ep] = _randomize(
+        teacher = teachers[ep] = randomize(
             create_backbone("swin_tiny_patch4_window7_224", img_size=SMALL_IMG, init_weights=False,
                             norm_layer=partial(nn.LayerNorm, eps=1e-6), **SWIN_KW),
             seed,
