@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import statistics
+import time
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -13,6 +15,20 @@ def sync(device: str) -> None:
     """Wait for queued CUDA work, so that timings cover it; nothing on CPU."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def median_seconds(fn: Callable[[], object], device: str = "cpu", repeats: int = 5) -> float:
+    """Median wall time of ``repeats`` calls of ``fn`` after a warm-up call, each timed from and
+    to an idle ``device``."""
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 @contextlib.contextmanager

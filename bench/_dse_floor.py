@@ -30,15 +30,12 @@ are left out: the floor is a lower bound, not an estimate.
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from _common import sync
+from _common import median_seconds
 
 from dsekit.metrics.dse import DSESettings
 from dsekit.metrics.kmeans import kmeans, lloyd_block, make_generator
@@ -55,18 +52,6 @@ class Floor:
     @property
     def seconds(self) -> float:
         return sum(self.parts.values())
-
-
-def _timed(fn: Callable[[], object], device: str, repeats: int = 5) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _kmeans_products(x: torch.Tensor, k: int, trials: int, iterations: float, device: str) -> float:
@@ -91,9 +76,9 @@ def _kmeans_products(x: torch.Tensor, k: int, trials: int, iterations: float, de
             for _ in range(k - 1):
                 torch.bmm(x[b], cand[b])
 
-    seeding = min(_timed(lambda: torch.bmm(x, cand), device) * (k - 1), _timed(seeding_in_blocks, device, repeats=3))
-    assign = _timed(lambda: torch.bmm(x, cent), device)  # the first assignment
-    lloyd = _timed(lloyd_step, device) / 2 * iterations
+    seeding = min(median_seconds(lambda: torch.bmm(x, cand), device) * (k - 1), median_seconds(seeding_in_blocks, device, repeats=3))
+    assign = median_seconds(lambda: torch.bmm(x, cent), device)  # the first assignment
+    lloyd = median_seconds(lloyd_step, device) / 2 * iterations
     return seeding + assign + lloyd
 
 
@@ -114,7 +99,7 @@ def _gram(sets: torch.Tensor) -> torch.Tensor:
 def _eig_seconds(grams: list[torch.Tensor]) -> float:
     """Wall time of the eigenvalues of ``grams`` (stacks of equal size), shared out over torch's
     CPU threads as dsekit does (:func:`dsekit.metrics.spectra.eigvalsh_stacks`)."""
-    return _timed(lambda: eigvalsh_stacks(grams), "cpu")
+    return median_seconds(lambda: eigvalsh_stacks(grams), "cpu")
 
 
 def _cluster_members(labels: torch.Tensor, k: int) -> list[torch.Tensor]:
@@ -149,17 +134,17 @@ def dse_floor(features: torch.Tensor, settings: DSESettings | None = None, seed:
         x, kg, st.seeding_trials, floor.iterations["global"], device
     )
     cent_t = glob.centroids.transpose(1, 2).contiguous()
-    floor.parts["M_inter"] = _timed(lambda: torch.bmm(x, cent_t), device)
+    floor.parts["M_inter"] = median_seconds(lambda: torch.bmm(x, cent_t), device)
 
     points = z.reshape(B * N, d)
     members = _cluster_members(local.labels, kl) + _cluster_members(glob.labels, kg)
     sets = _sets_by_size(points, members)
-    floor.parts["radii: Gram"] = _timed(lambda: [_gram(s) for s in sets], device)
+    floor.parts["radii: Gram"] = median_seconds(lambda: [_gram(s) for s in sets], device)
     floor.parts["radii: eigenvalues"] = _eig_seconds([_gram(s) for s in sets])
 
     cols = z.transpose(0, 1).double().contiguous()  # (N, B, d): one patch per image at each position
     left = B <= d
     gram_fn = (lambda: torch.bmm(cols, cols.transpose(1, 2))) if left else (lambda: torch.bmm(cols.transpose(1, 2), cols))
-    floor.parts["M_dim: Gram"] = _timed(gram_fn, device)
+    floor.parts["M_dim: Gram"] = median_seconds(gram_fn, device)
     floor.parts["M_dim: eigenvalues"] = _eig_seconds([gram_fn()])
     return floor

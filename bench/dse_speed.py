@@ -76,6 +76,7 @@ import torch  # noqa: E402
 
 from _common import preserved_rng, sync  # noqa: E402
 from _dse_floor import dse_floor  # noqa: E402
+from _targets import GPU_DSE_RATIO_B1024, GPU_DSE_SECONDS_B1024  # noqa: E402
 from _dse_inputs import DIM, N_PATCHES, REAL, SUITE, clustered_features, real_token_loader, synthetic_features, train_real_run  # noqa: E402
 
 from dsekit.metrics.dse import DSESettings, dse  # noqa: E402
@@ -92,8 +93,6 @@ SPREAD_INPUT = dict(num_classes=24, classes_per_image=(3, 3), shift=0.05, noise=
 TARGET_CPU_RATIO_B256 = 5.0
 TARGET_CPU_FLOOR_B256 = 1.5
 TARGET_CPU_RATIO_B1024 = 10.0
-TARGET_GPU_SECONDS_B1024 = 0.1
-TARGET_GPU_RATIO_B1024 = 50.0
 TARGET_CPU_MEMORY_BYTES = 2e9
 TARGET_SPREAD_FRACTION = 0.25
 
@@ -535,12 +534,12 @@ def print_targets(report: dict[str, Any]) -> dict[str, bool | None]:
     judge("cpu_b1024_ratio", f"CPU, B = 1024, >= {TARGET_CPU_RATIO_B1024:g}x faster than the reference on every input",
           cpu1024, "ratio", lambda e: e["ratio"] >= TARGET_CPU_RATIO_B1024)
     gpu = [e for e in timings if e["device"] == "cuda" and e["B"] == 1024]
-    ok_t = None if not gpu else all(e["dsekit_s"] <= TARGET_GPU_SECONDS_B1024 for e in gpu)
+    ok_t = None if not gpu else all(e["dsekit_s"] <= GPU_DSE_SECONDS_B1024 for e in gpu)
     verdicts["gpu_b1024_seconds"] = ok_t
-    print(f"  GPU, B = 1024, <= {TARGET_GPU_SECONDS_B1024:g} s on every input: "
+    print(f"  GPU, B = 1024, <= {GPU_DSE_SECONDS_B1024:g} s on every input: "
           + (", ".join(f"{e['input']} {_fmt_s(e['dsekit_s'])}" for e in gpu) or "not measured") + f" -> {_verdict(ok_t)}")
-    judge("gpu_b1024_ratio", f"GPU, B = 1024, >= {TARGET_GPU_RATIO_B1024:g}x faster than the reference on every input",
-          gpu, "ratio", lambda e: e["ratio"] >= TARGET_GPU_RATIO_B1024)
+    judge("gpu_b1024_ratio", f"GPU, B = 1024, >= {GPU_DSE_RATIO_B1024:g}x faster than the reference on every input",
+          gpu, "ratio", lambda e: e["ratio"] >= GPU_DSE_RATIO_B1024)
     for m in report.get("memory", []):
         mb = None if m["extra_bytes"] is None else m["extra_bytes"] / 1e6
         ok = None if mb is None or m["device"] != "cpu" or m["B"] != 1024 else m["extra_bytes"] <= TARGET_CPU_MEMORY_BYTES

@@ -13,10 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-TARGET_DSE_SECONDS_B1024 = 0.1
-TARGET_DSE_RATIO_B1024 = 50.0
-TARGET_EXTRACTION = 0.90
-TARGET_REGULARISER_SHARE = 0.10
+from _targets import GPU_DSE_RATIO_B1024, GPU_DSE_SECONDS_B1024, GPU_EXTRACTION, GPU_REGULARISER_SHARE
 
 
 def _load(path: Path) -> dict[str, Any] | None:
@@ -48,9 +45,9 @@ def rows(out: Path) -> list[list[str]]:
             f", reference: {e['note'] or 'not run'}")
         target, verdict = "", ""
         if B == 1024:
-            target = f"<= {TARGET_DSE_SECONDS_B1024:g} s and >= {TARGET_DSE_RATIO_B1024:g}x"
-            ok_r = None if not e.get("ratio") else e["ratio"] >= TARGET_DSE_RATIO_B1024
-            ok = e["dsekit_s"] <= TARGET_DSE_SECONDS_B1024 and ok_r is not False
+            target = f"<= {GPU_DSE_SECONDS_B1024:g} s and >= {GPU_DSE_RATIO_B1024:g}x"
+            ok_r = None if not e.get("ratio") else e["ratio"] >= GPU_DSE_RATIO_B1024
+            ok = e["dsekit_s"] <= GPU_DSE_SECONDS_B1024 and ok_r is not False
             verdict = _verdict(ok) + ("" if ok_r is not None else " (ratio not measured)")
         table.append([f"DSE, B = {B} ({e['input']})", f"{_s(e['dsekit_s'])}{ratio}", target, verdict])
 
@@ -59,10 +56,10 @@ def rows(out: Path) -> list[list[str]]:
     if gpu:
         table.append([f"scan extraction, batch {gpu['batch_size']}",
                       f"{gpu['dsekit_images_per_s']:.0f} img/s vs timm {gpu['timm_images_per_s']:.0f} img/s "
-                      f"({100 * gpu['ratio']:.1f} %)", f">= {100 * TARGET_EXTRACTION:.0f} %",
-                      _verdict(gpu["ratio"] >= TARGET_EXTRACTION)])
+                      f"({100 * gpu['ratio']:.1f} %)", f">= {100 * GPU_EXTRACTION:.0f} %",
+                      _verdict(gpu["ratio"] >= GPU_EXTRACTION)])
     else:
-        table.append(["scan extraction vs timm", "not measured", f">= {100 * TARGET_EXTRACTION:.0f} %", ""])
+        table.append(["scan extraction vs timm", "not measured", f">= {100 * GPU_EXTRACTION:.0f} %", ""])
 
     reg = _load(out / "regularizer.json")
     fb = [t for t in (reg or {}).get("forward_backward", {}).get("cuda", []) if t["name"] == "dsekit DSERegularizer"]
@@ -76,10 +73,10 @@ def rows(out: Path) -> list[list[str]]:
         s = steps[0]
         table.append([f"regulariser share of a {s['arch']} step (batch {s['batch']})",
                       f"{100 * s['share']:.1f} % (alone {100 * s['alone_share']:.1f} %)",
-                      f"<= {100 * TARGET_REGULARISER_SHARE:.0f} %", _verdict(s["share"] <= TARGET_REGULARISER_SHARE)])
+                      f"<= {100 * GPU_REGULARISER_SHARE:.0f} %", _verdict(s["share"] <= GPU_REGULARISER_SHARE)])
     else:
         table.append(["regulariser share of a training step", "not measured",
-                      f"<= {100 * TARGET_REGULARISER_SHARE:.0f} %", ""])
+                      f"<= {100 * GPU_REGULARISER_SHARE:.0f} %", ""])
 
     probe = _load(out / "probe.json")
     res = [r for r in (probe or {}).get("results", []) if str(r.get("device", "")).startswith("cuda")]
