@@ -91,7 +91,8 @@ def _sets_by_size(points: torch.Tensor, members: list[torch.Tensor]) -> list[tor
 
 
 def _gram(sets: torch.Tensor) -> torch.Tensor:
-    """Gram matrices of the smaller side of (c, m, d) -> (c, r, r), r = min(m, d), in float64."""
+    """Gram matrices of the smaller side of (c, m, d) -> (c, r, r), r = min(m, d), in float64
+    (no copy when ``sets`` is float64 already)."""
     sets = sets.double()
     return sets @ sets.transpose(1, 2) if sets.shape[1] <= sets.shape[2] else sets.transpose(1, 2) @ sets
 
@@ -143,8 +144,6 @@ def dse_floor(features: torch.Tensor, settings: DSESettings | None = None, seed:
     floor.parts["radii: eigenvalues"] = _eig_seconds([_gram(s) for s in sets])
 
     cols = z.transpose(0, 1).double().contiguous()  # (N, B, d): one patch per image at each position
-    left = B <= d
-    gram_fn = (lambda: torch.bmm(cols, cols.transpose(1, 2))) if left else (lambda: torch.bmm(cols.transpose(1, 2), cols))
-    floor.parts["M_dim: Gram"] = median_seconds(gram_fn, device)
-    floor.parts["M_dim: eigenvalues"] = _eig_seconds([gram_fn()])
+    floor.parts["M_dim: Gram"] = median_seconds(lambda: _gram(cols), device)
+    floor.parts["M_dim: eigenvalues"] = _eig_seconds([_gram(cols)])
     return floor
