@@ -161,3 +161,32 @@ def test_centered_nuclear_norms_stacks_equal_one_stack_at_a_time(dtype):
         torch.testing.assert_close(v, centered_nuclear_norms(rows, counts), rtol=1e-6, atol=1e-6)
         ref = torch.stack([torch.linalg.svdvals((r[:n] - r[:n].mean(0)).double()).sum() for r, n in zip(rows, counts)])
         torch.testing.assert_close(v.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_non_finite_float32_decompositions_are_redone_in_float64(monkeypatch):
+    """MKL's float32 eigh returns NaN eigenvectors for some nearly zero rank-one matrices: those
+    matrices are decomposed again in float64, the others are left as they were."""
+    import dsekit.metrics.spectra as sp
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 6, 6, generator=g)
+    grams = x @ x.transpose(-1, -2)
+    grams[1] = torch.outer(x[1, 0], x[1, 0]) * 1e-13
+    real_eigh = torch.linalg.eigh
+
+    def flaky_eigh(a):
+        e, v = real_eigh(a)
+        if a.dtype == torch.float32 and a.ndim == 3 and a.shape[0] > 1:
+            v = v.clone()
+            v[1] = float("nan")
+        return e, v
+
+    monkeypatch.setattr(torch.linalg, "eigh", flaky_eigh)
+    eig, vec = sp._batched_eigh(grams, vectors=True)
+    assert torch.isfinite(vec).all() and torch.isfinite(eig).all()
+    e64, v64 = real_eigh(grams.double())
+    torch.testing.assert_close(eig[1].double(), e64[1], rtol=1e-5, atol=1e-20)
+    rebuilt = vec[1].double() @ torch.diag(eig[1].double()) @ vec[1].double().T
+    torch.testing.assert_close(rebuilt, grams[1].double(), rtol=1e-4, atol=1e-18)
+    e0, v0 = real_eigh(grams[0])
+    assert torch.equal(eig[0], e0)

@@ -72,6 +72,26 @@ def _batched_eigh(gram: Tensor, vectors: bool) -> tuple[Tensor, Tensor | None]:
     return eig.reshape(*shape[:-1]), (vec.reshape(shape) if vec is not None else None)
 
 
+def _finite_decomposition(g: Tensor, eig: Tensor, vec: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """``(eig, vec)`` of the stack ``g`` (c, m, m), with any matrix whose decomposition came back
+    non-finite decomposed again in float64. MKL's float32 ``syevd`` returns NaN eigenvectors
+    for some finite, nearly zero rank-one matrices (norm ~1e-13: collapsed features)."""
+    bad = ~torch.isfinite(eig).all(-1)
+    if vec is not None:
+        bad |= ~torch.isfinite(vec).flatten(-2).all(-1)
+    if g.dtype == torch.float64 or not bool(bad.any()) or not bool(torch.isfinite(g[bad]).all()):
+        return eig, vec
+    redo = g[bad].double()
+    if vec is None:
+        eig = eig.clone()
+        eig[bad] = torch.linalg.eigvalsh(redo).to(eig.dtype)
+        return eig, None
+    e64, v64 = torch.linalg.eigh(redo)
+    eig, vec = eig.clone(), vec.clone()
+    eig[bad], vec[bad] = e64.to(eig.dtype), v64.to(vec.dtype)
+    return eig, vec
+
+
 def eigvalsh_stacks(grams: list[Tensor]) -> list[Tensor]:
     """Eigenvalues (ascending) of several stacks of symmetric matrices ``[(c_i, m_i, m_i)]``,
     in one pass over the CPU threads (see :func:`_eigh_stacks`)."""
@@ -90,7 +110,8 @@ def _eigh_stacks(grams: list[Tensor], vectors: bool) -> list[tuple[Tensor, Tenso
     """
 
     def decompose(g: Tensor) -> tuple[Tensor, Tensor | None]:
-        return torch.linalg.eigh(g) if vectors else (torch.linalg.eigvalsh(g), None)
+        eig, vec = torch.linalg.eigh(g) if vectors else (torch.linalg.eigvalsh(g), None)
+        return _finite_decomposition(g, eig, vec)
 
     if not grams:
         return []
