@@ -228,6 +228,7 @@ def test_plot_and_run_record(dino_scan):
     run = json.loads((cfg.out_dir / "run.json").read_text())
     settings = asdict(cfg)
     settings["metrics"] = list(settings["metrics"])
+    settings["layers"] = list(settings["layers"])
     assert run["settings"] == settings
     for lib in ("dsekit", "torch", "timm", "torchvision", "numpy", "python"):
         assert run["versions"][lib]

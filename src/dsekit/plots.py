@@ -9,7 +9,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["TERM_LABELS", "METRIC_ORDER", "to_float", "plot_dse_curve", "plot_metrics_vs_miou", "plot_classes"]
+__all__ = ["TERM_LABELS", "METRIC_ORDER", "entry_positions", "to_float", "plot_dse_curve", "plot_metrics_vs_miou",
+           "plot_classes", "plot_layer_map"]
 
 #: the four DSE terms and their names in tables and figures
 TERM_LABELS = {
@@ -63,8 +64,9 @@ def plot_dse_curve(
     path: str | Path,
     *,
     bands: Sequence[dict[str, str]] | None = None,
+    unit: str = "epoch",
 ) -> Path:
-    """DSE over epochs (candidates marked, the selection starred) above its four terms.
+    """DSE over epochs or steps (candidates marked, the selection starred) above its four terms.
 
     Args:
         results: objects with ``checkpoint``, ``epoch`` and ``terms`` (a dict of the four terms).
@@ -73,6 +75,7 @@ def plot_dse_curve(
         path: PNG to write.
         bands: per result, ``{"<column>_low": ..., "<column>_high": ...}`` (dse.csv's interval
             columns), drawn as shaded bands.
+        unit: what the x axis counts (``"epoch"`` or ``"step"``).
     """
     plt = _pyplot()
     x = [r.epoch if r.epoch is not None else i for i, r in enumerate(results)]
@@ -89,7 +92,7 @@ def plot_dse_curve(
     best = selection.get("best")
     if best and best["checkpoint"] in index:
         i = index[best["checkpoint"]]
-        top.plot([x[i]], [dse[i]], "*", color="C3", ms=16, label=f"selected (epoch {x[i]})")
+        top.plot([x[i]], [dse[i]], "*", color="C3", ms=16, label=f"selected ({unit} {x[i]})")
     lam = selection.get("lambda")
     top.set_ylabel("DSE" + (f"  (λ = {lam:.3g})" if lam is not None else "  (raw)"))
     top.legend(loc="best", fontsize=8)
@@ -102,7 +105,7 @@ def plot_dse_curve(
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=8)
         if j >= 2:
-            ax.set_xlabel("epoch")
+            ax.set_xlabel(unit)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
@@ -110,10 +113,41 @@ def plot_dse_curve(
     return path
 
 
+def plot_layer_map(
+    grid: np.ndarray, blocks: Sequence[int], x: Sequence[Any], best: Sequence[int], path: str | Path, *, unit: str = "epoch"
+) -> Path:
+    """Heat map of DSE on one scale (``grid``: blocks × checkpoints), each checkpoint's best
+    block (``best``: row index per column) marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(x) + 2), max(3.0, 0.32 * len(blocks) + 1.5)))
+    im = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest")
+    ax.plot(range(len(best)), best, "o", mfc="none", mec="white", ms=8, mew=1.5, label="best block")
+    ax.set_xticks(range(len(x)), [str(v) for v in x], fontsize=7, rotation=90 if len(x) > 20 else 0)
+    ax.set_yticks(range(len(blocks)), [str(b) for b in blocks], fontsize=7)
+    ax.set_xlabel(unit)
+    ax.set_ylabel("block")
+    ax.set_title("DSE per block (one λ over the map)")
+    fig.colorbar(im, ax=ax, label="DSE")
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def entry_positions(entry: dict[str, Any]) -> tuple[str, list[Any]]:
+    """``(unit, positions)`` of a report entry: its checkpoints' epochs or steps (``entry["unit"]``
+    names which, ``"epoch"`` when absent; the list is ``entry["epochs"]`` or ``entry["steps"]``)."""
+    unit = entry.get("unit", "epoch")
+    return unit, entry[f"{unit}s"]
+
+
 def plot_metrics_vs_miou(entry: dict[str, Any], dataset: str, path: str | Path) -> Path:
     """mIoU and every metric, min–max normalised, over epochs; DSE candidates marked."""
     plt = _pyplot()
-    x = [e if e is not None else i for i, e in enumerate(entry["epochs"])]
+    unit, pos = entry_positions(entry)
+    x = [e if e is not None else i for i, e in enumerate(pos)]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     m = np.asarray(entry["miou"], dtype=float)
     lo, hi = np.asarray(entry.get("miou_low", [math.nan] * len(m)), float), np.asarray(entry.get("miou_high", [math.nan] * len(m)), float)
@@ -136,7 +170,7 @@ def plot_metrics_vs_miou(entry: dict[str, Any], dataset: str, path: str | Path) 
                 ms=11, mew=1.5, label="DSE candidates")
         i = sel["top1_index"]
         ax.plot([x[i]], [dse_n[i]], "*", color="C3", ms=15, label="DSE selection")
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(unit)
     ax.set_ylabel("min–max normalised")
     ax.set_title(f"{dataset}: label-free metrics vs linear-probe mIoU")
     ax.grid(alpha=0.3)
@@ -151,7 +185,8 @@ def plot_metrics_vs_miou(entry: dict[str, Any], dataset: str, path: str | Path) 
 def plot_classes(entry: dict[str, Any], dataset: str, path: str | Path) -> Path:
     """Each class's IoU over epochs (95 % bands), the untrained network at the left edge."""
     plt = _pyplot()
-    x = np.array([e if e is not None else i for i, e in enumerate(entry["epochs"])], dtype=float)
+    unit, pos = entry_positions(entry)
+    x = np.array([e if e is not None else i for i, e in enumerate(pos)], dtype=float)
     classes = entry["classes"]
     fig, ax = plt.subplots(figsize=(9, 5))
     cmap = plt.get_cmap("tab20")
@@ -168,7 +203,7 @@ def plot_classes(entry: dict[str, Any], dataset: str, path: str | Path) -> Path:
     if entry.get("init"):
         ax.axvline(x0, color="grey", lw=0.6, ls=":")
         ax.text(x0, 1.0, " untrained", fontsize=7, va="top", color="grey")
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(unit)
     ax.set_ylabel("IoU")
     ax.set_ylim(0, 1.02)
     ax.set_title(f"{dataset}: IoU of each class over training")

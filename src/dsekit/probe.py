@@ -57,7 +57,7 @@ built-in reader), ``int16`` otherwise.
 Outputs (``OUT``, default ``RUN_DIR/dse``, the folder ``dsekit scan`` writes to)
 --------------------------------------------------------------------------------
 * ``probe.csv``: ``checkpoint, epoch, dataset, miou, pixel_accuracy, miou_low, miou_high,
-  heads``, one row per checkpoint and dataset; rows of other datasets already in the file are
+  heads`` (``step`` for ``epoch`` in runs that count steps), one row per checkpoint and dataset; rows of other datasets already in the file are
   kept (with any column they have), those of the probed dataset replaced. ``miou`` is the mean
   over ``head_seeds`` heads; ``miou_low`` / ``miou_high`` its bootstrap interval over the
   validation images and the heads (:func:`dsekit.metrics.intervals.miou_bootstrap`,
@@ -81,11 +81,7 @@ rank 0 assembles the outputs.
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 import math
-import os
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -95,19 +91,25 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
-from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch import nn
 from tqdm.auto import tqdm
 
-from .backbones import FeatureExtractor, extract_features, load_backbone_as
-from .data.images import IMAGENET_MEAN, IMAGENET_STD, content_hash
-from .data.scenes import SceneConfig
-from .data.segmentation import EvalTransform, ScenesSegmentation, dataset_spec, default_train_split, get_dataset
+from .backbones import (
+    FeatureExtractor,
+    checkpoint_label,
+    extract_features,
+    get_adapter,
+    load_backbone_as,
+    num_feature_layers,
+)
+from .data.images import IMAGENET_MEAN, IMAGENET_STD
+from .data.segmentation import dataset_spec, default_train_split
 from .feature_cache import FeatureCache
 from .io import read_confusion_table, write_confusion_table
+from .layer_map import check_layers, resolve_layers, write_probe_layers
 from .linear_head import ProbeMetrics, linear_probe, make_optimizer
 from .metrics.intervals import miou_bootstrap
-from .metrics.iou import check_labels
+from .probe_data import DecodedSplit, data_fingerprint, dataset_label, decode_split, open_dataset
 from .report import write_report
 from .runtime import PRECISIONS, barrier, library_versions, process_group, write_csv_atomic, write_json_atomic
 from .sweep import RunSettings, SweepTask, open_run, sweep
@@ -117,7 +119,6 @@ __all__ = ["PROBE_COLUMNS", "CLASS_COLUMNS", "CheckpointProbe", "ProbeConfig", "
 
 PROBE_COLUMNS = ("checkpoint", "epoch", "dataset", "miou", "pixel_accuracy", "miou_low", "miou_high", "heads")
 CLASS_COLUMNS = ("checkpoint", "epoch", "class_id", "class_name", "iou", "iou_low", "iou_high")
-SCENES_DEFAULT_COUNTS = {"train": 1000, "val": 250}
 
 
 @dataclass
@@ -145,6 +146,7 @@ class ProbeConfig(RunSettings):
     cache_dtype: str = "float16"
     workers: int | None = None  #: image decoding processes (default: min(4, CPUs); 0 for scenes)
     threads: int | None = None  #: CPU threads for the run (``torch.set_num_threads``, restored after); None: as set
+    layers: tuple[int, ...] | str = ()  #: probe these blocks too ("all": every block), from one forward pass; (): none
 
     UNKEYED: ClassVar[tuple[str, ...]] = (
         *RunSettings.UNKEYED, "cache_memory_gb", "workers", "threads", "root", "confidence",
@@ -153,6 +155,8 @@ class ProbeConfig(RunSettings):
     def result_key(self, data_fingerprint: str) -> str:
         """Hash of everything that changes a checkpoint's numbers (not device, paths or speed knobs)."""
         keyed = self.keyed_settings()
+        if not keyed["layers"]:
+            keyed.pop("layers")  # no per-layer probe: the key is the one it was before the option existed
         keyed["data"] = data_fingerprint
         return self.hash_key(keyed)
 
@@ -176,6 +180,7 @@ class CheckpointProbe:
     num_val: int = 0
     head_miou: list[float] = field(default_factory=list)  #: mIoU of each head (seed, seed+1, ...)
     partial: str = ""  #: with ``allow_partial``: what did not fit (missing / unexpected keys); "" if it all did
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict)  #: block -> {"miou", "pixel_accuracy", "iou", "head_miou"}
 
 
 @dataclass
@@ -196,146 +201,11 @@ class ProbeResult:
         return not self.failed
 
 
-class _Uint8Eval:
-    """Joint eval transform returning ``(uint8 image (3, S, S), int64 mask (S, S))`` (no normalisation)."""
-
-    def __init__(self, image_size: int, resize: int | None) -> None:
-        self.inner = EvalTransform(image_size=image_size, resize=resize, mean=None, std=None)
-
-    def __call__(self, image: Any, mask: Any) -> tuple[Tensor, Tensor]:
-        img, m = self.inner(image, mask)
-        return img.mul(255.0).round_().to(torch.uint8), m
-
-    def __repr__(self) -> str:
-        return f"uint8 {self.inner!r}"
-
-
-@dataclass
-class _Split:
-    images: np.ndarray  # (n, 3, S, S) uint8
-    masks: np.ndarray  # (n, S, S) uint8 / int16
-    names: list[str]
-
-
-def _open_dataset(cfg: ProbeConfig, split: str, which: str) -> Any:
-    spec = dataset_spec(cfg.dataset)
-    count = cfg.num_train if which == "train" else cfg.num_val
-    kwargs: dict[str, Any] = {
-        "image_size": cfg.image_size,
-        "resize": cfg.resize,
-        "transform": _Uint8Eval(cfg.image_size, cfg.resize),
-        "seed": cfg.seed,
-    }
-    if spec.name == "scenes":
-        kwargs["n"] = count if count is not None else SCENES_DEFAULT_COUNTS.get(split, SCENES_DEFAULT_COUNTS["val"])
-        if cfg.scenes:
-            kwargs["config"] = SceneConfig(**{**cfg.scenes, "image_size": cfg.image_size})
-    else:
-        kwargs["max_samples"] = count
-    if cfg.num_classes is not None:
-        if spec.name != "folder":
-            raise ValueError(f"num_classes: only for the folder dataset ({spec.name} has its own classes)")
-        kwargs["num_classes"] = cfg.num_classes
-    return get_dataset(spec.name, cfg.root, split, **kwargs)
-
-
-def _dataset_label(cfg: ProbeConfig) -> str:
-    name = dataset_spec(cfg.dataset).name
-    if name == "folder" and cfg.root:
-        return f"folder:{Path(cfg.root).resolve().name}"
-    return name
-
-
-def _sample_name(ds: Any, i: int) -> str:
-    samples = getattr(ds, "samples", None)
-    if samples and i < len(samples):
-        return f"mask {samples[i][1]}"
-    ids = getattr(ds, "ids", None)
-    if ids and i < len(ids):
-        return f"{getattr(ds, 'name', 'dataset')} sample {ids[i]}"
-    return f"sample {i}"
-
-
-def _fingerprint(train_ds: Any, val_ds: Any) -> str:
-    """Hash of both splits: their settings, sample ids and the content of every image and mask
-    file used (about 1 GB/s: a second or two for PASCAL VOC's train_aug + val); the built-in
-    scenes are a function of their settings."""
-    parts = []
-    for ds in (train_ds, val_ds):
-        rec = ds.record() if hasattr(ds, "record") else {"n": len(ds)}
-        rec = {k: v for k, v in rec.items() if k not in ("root", "transform")}
-        ids = list(getattr(ds, "ids", []))
-        root = getattr(ds, "root", None) or Path("/")
-        files = [os.path.relpath(p, root) for pair in getattr(ds, "samples", []) for p in pair]  # a moved root keeps its key
-        parts.append({"record": rec, "ids": ids, "content": content_hash(root, files) if files else None})
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _mask_dtype(num_classes: int, ignore_index: int) -> np.dtype:
-    if num_classes <= 255 and ignore_index == 255:
-        return np.dtype(np.uint8)
-    if num_classes <= 32767 and -32768 <= ignore_index <= 32767:
-        return np.dtype(np.int16)
-    return np.dtype(np.int32)
-
-
-def _default_workers(ds: Any) -> int:
-    if isinstance(ds, ScenesSegmentation):
-        return 0  # generated in memory: nothing to decode
-    return min(4, os.cpu_count() or 1)
-
-
-def _decode_split(
-    ds: Any, cache: FeatureCache, tag: str, cfg: ProbeConfig, progress: bool
-) -> _Split:
-    """Decode every (image, mask) of ``ds`` once into the cache, checking the labels."""
-    n, S = len(ds), cfg.image_size
-    C, ignore = int(ds.num_classes), int(ds.ignore_index)
-    masks = cache.allocate(f"{tag}.masks", (n, S, S), _mask_dtype(C, ignore))
-    images = cache.allocate(f"{tag}.images", (n, 3, S, S), np.uint8)
-    workers = cfg.workers if cfg.workers is not None else _default_workers(ds)
-    loader = DataLoader(ds, batch_size=16, shuffle=False, num_workers=workers)
-    bar = None
-    if progress:
-        bar = tqdm(total=n, desc=f"decode {tag}", unit="img", leave=False)
-    filled = 0
-    try:
-        for img, m in loader:
-            b = img.shape[0]
-            if tuple(img.shape[1:]) != (3, S, S) or tuple(m.shape[1:]) != (S, S):
-                raise ValueError(
-                    f"{_sample_name(ds, filled)}: expected image (3, {S}, {S}) and mask ({S}, {S}) after the "
-                    f"transform, got {tuple(img.shape[1:])} and {tuple(m.shape[1:])}"
-                )
-            for j in range(b):
-                check_labels(m[j], C, ignore, _sample_name(ds, filled + j))
-            images[filled : filled + b] = img.numpy()
-            masks[filled : filled + b] = m.numpy().astype(masks.dtype)
-            filled += b
-            if bar is not None:
-                bar.update(b)
-    except Exception as exc:  # noqa: BLE001 - a worker's error arrives with its traceback in the message
-        if "DataLoader worker" not in str(exc):
-            raise
-        raise ValueError(_worker_message(exc)) from None
-    finally:
-        if bar is not None:
-            bar.close()
-    names = list(getattr(ds, "ids", [])) or [str(i) for i in range(n)]
-    return _Split(images, masks, names)
-
-
-def _worker_message(exc: BaseException) -> str:
-    """The original error of a DataLoader worker, without the worker's traceback: its last line."""
-    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-    last = lines[-1] if lines else type(exc).__name__
-    return last.split(": ", 1)[1] if re.match(r"^[A-Za-z_.]*(Error|Exception): ", last) else last
-
-
 def _extract_into(
-    extractor: Any, images: np.ndarray, out: np.ndarray, cfg: ProbeConfig, device: torch.device, desc: str | bool
+    extractor: Any, images: np.ndarray, outs: list[np.ndarray], cfg: ProbeConfig, device: torch.device, desc: str | bool
 ) -> None:
-    """Patch features of uint8 ``images`` into ``out (n, N, d)`` (the cache's dtype)."""
+    """Patch features of uint8 ``images`` into ``outs``, one ``(n, N, d)`` array (the cache's
+    dtype) per layer the extractor reads."""
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255.0
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255.0
     n = images.shape[0]
@@ -346,19 +216,20 @@ def _extract_into(
         for lo in range(0, n, cfg.batch_size):
             x = torch.from_numpy(images[lo : lo + cfg.batch_size]).to(device, non_blocking=True)
             x = (x.float() - mean) / std
-            z = extract_features(
+            zs = extract_features(
                 extractor, x, batch_size=cfg.batch_size, device=device, amp_dtype=PRECISIONS[cfg.precision]
             )
-            if not bool(torch.isfinite(z).all()):
-                raise ValueError("the backbone's features hold NaN/Inf values")
-            zc = z.numpy().astype(out.dtype)
-            if not np.isfinite(zc).all():
-                raise ValueError(
-                    f"features overflow {out.dtype} (max |value| {float(z.abs().max()):.3g}); use cache_dtype='float32'"
-                )
-            out[lo : lo + z.shape[0]] = zc
+            for z, out in zip(zs if isinstance(zs, list) else [zs], outs):
+                if not bool(torch.isfinite(z).all()):
+                    raise ValueError("the backbone's features hold NaN/Inf values")
+                zc = z.numpy().astype(out.dtype)
+                if not np.isfinite(zc).all():
+                    raise ValueError(
+                        f"features overflow {out.dtype} (max |value| {float(z.abs().max()):.3g}); use cache_dtype='float32'"
+                    )
+                out[lo : lo + z.shape[0]] = zc
             if bar is not None:
-                bar.update(z.shape[0])
+                bar.update(x.shape[0])
     finally:
         if bar is not None:
             bar.close()
@@ -368,48 +239,55 @@ def _probe_checkpoint(
     cfg: ProbeConfig,
     path: Path,
     model: nn.Module | None,
-    data: dict[str, _Split],
-    feats: dict[str, np.ndarray],
+    data: dict[str, DecodedSplit],
+    feats: dict[str, list[np.ndarray]],
     num_classes: int,
     ignore_index: int,
     device: torch.device,
     progress: bool,
-) -> tuple[list[ProbeMetrics], dict[str, float], str]:
-    """Load, extract and train ``cfg.head_seeds`` heads -> (per-head metrics, timings, partial-load message)."""
+    blocks: list[int] | None = None,
+) -> tuple[list[list[ProbeMetrics]], dict[str, float], str]:
+    """Load, extract and train ``cfg.head_seeds`` heads on each layer read -> (per layer, the
+    per-head metrics; timings; partial-load message). ``blocks``: the layers read in one forward
+    pass (``feats`` holds one array per block and split); None: ``cfg.layer`` alone."""
     t0 = time.perf_counter()
     partial: list[str] = []
     model = load_backbone_as(cfg, path, model, partial=partial)
-    extractor = FeatureExtractor(model, cfg.layer)
+    extractor = FeatureExtractor(model, cfg.layer) if blocks is None else FeatureExtractor(model, layers=blocks)
     t1 = time.perf_counter()
+    name = checkpoint_label(path)
     for split in ("train", "val"):
-        _extract_into(extractor, data[split].images, feats[split], cfg, device, f"{path.name} {split}" if progress else False)
+        _extract_into(extractor, data[split].images, feats[split], cfg, device, f"{name} {split}" if progress else False)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t2 = time.perf_counter()
-    heads = [
-        linear_probe(
-            feats["train"],
-            data["train"].masks,
-            feats["val"],
-            data["val"].masks,
-            num_classes,
-            ignore_index=ignore_index,
-            epochs=cfg.epochs,
-            batch_size=cfg.head_batch_size,
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            optimizer=cfg.optimizer,
-            seed=cfg.seed + h,
-            device=device,
-            progress=f"{path.name} head {h + 1}/{cfg.head_seeds}" if progress else False,
-        )
-        for h in range(cfg.head_seeds)
+    per_layer = [
+        [
+            linear_probe(
+                train_feats,
+                data["train"].masks,
+                val_feats,
+                data["val"].masks,
+                num_classes,
+                ignore_index=ignore_index,
+                epochs=cfg.epochs,
+                batch_size=cfg.head_batch_size,
+                lr=cfg.lr,
+                weight_decay=cfg.weight_decay,
+                optimizer=cfg.optimizer,
+                seed=cfg.seed + h,
+                device=device,
+                progress=f"{name} head {h + 1}/{cfg.head_seeds}" if progress else False,
+            )
+            for h in range(cfg.head_seeds)
+        ]
+        for train_feats, val_feats in zip(feats["train"], feats["val"])
     ]
     timings = {"load": t1 - t0, "extract": t2 - t1}
-    for k in heads[0].timings:
-        timings[f"head_{k}"] = sum(m.timings[k] for m in heads)
+    for k in per_layer[0][0].timings:
+        timings[f"head_{k}"] = sum(m.timings[k] for heads in per_layer for m in heads)
     timings["total"] = time.perf_counter() - t0
-    return heads, timings, "; ".join(partial)
+    return per_layer, timings, "; ".join(partial)
 
 
 def _combine_heads(heads: list[ProbeMetrics]) -> tuple[float, float, list[float | None]]:
@@ -423,10 +301,11 @@ def _combine_heads(heads: list[ProbeMetrics]) -> tuple[float, float, list[float 
     return miou, acc, iou
 
 
-def _feature_shape(model: nn.Module, cfg: ProbeConfig, device: torch.device) -> tuple[int, int]:
-    """(N, d) of the model's features at ``image_size``, from one blank image."""
-    z = extract_features(FeatureExtractor(model, cfg.layer), torch.zeros(1, 3, cfg.image_size, cfg.image_size), device=device)
-    return int(z.shape[1]), int(z.shape[2])
+def _feature_shapes(model: nn.Module, cfg: ProbeConfig, device: torch.device, blocks: list[int] | None) -> list[tuple[int, int]]:
+    """(N, d) of the model's features at ``image_size`` for each layer read, from one blank image."""
+    ext = FeatureExtractor(model, cfg.layer) if blocks is None else FeatureExtractor(model, layers=blocks)
+    zs = extract_features(ext, torch.zeros(1, 3, cfg.image_size, cfg.image_size), device=device)
+    return [(int(z.shape[1]), int(z.shape[2])) for z in (zs if isinstance(zs, list) else [zs])]
 
 
 class _ProbeTask(SweepTask[CheckpointProbe]):
@@ -442,8 +321,10 @@ class _ProbeTask(SweepTask[CheckpointProbe]):
         self.train_ds, self.val_ds = data
         self.rank, self.console, self.progress = rank, console, progress
         self.confusions: dict[str, list[Any]] = {}
-        self.feats: dict[str, np.ndarray] = {}
-        self.data: dict[str, _Split] = {}
+        self.layer_confusions: dict[str, dict[int, list[Any]]] = {}  #: checkpoint -> block -> per-head confusions
+        self.feats: dict[str, list[np.ndarray]] = {}
+        self.blocks: list[int] | None = None  #: the blocks read with --layers (cfg.layer among them)
+        self.data: dict[str, DecodedSplit] = {}
         self.data_seconds: float | None = None
         self.t_start = t_start  #: when the run began (the data timing counts opening the datasets too)
         self._read: dict[Path, list[Any]] = {}  #: cache files whose confusions were read already
@@ -451,15 +332,23 @@ class _ProbeTask(SweepTask[CheckpointProbe]):
     def prepare(self) -> str:
         # set-up errors (architecture, dataset files, labels) stop the run; checkpoint errors do not
         cfg = self.cfg
-        N, d = _feature_shape(self.run.model, cfg, self.run.device)
+        model = self.run.model
+        if cfg.layers:
+            n = num_feature_layers(model) or 1
+            self.blocks = sorted({*resolve_layers(cfg.layers, model), cfg.layer % n})
+        shapes = _feature_shapes(model, cfg, self.run.device, self.blocks)
         self.feats = {  # reserved first: read every epoch, they get the RAM before images and masks
-            split: self.store.allocate(f"{split}.features", (len(ds), N, d), cfg.cache_dtype)
+            split: [
+                self.store.allocate(f"{split}.features{'' if self.blocks is None else f'.layer{b}'}", (len(ds), N, d),
+                                    cfg.cache_dtype)
+                for b, (N, d) in zip(self.blocks or [cfg.layer], shapes)
+            ]
             for split, ds in (("train", self.train_ds), ("val", self.val_ds))
         }
         show = self.progress and self.rank == 0
         self.data = {
-            "train": _decode_split(self.train_ds, self.store, "train", cfg, show),
-            "val": _decode_split(self.val_ds, self.store, "val", cfg, show),
+            "train": decode_split(self.train_ds, self.store, "train", cfg, show),
+            "val": decode_split(self.val_ds, self.store, "val", cfg, show),
         }
         self.data_seconds = time.perf_counter() - self.t_start  # open + decode, once per run
         return self.key
@@ -467,17 +356,28 @@ class _ProbeTask(SweepTask[CheckpointProbe]):
     def score(self, n: int, total: int, path: Path, epoch: int | None, identity: str, target: Path) -> CheckpointProbe:
         cfg = self.cfg
         if self.progress:
-            self.console.print(f"probing [{n}/{total}] {path.name} on {self.label}")
+            self.console.print(f"probing [{n}/{total}] {checkpoint_label(path)} on {self.label}")
         model = None if cfg.allow_partial else self.run.model  # reused: strict loading overwrites every weight
-        heads, timings, partial = _probe_checkpoint(
+        per_layer, timings, partial = _probe_checkpoint(
             cfg, path, model, self.data, self.feats, int(self.train_ds.num_classes), int(self.train_ds.ignore_index),
-            self.run.device, self.progress,
+            self.run.device, self.progress, self.blocks,
         )
+        blocks = self.blocks or [cfg.layer]
+        heads = per_layer[blocks.index(cfg.layer % (num_feature_layers(self.run.model) or 1))] if self.blocks else per_layer[0]
         miou, acc, iou = _combine_heads(heads)
         write_confusion_table(target.with_suffix(".npz"), [str(path)], [[m.image_confusion for m in heads]])
+        layers: dict[str, dict[str, Any]] = {}
+        if self.blocks is not None:
+            write_confusion_table(target.with_suffix(".layers.npz"), [str(b) for b in blocks],
+                                  [[m.image_confusion for m in hs] for hs in per_layer])
+            for b, hs in zip(blocks, per_layer):
+                lm, la, li = _combine_heads(hs)
+                layers[str(b)] = {"miou": lm, "pixel_accuracy": la, "iou": li, "head_miou": [m.miou for m in hs]}
+            self.layer_confusions[str(path)] = {b: [m.image_confusion for m in hs] for b, hs in zip(blocks, per_layer)}
         return CheckpointProbe(
             str(path), epoch, self.label, "ok", miou, acc, iou, heads[0].train_loss, timings, identity=identity,
             num_train=len(self.train_ds), num_val=len(self.val_ds), head_miou=[m.miou for m in heads], partial=partial,
+            layers=layers,
         )
 
     def failure(self, path: Path, epoch: int | None, error: str, identity: str) -> CheckpointProbe:
@@ -492,6 +392,11 @@ class _ProbeTask(SweepTask[CheckpointProbe]):
             conf = _cached_confusions(target.with_suffix(".npz"))
         if conf is None:
             return False
+        if result.layers:
+            by_layer = _cached_layer_confusions(target.with_suffix(".layers.npz"))
+            if by_layer is None or set(by_layer) != {int(b) for b in result.layers}:
+                return False
+            self.layer_confusions[str(path)] = by_layer
         self._read[target] = conf
         self.confusions[str(path)] = conf
         return True
@@ -499,6 +404,7 @@ class _ProbeTask(SweepTask[CheckpointProbe]):
 
 def _check_probe(cfg: ProbeConfig) -> None:
     spec = dataset_spec(cfg.dataset)
+    check_layers(cfg.layers)
     if cfg.cache_dtype not in ("float16", "float32"):
         raise ValueError(f"cache_dtype: expected 'float16' or 'float32', got {cfg.cache_dtype!r}")
     if cfg.threads is not None and cfg.threads < 1:
@@ -534,7 +440,7 @@ def probe(
     run = open_run(cfg, cache_dir, console, _check_probe)
     cfg = run.cfg
     out = cfg.out_dir
-    label = _dataset_label(cfg)
+    label = dataset_label(cfg)
     train_split = cfg.train_split or default_train_split(dataset_spec(cfg.dataset).name, cfg.root)
 
     threads_before = torch.get_num_threads()
@@ -544,9 +450,9 @@ def probe(
     t_start = time.perf_counter()
     try:
         with process_group(run.device) as (rank, world):
-            train_ds = _open_dataset(cfg, train_split, "train")
-            val_ds = _open_dataset(cfg, cfg.val_split, "val")
-            key = cfg.result_key(_fingerprint(train_ds, val_ds) + label + train_split)
+            train_ds = open_dataset(cfg, train_split, "train")
+            val_ds = open_dataset(cfg, cfg.val_split, "val")
+            key = cfg.result_key(data_fingerprint(train_ds, val_ds) + label + train_split)
             task = _ProbeTask(cfg, run, (train_ds, val_ds), store, key, label, rank, console, progress, t_start)
             results, computed = sweep(
                 run.checkpoints, task, cache=cache_dir, key=key, rank=rank, world=world, console=console,
@@ -559,12 +465,13 @@ def probe(
                 run_timings = {"data": task.data_seconds, **run_timings}
             if rank == 0:
                 _write_outputs(
-                    cfg, results, task.confusions, label, train_split, train_ds, val_ds, store.stats(), key, out,
+                    cfg, results, task.confusions, task.layer_confusions, label, train_split, train_ds, val_ds,
+                    store.stats(), key, out,
                     run_timings,
                 )
                 report = _maybe_report(out, console)
                 if progress:
-                    _print_summary(console, results, label)
+                    _print_summary(console, results, label, get_adapter(cfg.method).unit)
             barrier(world)
             return ProbeResult(results, label, out, failed, computed, store.stats(), report, run_timings)
     finally:
@@ -574,6 +481,15 @@ def probe(
 
 def _fmt(v: float | None) -> str:
     return repr(float(v)) if v is not None and math.isfinite(v) else ""
+
+
+def _cached_layer_confusions(path: Path) -> dict[int, list[Any]] | None:
+    """Block -> per-head confusions of one checkpoint's layer file (None when absent or unreadable)."""
+    try:
+        names, tables = read_confusion_table(path)
+        return {int(n): t for n, t in zip(names, tables)}
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
 
 
 def _cached_confusions(path: Path) -> list[Any] | None:
@@ -588,6 +504,7 @@ def _write_outputs(
     cfg: ProbeConfig,
     results: list[CheckpointProbe],
     confusions: dict[str, list[Any]],
+    layer_confusions: dict[str, dict[int, list[Any]]],
     label: str,
     train_split: str,
     train_ds: Any,
@@ -603,7 +520,8 @@ def _write_outputs(
         miou_bootstrap([confusions[r.checkpoint] for r in ok], confidence=cfg.confidence, seed=cfg.seed)
         if ok and ok[0].num_val >= 2 else None
     )
-    columns = list(PROBE_COLUMNS)
+    unit = get_adapter(cfg.method).unit
+    columns = [unit if c == "epoch" else c for c in PROBE_COLUMNS]
     rows: list[dict[str, str]] = []
     csv_path = out / "probe.csv"
     if csv_path.is_file():  # keep the rows of the other datasets, with every column they have
@@ -614,7 +532,7 @@ def _write_outputs(
                 rows = [dict(r) for r in reader if r.get("dataset") != label]
     for t, r in enumerate(ok):
         rows.append({
-            "checkpoint": r.checkpoint, "epoch": "" if r.epoch is None else str(r.epoch), "dataset": label,
+            "checkpoint": r.checkpoint, unit: "" if r.epoch is None else str(r.epoch), "dataset": label,
             "miou": _fmt(r.miou), "pixel_accuracy": _fmt(r.pixel_accuracy),
             "miou_low": _fmt(boot.low[t]) if boot else "", "miou_high": _fmt(boot.high[t]) if boot else "",
             "heads": str(len(r.head_miou) or 1), "partial": "yes" if r.partial else "",
@@ -627,15 +545,18 @@ def _write_outputs(
     for t, r in enumerate(ok):
         for c, v in enumerate(r.iou):
             class_rows.append({
-                "checkpoint": r.checkpoint, "epoch": "" if r.epoch is None else str(r.epoch), "class_id": str(c),
+                "checkpoint": r.checkpoint, unit: "" if r.epoch is None else str(r.epoch), "class_id": str(c),
                 "class_name": names[c] if c < len(names) else str(c), "iou": _fmt(v),
                 "iou_low": _fmt(boot.iou_low[t, c]) if boot else "", "iou_high": _fmt(boot.iou_high[t, c]) if boot else "",
             })
-    write_csv_atomic(out / f"probe_{safe}_classes.csv", list(CLASS_COLUMNS), class_rows)
+    write_csv_atomic(out / f"probe_{safe}_classes.csv", [unit if c == "epoch" else c for c in CLASS_COLUMNS], class_rows)
     write_confusion_table(out / f"probe_{safe}_confusion.npz", [r.checkpoint for r in ok],
                           [confusions[r.checkpoint] for r in ok])
+    if any(r.layers for r in ok):
+        write_probe_layers(ok, layer_confusions, label, unit, out, cfg.confidence, cfg.seed)
     record = {
         "settings": {**asdict(cfg), "train_split": train_split},
+        "unit": unit,
         "dataset": label,
         "result_key": key,
         "versions": library_versions(),
@@ -661,19 +582,19 @@ def _maybe_report(out: Path, console: Any) -> dict[str, Any] | None:
         return None
 
 
-def _print_summary(console: Any, results: list[CheckpointProbe], label: str) -> None:
+def _print_summary(console: Any, results: list[CheckpointProbe], label: str, unit: str = "epoch") -> None:
     table = Table(title=f"linear probe on {label}")
-    for col in ("checkpoint", "epoch", "mIoU", "pixel acc.", "extract s", "head s"):
+    for col in ("checkpoint", unit, "mIoU", "pixel acc.", "extract s", "head s"):
         table.add_column(col, justify="left" if col == "checkpoint" else "right")
     for r in results:
         if r.status == "ok":
             table.add_row(
-                Path(r.checkpoint).name, str(r.epoch), f"{r.miou:.4f}", f"{r.pixel_accuracy:.4f}",
+                checkpoint_label(r.checkpoint), str(r.epoch), f"{r.miou:.4f}", f"{r.pixel_accuracy:.4f}",
                 f"{r.timings.get('extract', float('nan')):.1f}", f"{r.timings.get('head_train', float('nan')):.1f}",
             )
         else:
-            table.add_row(Path(r.checkpoint).name, str(r.epoch), "failed", "", "", "")
+            table.add_row(checkpoint_label(r.checkpoint), str(r.epoch), "failed", "", "", "")
     console.print(table)
     for r in results:
         if r.status != "ok":
-            console.print(f"[red]failed[/red] {Path(r.checkpoint).name}: {r.error}")
+            console.print(f"[red]failed[/red] {checkpoint_label(r.checkpoint)}: {r.error}")

@@ -39,7 +39,7 @@ import numpy as np
 from .backbones import INIT_EPOCH
 from .io import read_confusion_table
 from .metrics.intervals import correlation_intervals, half_sample_draws, miou_bootstrap, percentile_interval
-from .plots import METRIC_ORDER, TERM_LABELS, plot_classes, plot_metrics_vs_miou, to_float
+from .plots import METRIC_ORDER, TERM_LABELS, entry_positions, plot_classes, plot_metrics_vs_miou, to_float
 from .runtime import write_json_atomic, write_text_atomic
 from .select import calibrate, select_checkpoints
 
@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 #: columns of dse.csv that are not metrics
-_ID_COLUMNS = ("checkpoint", "epoch", "partial")
+_ID_COLUMNS = ("checkpoint", "epoch", "step", "partial")
 _TERMS4 = tuple(TERM_LABELS)
 
 
@@ -169,14 +169,18 @@ def _is_number(v: str) -> bool:
     return True
 
 
-def _numeric_columns(path: Path, text: Sequence[str]) -> list[str]:
-    """Every column of the CSV at ``path`` except ``text`` (empty when unreadable: read_table says why)."""
+def _header(path: Path) -> list[str]:
+    """The header of the CSV at ``path`` (empty when unreadable: read_table says why)."""
     try:
         with open(path, newline="") as f:
-            header = next(csv.reader(f), [])
+            return next(csv.reader(f), [])
     except (OSError, UnicodeDecodeError, csv.Error):
         return []
-    return [c for c in header if c not in text]
+
+
+def _numeric_columns(path: Path, text: Sequence[str]) -> list[str]:
+    """Every column of the CSV at ``path`` except ``text``."""
+    return [c for c in _header(path) if c not in text]
 
 
 def _metric_columns(columns: Sequence[str]) -> list[str]:
@@ -201,7 +205,9 @@ def build_report(
 
     Args:
         dse_rows, probe_rows: rows of dse.csv and probe.csv. Checkpoints are matched by the
-            ``checkpoint`` column and kept in the order of dse.csv (training order). Every
+            ``checkpoint`` column and kept in the order of dse.csv (training order); their
+            position is its ``epoch`` column, or ``step`` for runs that count iterations (the
+            report's ``unit``; each dataset's entry lists them as ``epochs`` or ``steps``). Every
             numeric column of dse.csv that does not end in ``_low`` / ``_high`` is a metric.
         replicate_rows: rows of dse_replicates.csv (None: no intervals on the metric side).
         confusions: dataset -> ``(checkpoints, per-head sparse per-image confusions)`` as read by
@@ -214,7 +220,8 @@ def build_report(
     metrics = _metric_columns(list(dse_rows[0]))
     datasets = sorted({r["dataset"] for r in probe_rows})
     report: dict[str, Any] = {
-        "metrics": metrics, "window": window, "top": top, "confidence": confidence, "datasets": {},
+        "metrics": metrics, "unit": table_unit(dse_rows), "window": window, "top": top, "confidence": confidence,
+        "datasets": {},
     }
     for ds in datasets:
         entry = _dataset_entry(
@@ -235,7 +242,14 @@ def build_report(
 
 
 def _epoch(r: dict[str, str]) -> int | None:
-    return int(r["epoch"]) if r.get("epoch") not in (None, "") else None
+    """The checkpoint's epoch or step (dse.csv / probe.csv carry one of the two columns)."""
+    v = r.get("epoch", r.get("step"))
+    return int(float(v)) if v not in (None, "") else None
+
+
+def table_unit(rows: Sequence[dict[str, str]]) -> str:
+    """``"step"`` when the table's rows count steps (a ``step`` column), else ``"epoch"``."""
+    return "step" if rows and "step" in rows[0] and "epoch" not in rows[0] else "epoch"
 
 
 def _dataset_entry(
@@ -260,9 +274,11 @@ def _dataset_entry(
         return None
     names = [r["checkpoint"] for r in rows]
     miou = [to_float(probe_of[c]["miou"]) for c in names]
+    unit = table_unit(dse_rows)
     entry: dict[str, Any] = {
         "checkpoints": names,
-        "epochs": [_epoch(r) for r in rows],
+        "unit": unit,
+        f"{unit}s": [_epoch(r) for r in rows],
         "miou": miou,
         "miou_low": [to_float(probe_of[c].get("miou_low", "")) for c in names],
         "miou_high": [to_float(probe_of[c].get("miou_high", "")) for c in names],
@@ -437,10 +453,10 @@ def selection_sentence(e: dict[str, Any], confidence: float = 0.95) -> str:
     s = e.get("selection")
     if not s:
         return "No DSE column: no selection."
-    ep = e["epochs"]
+    unit, ep = entry_positions(e)
     gain = f"{100 * s['gain_top1_vs_last']:+.1f} mIoU"
     lo, hi = s.get("gain_top1_vs_last_low"), s.get("gain_top1_vs_last_high")
-    where = f"DSE's pick (epoch {ep[s['top1_index']]}) vs the last checkpoint (epoch {ep[-1]}): {gain}"
+    where = f"DSE's pick ({unit} {ep[s['top1_index']]}) vs the last checkpoint ({unit} {ep[-1]}): {gain}"
     if lo is None or hi is None:
         return where + " (no interval: the run has no replicates)."
     ci = f"{int(round(100 * confidence))} % interval{_ci(lo, hi)}"
@@ -457,12 +473,13 @@ def _markdown(report: dict[str, Any]) -> str:
     for ds, e in report["datasets"].items():
         lines += [f"## {ds}", ""]
         c = e["curve"]
+        unit, ep = entry_positions(e)
         iv = "" if e["intervals"] else " (no intervals: the scan or the probe left no replicates)"
         lines += [f"### mIoU curve{iv}", ""]
         lines += ["| untrained | first | best | last | best − untrained | best − first | best − last |", "|---|---|---|---|---|---|---|"]
         lines.append(
-            f"| {_pct(c['untrained'])} | {_pct(c['first'])} (epoch {e['epochs'][0]}) | {_pct(c['best'])} "
-            f"(epoch {e['epochs'][c['best_index']]}) | {_pct(c['last'])} | "
+            f"| {_pct(c['untrained'])} | {_pct(c['first'])} ({unit} {ep[0]}) | {_pct(c['best'])} "
+            f"({unit} {ep[c['best_index']]}) | {_pct(c['last'])} | "
             + " | ".join(
                 (f"{100 * c[k]:+.1f}{_ci(c.get(k + '_low'), c.get(k + '_high'))}" if c.get(k) is not None else "n/a")
                 for k in ("best_minus_untrained", "best_minus_first", "best_minus_last")
@@ -484,14 +501,13 @@ def _markdown(report: dict[str, Any]) -> str:
             )
         s = e.get("selection")
         if s:
-            ep = e["epochs"]
             lines += ["", "### Selection by DSE", ""]
             lines += ["| checkpoints | last mIoU | DSE top-1 mIoU | best of top-3 | best in hindsight | top-1 − last | top-1 − best |",
                       "|---|---|---|---|---|---|---|"]
             lines.append(
-                f"| {len(e['miou'])} | {_pct(s['last_miou'])} | {_pct(s['top1_miou'])} (epoch {ep[s['top1_index']]}) | "
-                f"{_pct(s['best_of_top_miou'])} (epoch {ep[s['best_of_top_index']]}) | {_pct(s['best_miou'])} "
-                f"(epoch {ep[s['best_index']]}) | {100 * s['gain_top1_vs_last']:+.1f}"
+                f"| {len(e['miou'])} | {_pct(s['last_miou'])} | {_pct(s['top1_miou'])} ({unit} {ep[s['top1_index']]}) | "
+                f"{_pct(s['best_of_top_miou'])} ({unit} {ep[s['best_of_top_index']]}) | {_pct(s['best_miou'])} "
+                f"({unit} {ep[s['best_index']]}) | {100 * s['gain_top1_vs_last']:+.1f}"
                 f"{_ci(s.get('gain_top1_vs_last_low'), s.get('gain_top1_vs_last_high'))} | "
                 f"{100 * s['gap_top1_to_best']:+.1f}{_ci(s.get('gap_top1_to_best_low'), s.get('gap_top1_to_best_high'))} |"
             )
@@ -509,6 +525,17 @@ def _markdown(report: dict[str, Any]) -> str:
                 )
             lines += ["", f"![{ds} classes](classes_{ds}.png)"]
         lines += ["", f"![{ds}](report_{ds}.png)", ""]
+    for ds, entries in report.get("layers", {}).items():
+        lines += [f"## {ds}: DSE and mIoU per block (layer map)", "",
+                  f"| block | Kendall τ(DSE, mIoU) [{pc}] | Spearman ρ | best mIoU | last mIoU | DSE pick's mIoU |",
+                  "|---|---|---|---|---|---|"]
+        for x in entries:
+            lines.append(
+                f"| {x['layer']} | {_fmt(x['kendall_tau'], '+.2f')}{_ci(x['tau_low'], x['tau_high'], 1.0, '+.2f')} | "
+                f"{_fmt(x['spearman_rho'], '+.2f')} | {_pct(x['best_miou'])} | {_pct(x['last_miou'])} | "
+                f"{_pct(x['dse_pick_miou'])} |"
+            )
+        lines += ["", "Each block's DSE is calibrated on its own curve (λ per block); mIoU in %.", ""]
     if report.get("unprobed_checkpoints"):
         lines += [f"Checkpoints without mIoU: {len(report['unprobed_checkpoints'])}."]
     if report.get("partial_checkpoints"):
@@ -529,15 +556,64 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
+def _layer_correlations(out: Path, unit: str, window: int, top: int, confidence: float) -> dict[str, list[dict[str, Any]]]:
+    """Per dataset, per block of a layer map (``dse_layers.csv`` from ``scan --layers`` and
+    ``probe_layers.csv`` from ``probe --layers``): τ and ρ of the block's DSE with its mIoU, with
+    intervals from the block's replicates and confusions, and what selecting by that DSE gives."""
+    if not ((out / "dse_layers.csv").is_file() and (out / "probe_layers.csv").is_file()):
+        return {}
+    value_cols = [*_TERMS4, "dse_raw", "dse"]
+    dse_all = read_table(out / "dse_layers.csv", ("checkpoint", unit, "layer", *value_cols), (unit, "layer", *value_cols))
+    probe_all = read_table(out / "probe_layers.csv", ("checkpoint", unit, "dataset", "layer", "miou"),
+                           (unit, "layer", "miou", "pixel_accuracy", "miou_low", "miou_high"))
+    reps_path = out / "dse_layers_replicates.csv"
+    reps_all = read_table(reps_path, ("checkpoint", "layer", "replicate")) if reps_path.is_file() else []
+    result: dict[str, list[dict[str, Any]]] = {}
+    for ds in sorted({r["dataset"] for r in probe_all}):
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in ds)
+        entries = []
+        for b in sorted({int(r["layer"]) for r in probe_all if r["dataset"] == ds}):
+            dse_rows = [{k: r[k] for k in ("checkpoint", unit, *value_cols)} for r in dse_all if int(r["layer"]) == b]
+            probe_rows = [r for r in probe_all if r["dataset"] == ds and int(r["layer"]) == b]
+            reps = [r for r in reps_all if int(r["layer"]) == b] or None
+            conf_path = out / f"probe_{safe}_layer{b}_confusion.npz"
+            conf = read_confusion_table(conf_path) if conf_path.is_file() else None
+            if not dse_rows or not probe_rows:
+                continue
+            e = _dataset_entry(ds, dse_rows, probe_rows, value_cols, window, top, reps, conf, None, confidence, 1000, 0)
+            if e is None:
+                continue
+            c, sel = e["correlation"]["dse"], e.get("selection") or {}
+            entries.append({
+                "layer": b, "kendall_tau": c["kendall_tau"], "tau_low": c.get("tau_low"), "tau_high": c.get("tau_high"),
+                "spearman_rho": c["spearman_rho"], "best_miou": max(e["miou"]), "last_miou": e["miou"][-1],
+                "dse_pick_miou": sel.get("top1_miou"), "intervals": e["intervals"],
+            })
+        if entries:
+            result[ds] = entries
+    return result
+
+
+def _csv_unit(path: Path) -> str:
+    """``"step"`` when the table at ``path`` has a ``step`` column and no ``epoch`` column."""
+    header = _header(path)
+    return "step" if "step" in header and "epoch" not in header else "epoch"
+
+
 def write_report(out_dir: str | Path, *, window: int = 2, top: int = 3, confidence: float = 0.95) -> dict[str, Any]:
     """Read ``dse.csv``, ``probe.csv`` and (when present) ``dse_replicates.csv``,
     ``probe_<dataset>_confusion.npz`` and ``probe_<dataset>_classes.csv`` in ``out_dir``;
     write report.md, report.json and PNGs."""
     out = Path(out_dir)
-    dse_rows = read_table(out / "dse.csv", ("checkpoint", "epoch"),
+    unit = _csv_unit(out / "dse.csv")
+    dse_rows = read_table(out / "dse.csv", ("checkpoint", unit),
                           _numeric_columns(out / "dse.csv", ("checkpoint", "partial")))
-    probe_rows = read_table(out / "probe.csv", ("checkpoint", "epoch", "dataset", "miou"),
-                            ("epoch", "miou", "pixel_accuracy", "miou_low", "miou_high"))
+    probe_unit = _csv_unit(out / "probe.csv")
+    if (out / "probe.csv").is_file() and probe_unit != unit:
+        raise ValueError(f"{out / 'probe.csv'} counts {probe_unit}s where {out / 'dse.csv'} counts {unit}s: "
+                         "they are not of the same run")
+    probe_rows = read_table(out / "probe.csv", ("checkpoint", unit, "dataset", "miou"),
+                            (unit, "miou", "pixel_accuracy", "miou_low", "miou_high"))
     replicates = (
         read_table(out / "dse_replicates.csv", ("checkpoint", "replicate"),
                    _numeric_columns(out / "dse_replicates.csv", ("checkpoint",)))
@@ -554,6 +630,9 @@ def write_report(out_dir: str | Path, *, window: int = 2, top: int = 3, confiden
         dse_rows, probe_rows, window=window, top=top, replicate_rows=replicates, confusions=confusions,
         class_rows=classes, confidence=confidence,
     )
+    layers = _layer_correlations(out, unit, window, top, confidence)
+    if layers:
+        report["layers"] = layers
     for ds, entry in report["datasets"].items():
         plot_metrics_vs_miou(entry, ds, out / f"report_{ds}.png")
         if entry.get("classes"):

@@ -116,14 +116,30 @@ def ensure_writable(folder: Path, option: str = "--out") -> None:
 # --------------------------------------------------------------------------- identities and versions
 
 
+#: files of a checkpoint folder that hold no weights (a Hugging Face ``Trainer``'s training state)
+_TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng_state", "training_args")
+
+
 def file_identity(path: Path, chunk: int = 1 << 22) -> str:
     """Identity of a file: SHA-256 of its name, size and whole content (about 1 GB/s, so a few
-    tenths of a second for a ViT-S checkpoint; a change anywhere in the file counts)."""
-    size = path.stat().st_size
-    h = hashlib.sha256(f"{path.name}:{size}".encode())
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+    tenths of a second for a ViT-S checkpoint; a change anywhere in the file counts).
+
+    A folder that is one checkpoint (a Hugging Face model folder, a ``torch.distributed.checkpoint``
+    folder) is identified by the names, sizes and contents of its files, the training state of a
+    ``Trainer`` folder (optimizer, scheduler, RNG states) left out."""
+    path = Path(path)
+    h = hashlib.sha256()
+    if path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.is_file() and not f.name.startswith(_TRAINING_STATE))
+        h.update(f"{path.name}/".encode())
+    else:
+        files = [path]
+    for file in files:
+        name = file.relative_to(path).as_posix() if file != path else path.name
+        h.update(f"{name}:{file.stat().st_size}".encode())
+        with open(file, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
     return h.hexdigest()
 
 

@@ -9,7 +9,8 @@ skips finished checkpoints and a kill loses at most the checkpoint in flight.
 Under ``torchrun`` (``WORLD_SIZE > 1``) the checkpoints are split across ranks (gloo on CPU,
 NCCL on GPUs; OUT on a filesystem every rank sees); rank 0 assembles the outputs:
 
-* ``dse.csv``: one row per scored checkpoint (``checkpoint, epoch``, the five terms, ``dse``
+* ``dse.csv``: one row per scored checkpoint (``checkpoint, epoch`` — ``step`` for runs that count
+  iterations: DINOv2, DINOv3, Hugging Face — the five terms, ``dse``
   and any baseline metric columns), then ``<column>_low, <column>_high`` for each of them: the
   interval over the image sample and the k-means seed (``intervals`` half-samples of the
   images, each with its own seed; :mod:`dsekit.metrics.intervals`). The interval of ``dse``
@@ -29,7 +30,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -37,8 +38,18 @@ from rich.console import Console
 from rich.table import Table
 from torchvision.transforms import v2
 
-from .backbones import INIT_EPOCH, FeatureExtractor, extract_features, load_backbone_as
+from .backbones import (
+    INIT_EPOCH,
+    FeatureExtractor,
+    checkpoint_label,
+    extract_features,
+    get_adapter,
+    load_backbone_as,
+    num_feature_layers,
+)
 from .data.images import ImageSample, content_hash, file_size, find_images, load_image_sample
+from .feature_cache import FeatureCache
+from .layer_map import check_layers, resolve_layers, write_layer_map
 from .metrics.baselines import BASELINE_METRICS, lidar_dense
 from .metrics.dse import TERMS, DSEAccumulator, DSESettings, calibrated_dse
 from .metrics.intervals import half_sample_interval, half_sample_replicates
@@ -49,7 +60,7 @@ from .sweep import RunSettings, SweepTask, open_run, sweep
 
 __all__ = ["ScanConfig", "ScanResult", "CheckpointResult", "scan", "lidar_views", "CSV_COLUMNS"]
 
-CSV_COLUMNS = ("checkpoint", "epoch", *TERMS, "dse")
+CSV_COLUMNS = ("checkpoint", "epoch", *TERMS, "dse")  #: ``epoch`` is ``step`` for runs that count steps
 
 
 @dataclass
@@ -72,8 +83,10 @@ class ScanConfig(RunSettings):
     top: int = 3
     intervals: int = 10  #: half-samples per checkpoint for the intervals (0: none)
     confidence: float = 0.95  #: nominal coverage of the intervals
+    layers: tuple[int, ...] | str = ()  #: the layer map's blocks ("all": every block); (): no map
+    cache_memory_gb: float = 4.0  #: RAM for the layer map's features (beyond it: memory-mapped spill files)
 
-    UNKEYED: ClassVar[tuple[str, ...]] = (*RunSettings.UNKEYED, "window", "top", "confidence")
+    UNKEYED: ClassVar[tuple[str, ...]] = (*RunSettings.UNKEYED, "window", "top", "confidence", "cache_memory_gb")
 
     @property
     def dse_settings(self) -> DSESettings:
@@ -84,6 +97,8 @@ class ScanConfig(RunSettings):
         """Hash of everything that changes a checkpoint's numbers (not device or output paths)."""
         keyed = self.keyed_settings()
         keyed["metrics"] = sorted(keyed["metrics"])
+        if not keyed["layers"]:
+            keyed.pop("layers")  # no layer map: the key is the one it was before the map existed
         if "lidar" not in keyed["metrics"]:
             keyed.pop("lidar_images")
             keyed.pop("lidar_views")
@@ -107,6 +122,7 @@ class CheckpointResult:
     replicates: dict[str, list[float]] = field(default_factory=dict)  #: column -> one value per half-sample
     partial: str = ""  #: with ``allow_partial``: what did not fit (missing / unexpected keys); "" if it all did
     layout: str = ""  #: what was read: "training checkpoint, <branch>" or "release file"
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict)  #: layer map: block -> {"terms", "replicates"}
 
 
 @dataclass
@@ -129,6 +145,18 @@ class ScanResult:
 # --------------------------------------------------------------------------- scoring one checkpoint
 
 
+class _Scored(NamedTuple):
+    """What scoring one checkpoint gives (see :func:`_score_checkpoint`)."""
+
+    terms: dict[str, float]
+    metrics: dict[str, float]
+    timings: dict[str, float]
+    replicates: dict[str, list[float]]
+    partial: str
+    layout: str
+    layers: dict[str, dict[str, Any]]
+
+
 def _score_checkpoint(
     cfg: ScanConfig,
     path: Path,
@@ -138,12 +166,15 @@ def _score_checkpoint(
     progress: Any,
     model: torch.nn.Module | None = None,
     views: torch.Tensor | None = None,
-) -> tuple[dict[str, float], dict[str, float], dict[str, float], dict[str, list[float]], str, str]:
-    """Load, extract and score one checkpoint -> (terms, metrics, timings, half-sample replicates,
-    the partial-load message or "", the layout read).
+    layer_map: tuple[list[int], list[Any]] | None = None,
+) -> _Scored:
+    """Load, extract and score one checkpoint (terms, metrics, timings, half-sample replicates,
+    the partial-load message or "", the layout read, and the layer map's terms and replicates).
 
     ``model``: a backbone of the right architecture to load into (every weight is
-    overwritten, as loading is strict); None builds a new one.
+    overwritten, as loading is strict); None builds a new one. ``layer_map``: the blocks of the
+    layer map (``cfg.layer`` among them) and one ``(B, N, d)`` float32 array per block to extract
+    into, all from one forward pass per batch.
     """
 
     t0 = time.perf_counter()
@@ -152,14 +183,16 @@ def _score_checkpoint(
     model = load_backbone_as(cfg, path, model, partial=partial, layout=layout)
     t1 = time.perf_counter()
     extractor = FeatureExtractor(model, cfg.layer)
-    feats = extract_features(
-        extractor,
-        images,
-        batch_size=cfg.batch_size,
-        device=device,
-        amp_dtype=PRECISIONS[cfg.precision],
-        progress=progress,
-    )
+    precision = PRECISIONS[cfg.precision]
+    if layer_map is None:
+        feats = extract_features(
+            extractor, images, batch_size=cfg.batch_size, device=device, amp_dtype=precision, progress=progress
+        )
+    else:
+        blocks, arrays = layer_map
+        extract_features(FeatureExtractor(model, layers=blocks), images, batch_size=cfg.batch_size, device=device,
+                         amp_dtype=precision, progress=progress, out=arrays)
+        feats = torch.from_numpy(arrays[blocks.index(cfg.layer % (num_feature_layers(model) or 1))])
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t2 = time.perf_counter()
@@ -171,17 +204,21 @@ def _score_checkpoint(
     vf = None
     if views is not None:
         n, q = views.shape[:2]
-        vf = extract_features(
-            extractor, views.flatten(0, 1), batch_size=cfg.batch_size, device=device,
-            amp_dtype=PRECISIONS[cfg.precision],
-        )
+        vf = extract_features(extractor, views.flatten(0, 1), batch_size=cfg.batch_size, device=device, amp_dtype=precision)
         vf = vf.reshape(n, q, *vf.shape[1:])
         metrics["lidar"] = _safe_metric("lidar", lidar_dense, vf)
     t4 = time.perf_counter()
     replicates = _replicates(cfg, feats, vf, device, metric_fns)
     t5 = time.perf_counter()
+    layers: dict[str, dict[str, Any]] = {}
+    if layer_map is not None:
+        for block, array in zip(*layer_map):
+            f = torch.from_numpy(array)
+            layers[str(block)] = {"terms": _dse_terms(cfg, f, device, cfg.seed), "replicates": _replicates(cfg, f, None, device, {})}
     timings = {"load": t1 - t0, "extract": t2 - t1, "score": t3 - t2, "metrics": t4 - t3, "intervals": t5 - t4}
-    return terms, metrics, timings, replicates, "; ".join(partial), "; ".join(layout)
+    if layer_map is not None:
+        timings["layers"] = time.perf_counter() - t5
+    return _Scored(terms, metrics, timings, replicates, "; ".join(partial), "; ".join(layout), layers)
 
 
 def _dse_terms(cfg: ScanConfig, feats: torch.Tensor, device: torch.device, seed: int) -> dict[str, float]:
@@ -275,6 +312,8 @@ class _ScanTask(SweepTask[CheckpointResult]):
         self.metric_fns = _metric_functions(cfg.metrics)
         self.sample: ImageSample | None = None
         self.views: torch.Tensor | None = None
+        self.layer_map: tuple[list[int], list[Any]] | None = None
+        self.store: FeatureCache | None = None
 
     def prepare(self) -> str:
         cfg = self.cfg
@@ -289,22 +328,43 @@ class _ScanTask(SweepTask[CheckpointResult]):
         write_json_atomic(self.cache / f"images.{self.base[:16]}.rank{self.rank}.json", self.sample.record())
         if "lidar" in cfg.metrics:
             self.views = lidar_views(self.sample.images, min(cfg.lidar_images, len(self.sample)), cfg.lidar_views, cfg.seed)
+        if cfg.layers:
+            self.layer_map = self._layer_arrays()
         return _with_content(self.base, cfg.images, self.sample.image_hash)
+
+    def _layer_arrays(self) -> tuple[list[int], list[Any]]:
+        """The layer map's blocks (``cfg.layer`` added) and one float32 array per block, in RAM up
+        to ``cache_memory_gb`` and memory-mapped beyond (reused for every checkpoint)."""
+        assert self.sample is not None
+        model, cfg = self.run.model, self.cfg
+        n = num_feature_layers(model) or 1
+        blocks = sorted({*resolve_layers(cfg.layers, model), cfg.layer % n})
+        probe = FeatureExtractor(model, layers=blocks)(self.sample.images[:1].to(next(model.parameters()).device))
+        self.store = FeatureCache(int(cfg.cache_memory_gb * (1 << 30)), self.cache / "spill")
+        arrays = [self.store.allocate(f"layer{b}", (len(self.sample), *f.shape[1:]), np.float32)
+                  for b, f in zip(blocks, probe)]
+        return blocks, arrays
+
+    def close(self) -> None:
+        """Release the layer map's arrays (and their spill files)."""
+        if self.store is not None:
+            self.store.close()
 
     def score(self, n: int, total: int, path: Path, epoch: int | None, identity: str, target: Path) -> CheckpointResult:
         assert self.sample is not None
         if self.progress:
-            self.console.print(f"scoring [{n}/{total}] {path.name}")
+            self.console.print(f"scoring [{n}/{total}] {checkpoint_label(path)}")
         model = None if self.cfg.allow_partial else self.run.model  # every checkpoint is loaded into it (strict loading)
-        terms, metrics, timings, replicates, partial, layout = _score_checkpoint(
+        scored = _score_checkpoint(
             self.cfg, path, self.sample.images, self.run.device, self.metric_fns,
-            path.name if self.progress else False, model, self.views,
+            checkpoint_label(path) if self.progress else False, model, self.views, self.layer_map,
         )
         if self.progress:
-            self.console.print(f"  read as: {layout}")
+            self.console.print(f"  read as: {scored.layout}")
         return CheckpointResult(
-            str(path), epoch, "ok", terms, metrics, timings, identity=identity, num_images=len(self.sample),
-            replicates=replicates, partial=partial, layout=layout,
+            str(path), epoch, "ok", scored.terms, scored.metrics, scored.timings, identity=identity,
+            num_images=len(self.sample), replicates=scored.replicates, partial=scored.partial, layout=scored.layout,
+            layers=scored.layers,
         )
 
     def failure(self, path: Path, epoch: int | None, error: str, identity: str) -> CheckpointResult:
@@ -313,6 +373,9 @@ class _ScanTask(SweepTask[CheckpointResult]):
 
 def _check_scan(cfg: ScanConfig) -> None:
     _metric_functions(cfg.metrics)
+    check_layers(cfg.layers)
+    if not cfg.cache_memory_gb >= 0:
+        raise ValueError(f"cache_memory_gb: expected >= 0, got {cfg.cache_memory_gb!r}")
     if isinstance(cfg.intervals, bool) or not isinstance(cfg.intervals, int) or cfg.intervals < 0 or cfg.intervals == 1:
         raise ValueError(f"intervals: expected 0 (none) or at least 2 half-samples, got {cfg.intervals!r}")
     if not 0 < cfg.confidence < 1:
@@ -349,11 +412,14 @@ def scan(
         # results are keyed on the images' content too: the sample a cached result used is read
         # again and hashed (None when unknown or changed: everything is scored anew)
         task = _ScanTask(cfg, run, cache, base, rank, console, progress)
-        results, computed = sweep(
-            run.checkpoints, task, cache=cache, key=_content_key(cache, base, cfg.images),
-            final_key=lambda: _content_key(cache, base, cfg.images) or base,  # the sample the others recorded
-            rank=rank, world=world, console=console, after_checkpoint=after_checkpoint,
-        )
+        try:
+            results, computed = sweep(
+                run.checkpoints, task, cache=cache, key=_content_key(cache, base, cfg.images),
+                final_key=lambda: _content_key(cache, base, cfg.images) or base,  # the sample the others recorded
+                rank=rank, world=world, console=console, after_checkpoint=after_checkpoint,
+            )
+        finally:
+            task.close()
         ok = [r for r in results if r.status == "ok"]
         failed = [r for r in results if r.status != "ok"]
         summary = _assemble(cfg, ok, failed, out, task.sample, base, write=rank == 0)
@@ -384,11 +450,14 @@ def _assemble(
         sel, lam, note = None, None, "no checkpoint could be scored"
     dse_values = [calibrated_dse(r.terms, lam) for r in ok]
 
+    unit = get_adapter(cfg.method).unit
+
     def entry(j: int) -> dict[str, Any]:
         i = trained[j]
-        return {"checkpoint": ok[i].checkpoint, "epoch": ok[i].epoch, "dse": dse_values[i]}
+        return {"checkpoint": ok[i].checkpoint, unit: ok[i].epoch, "dse": dse_values[i]}
 
     selection = {
+        "unit": unit,
         "lambda": lam,
         "raw": lam is None,
         "note": note,
@@ -397,7 +466,7 @@ def _assemble(
         "candidates": [entry(j) for j in sel.candidates] if sel else [],
         "selected": [entry(j) for j in sel.selected] if sel else [],
         "best": entry(sel.best) if sel and sel.best is not None else None,
-        "failed": [{"checkpoint": r.checkpoint, "epoch": r.epoch, "error": r.error} for r in failed],
+        "failed": [{"checkpoint": r.checkpoint, unit: r.epoch, "error": r.error} for r in failed],
     }
     summary = {"lambda": lam, "dse": dse_values, "selection": selection}
     if not write:
@@ -408,7 +477,7 @@ def _assemble(
     bands = [_bands(r, value, table, columns, cfg.confidence) for r, value, table in zip(ok, dse_values, reps)]
     rows = []
     for r, value, band in zip(ok, dse_values, bands):
-        row = {"checkpoint": r.checkpoint, "epoch": "" if r.epoch is None else r.epoch}
+        row = {"checkpoint": r.checkpoint, unit: "" if r.epoch is None else r.epoch}
         row.update({t: repr(float(r.terms[t])) for t in TERMS})
         row["dse"] = repr(float(value))
         row.update({m: repr(float(r.metrics[m])) if m in r.metrics else "" for m in extra})
@@ -416,8 +485,10 @@ def _assemble(
         row["partial"] = "yes" if r.partial else ""
         rows.append(row)
     marked = ["partial"] if any(r.partial for r in ok) else []  # only runs that loaded partial weights
+    id_columns = ["checkpoint", unit]
     write_csv_atomic(
-        out / "dse.csv", [*CSV_COLUMNS, *extra, *[f"{c}_{s}" for c in columns for s in ("low", "high")], *marked], rows
+        out / "dse.csv", [*id_columns, *CSV_COLUMNS[2:], *extra, *[f"{c}_{s}" for c in columns for s in ("low", "high")],
+                          *marked], rows
     )
     rep_rows = [
         {"checkpoint": r.checkpoint, "replicate": k, **{c: repr(float(v[k])) for c, v in table.items() if c in columns}}
@@ -430,18 +501,21 @@ def _assemble(
         out / "run.json",
         {
             "settings": asdict(cfg),
+            "unit": unit,
             "result_key": key,
             "versions": library_versions(),
             "images": images_record,
             "checkpoints": [
-                {"checkpoint": r.checkpoint, "epoch": r.epoch, "status": r.status, "timings": r.timings, "error": r.error,
+                {"checkpoint": r.checkpoint, unit: r.epoch, "status": r.status, "timings": r.timings, "error": r.error,
                  "partial": r.partial, "layout": r.layout}
                 for r in ok + failed
             ],
         },
     )
     if ok:
-        plot_dse_curve(ok, dse_values, selection, out / "dse.png", bands=bands)
+        plot_dse_curve(ok, dse_values, selection, out / "dse.png", bands=bands, unit=unit)
+    if any(r.layers for r in ok):
+        summary["layer_map"] = write_layer_map(ok, INIT_EPOCH, out, unit, cfg.confidence)
     return summary
 
 
@@ -504,13 +578,13 @@ def _print_summary(console: Any, ok: list[CheckpointResult], failed: list[Checkp
     best = summary["selection"]["best"]
     cands = {c["checkpoint"] for c in summary["selection"]["candidates"]}
     table = Table(title="DSE per checkpoint")
-    for col in ("checkpoint", "epoch", "M_inter", "M_intra_img", "M_intra_batch", "M_dim", "DSE", ""):
+    for col in ("checkpoint", summary["selection"]["unit"], "M_inter", "M_intra_img", "M_intra_batch", "M_dim", "DSE", ""):
         table.add_column(col, justify="left" if col == "checkpoint" else "right")
     for r, value in zip(ok, summary["dse"]):
         mark = "★ selected" if best and r.checkpoint == best["checkpoint"] else ("candidate" if r.checkpoint in cands else "")
         t = r.terms
         table.add_row(
-            Path(r.checkpoint).name,
+            checkpoint_label(r.checkpoint),
             str(r.epoch),
             f"{t['inter_class_distance']:.4f}",
             f"{t['intra_class_image']:.4f}",
@@ -522,5 +596,9 @@ def _print_summary(console: Any, ok: list[CheckpointResult], failed: list[Checkp
     console.print(table)
     lam = summary["lambda"]
     console.print(f"λ = {lam:.4f}" if lam is not None else summary["selection"]["note"])
+    if summary.get("layer_map"):
+        best = summary["layer_map"]["best_layer"]
+        console.print("best layer per checkpoint (layer map, dse_layers.csv): "
+                      + ", ".join(f"{checkpoint_label(b['checkpoint'])}: {b['layer']}" for b in best))
     for r in failed:
-        console.print(f"[red]failed[/red] {Path(r.checkpoint).name}: {r.error}")
+        console.print(f"[red]failed[/red] {checkpoint_label(r.checkpoint)}: {r.error}")

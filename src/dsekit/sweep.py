@@ -23,13 +23,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Generic, Sequence, TypeVar
 
 import torch
 
-from .backbones import FeatureExtractor, create_backbone, discover_checkpoints, get_adapter
+from .backbones import (
+    CheckpointError,
+    FeatureExtractor,
+    checkpoint_label,
+    create_backbone,
+    discover_checkpoints,
+    get_adapter,
+    list_methods,
+)
 from .backbones.detect import detect_checkpoint
 from .runtime import barrier, ensure_writable, file_identity, resolve_device, resolve_precision, write_json_atomic
 
@@ -114,13 +123,18 @@ class SweepTask(Generic[R]):
         return True
 
 
+def _safe(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+
+
 def _cache_path(cache: Path, path: Path, identity: str, key: str) -> Path:
-    return cache / f"{path.name}.{hashlib.sha256((identity + key).encode()).hexdigest()[:16]}.json"
+    name = _safe(checkpoint_label(path))
+    return cache / f"{name}.{hashlib.sha256((identity + key).encode()).hexdigest()[:16]}.json"
 
 
 def _failed_path(cache: Path, path: Path, label: str) -> Path:
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
-    return cache / (f"{path.name}.{safe}.failed.json" if label else f"{path.name}.failed.json")
+    name = _safe(checkpoint_label(path))
+    return cache / (f"{name}.{_safe(label)}.failed.json" if label else f"{name}.failed.json")
 
 
 def _read(result_type: type, p: Path) -> Any:
@@ -155,7 +169,7 @@ def sweep(
         the number scored by this process in this call.
     """
     rtype = task.result_type
-    identities = [file_identity(p) if p.is_file() else "" for p, _ in checkpoints]
+    identities = [file_identity(p) if p.exists() else "" for p, _ in checkpoints]
 
     def cached(i: int, k: str | None) -> Any:
         if k is None:
@@ -182,7 +196,7 @@ def sweep(
                 res = task.failure(path, epoch, f"{type(exc).__name__}: {exc}", identities[i])
                 write_json_atomic(_failed_path(cache, path, task.label), asdict(res))
                 if console is not None:
-                    console.print(f"[red]failed[/red] {path.name}: {res.error}")  # type: ignore[attr-defined]
+                    console.print(f"[red]failed[/red] {checkpoint_label(path)}: {res.error}")  # type: ignore[attr-defined]
             if after_checkpoint is not None:
                 after_checkpoint(res)
     barrier(world)
@@ -204,27 +218,54 @@ def sweep(
 # --------------------------------------------------------------------------- the shared set-up
 
 
+def _first_checkpoint(cfg: RunSettings) -> Path:
+    """The run's first checkpoint for ``--method auto``: of ``--glob``, else of the first method
+    whose official layout the run has (Hugging Face folders, DINOv2 / DINOv3 runs, ...), else the
+    first checkpoint file in the folder."""
+    if cfg.glob is not None:
+        return discover_checkpoints(cfg.run_dir, "generic", cfg.glob)[0][0]
+    for name in list_methods():
+        adapter = get_adapter(name)
+        if adapter.discover is None and not any("/" in t for t in adapter.file_patterns):
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # said again when the method's own discovery runs
+                return discover_checkpoints(cfg.run_dir, name)[0][0]
+        except (FileNotFoundError, CheckpointError):
+            continue
+    return discover_checkpoints(cfg.run_dir, "generic")[0][0]
+
+
 def resolve_auto(cfg: RunSettings, console: Any = None) -> RunSettings:
     """``method="auto"``: a copy of the settings with the method, branch and architecture detected
     from the run's first checkpoint (settings given explicitly win); what was detected is
-    printed. Other methods: ``cfg`` unchanged."""
-    if cfg.method != "auto":
+    printed. A method whose network its checkpoints describe (DINOv2, DINOv3, Hugging Face)
+    without ``arch``: the architecture of its first checkpoint, printed. Others: ``cfg``."""
+    adapter = get_adapter(cfg.method) if cfg.method != "auto" else None
+    if adapter is not None and not (adapter.arch_from_checkpoint and cfg.arch is None):
         return cfg
-    first = discover_checkpoints(cfg.run_dir, "generic", cfg.glob)[0][0]
-    det = detect_checkpoint(first, trust_checkpoints=cfg.trust_checkpoints)
+    if adapter is None:
+        first = _first_checkpoint(cfg)
+        det = detect_checkpoint(first, trust_checkpoints=cfg.trust_checkpoints)
+    else:
+        first = discover_checkpoints(cfg.run_dir, cfg.method, cfg.glob)[0][0]
+        det = detect_checkpoint(first, trust_checkpoints=cfg.trust_checkpoints, methods=[cfg.method])
     adapter = get_adapter(det.method)
     arch, kwargs = cfg.arch, dict(cfg.model_kwargs)
-    if arch is None and not kwargs:
+    if arch is None and (adapter.arch_from_checkpoint or not kwargs):
         own = det.arch == adapter.arch  # the method's own architecture: its arch_kwargs are added when built
-        arch = None if own else det.arch
-        kwargs = {k: v for k, v in det.model_kwargs.items() if not (own and k in adapter.arch_kwargs)}
+        arch = None if own or adapter.builder is not None else det.arch
+        found = {k: v for k, v in det.model_kwargs.items() if not (own and k in adapter.arch_kwargs)}
+        kwargs = {**found, **kwargs}
     glob = cfg.glob
     try:
         discover_checkpoints(cfg.run_dir, det.method, glob)
     except FileNotFoundError:
         glob = "*" + "".join(first.suffixes)  # files named otherwise (release files): every file of that type
     if console is not None:
-        console.print(f"--method auto: {first.name} reads as {det.describe()}")
+        what = "--method auto" if cfg.method == "auto" else f"--method {cfg.method}"
+        console.print(f"{what}: {checkpoint_label(first)} reads as {det.describe()}")
     return replace(cfg, method=det.method, branch=cfg.branch or det.branch, arch=arch, model_kwargs=kwargs, glob=glob)
 
 
@@ -241,11 +282,20 @@ def check_run_settings(cfg: RunSettings) -> None:
         raise ValueError(f"top: expected >= 1, got {cfg.top}")  # type: ignore[attr-defined]
 
 
-def build_model(cfg: RunSettings) -> torch.nn.Module:
+def build_model(cfg: RunSettings, first: Path | None = None) -> torch.nn.Module:
     """The backbone of ``cfg`` (random weights), its ``layer`` checked: a bad architecture,
-    model argument or layer raises ``ValueError`` here."""
+    model argument or layer raises ``ValueError`` here. A method that builds its network from
+    a checkpoint (Hugging Face folders) builds the one ``first`` describes."""
     adapter = get_adapter(cfg.method)
+    if adapter.builder is not None:
+        if first is None:
+            raise ValueError(f"method {cfg.method!r} builds its network from a checkpoint: none given")
+        model = adapter.builder(first, dict(cfg.model_kwargs), cfg.image_size)
+        FeatureExtractor(model, cfg.layer)
+        return model
     name = cfg.arch or adapter.arch
+    if not name:
+        raise ValueError(f"--method {adapter.name} needs --arch: the name of the timm model the checkpoints hold")
     kwargs = adapter.kwargs_for(name)  # the method's family and default-architecture settings
     kwargs.update(cfg.model_kwargs)
     kwargs.pop("img_size", None)
@@ -277,7 +327,7 @@ def open_run(cfg: RunSettings, cache: Path, console: Any, check: Callable[[Any],
         check(cfg)
     device = resolve_device(cfg.device)
     checkpoints = discover_checkpoints(cfg.run_dir, cfg.method, cfg.glob)
-    model = build_model(cfg)  # an unknown architecture or layer fails here, before any checkpoint is read
+    model = build_model(cfg, checkpoints[0][0])  # an unknown architecture or layer fails here, before any checkpoint is scored
     ensure_writable(cache)
     return OpenRun(cfg, device, checkpoints, model)
 

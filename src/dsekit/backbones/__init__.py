@@ -14,7 +14,7 @@ from dsekit.backbones.checkpoints import (
     load_into,
     load_state_dict_for,
 )
-from dsekit.backbones.discovery import discover_checkpoints, epoch_from_filename
+from dsekit.backbones.discovery import checkpoint_label, discover_checkpoints, epoch_from_filename
 from dsekit.backbones.extract import (
     FeatureExtractor,
     FeatureFn,
@@ -52,6 +52,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "adapt_state_dict",
     "backbone_recipe",
+    "checkpoint_label",
     "create_backbone",
     "discover_checkpoints",
     "epoch_from_filename",

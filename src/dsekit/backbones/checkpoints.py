@@ -21,6 +21,7 @@ allow-listed (``argparse.Namespace`` as DINO / MAE / iBOT / Mugs / EsViT store t
 
 from __future__ import annotations
 
+import inspect
 import re
 import warnings
 import weakref
@@ -35,14 +36,16 @@ from torch import Tensor, nn
 from dsekit.backbones.discovery import CHECKPOINT_EXTENSIONS  # noqa: F401 - still importable from here
 from dsekit.backbones.discovery import discover_checkpoints, epoch_from_filename
 from dsekit.backbones.extract import backbone_recipe, create_backbone
-from dsekit.backbones.reading import SAFE_GLOBALS, read_checkpoint
-from dsekit.backbones.registry import INIT_EPOCH, Remap  # noqa: F401 - still importable from here
+from dsekit.backbones.reading import SAFE_GLOBALS, LazyStateDict, read_checkpoint
+from dsekit.backbones.registry import INIT_EPOCH  # noqa: F401 - still importable from here
 from dsekit.backbones.registry import (
+    ANY_FILE,
     BranchSpec,
     CheckpointError,
     CheckpointKeyError,
     MethodAdapter,
     PartialLoadWarning,
+    Remap,
     StateDict,
     UnsafeCheckpointError,
     get_adapter,
@@ -99,13 +102,33 @@ class AdaptedStateDict:
     layout: str = "training checkpoint"  #: or "release file": the backbone alone, without the training wrapper
 
 
+class _LayoutMismatch(CheckpointError):
+    """The weights are not where the branch spec looks for them (container or prefix)."""
+
+
 def _is_tensor_mapping(obj: Any) -> bool:
+    if isinstance(obj, LazyStateDict):
+        return len(obj) > 0
     return (
         isinstance(obj, Mapping)
         and len(obj) > 0
         and all(isinstance(k, str) for k in obj)
         and sum(isinstance(v, Tensor) for v in obj.values()) >= max(1, len(obj) // 2)
     )
+
+
+def _tensor_keys(state: Mapping[str, Any]) -> list[str]:
+    """The keys of ``state`` that hold tensors (a lazy state dict's keys all do, unread)."""
+    if isinstance(state, LazyStateDict):
+        return list(state)
+    return [k for k, v in state.items() if isinstance(v, Tensor)]
+
+
+def _materialize(state: Mapping[str, Any], keys: list[str]) -> dict[str, Tensor]:
+    """The tensors ``keys`` of ``state``, a lazy state dict's read in one pass."""
+    if isinstance(state, LazyStateDict):
+        return state.load(keys)
+    return {k: state[k] for k in keys}
 
 
 def _top_keys(obj: Any) -> str:
@@ -156,11 +179,15 @@ def adapt_state_dict(
     try:
         return _adapt(checkpoint, adapter, branch_name, spec, prefix, model, source, release=False)
     except CheckpointError as err:
-        if prefix is not None or adapter.name == "generic":
+        if prefix is not None or ANY_FILE in adapter.file_patterns:
             raise
         try:  # the method's released backbone weights: no training wrapper, no branch
             return _adapt(checkpoint, adapter, branch_name, _release_spec(spec), None, model, source, release=True)
-        except CheckpointError:
+        except CheckpointError as release_err:
+            # the layout's own verdict (the method's remap refused the weights it found) says more
+            # than "the training wrapper is not there"
+            if isinstance(err, _LayoutMismatch) and not isinstance(release_err, _LayoutMismatch):
+                raise release_err from None
             raise err from None
 
 
@@ -210,13 +237,14 @@ def _adapt(
                 break
     if state is None:
         wanted = ", ".join("<the checkpoint itself>" if k is None else repr(k) for k in spec.container)
-        raise CheckpointError(
+        raise _LayoutMismatch(
             f"checkpoint {src} does not look like a {adapter.title} checkpoint ({branch_name} branch): "
             f"expected the weights under {wanted}, found {_top_keys(obj)}",
             source if isinstance(source, Path) else None,
         )
 
-    tensors = {_strip_module(k): v for k, v in state.items() if isinstance(v, Tensor)}
+    # names first: only the tensors kept are read (a lazy checkpoint reads no others)
+    names = {_strip_module(k): k for k in _tensor_keys(state)}
     dropped: list[str] = []
 
     candidates: tuple[str, ...]
@@ -228,48 +256,51 @@ def _adapt(
     else:
         candidates = tuple(spec.select or ())
     if candidates:
-        select = next((c for c in candidates if any(k.startswith(c) for k in tensors)), None)
+        select = next((c for c in candidates if any(k.startswith(c) for k in names)), None)
         if select is None:
             wanted_prefix = " or ".join(repr(c) for c in candidates)
-            raise CheckpointError(
+            raise _LayoutMismatch(
                 f"checkpoint {src}: no weights under {wanted_prefix} in {used or 'the state dict'} "
-                f"({adapter.title}, {branch_name} branch); key prefixes found: {_prefixes(tensors)}",
+                f"({adapter.title}, {branch_name} branch); key prefixes found: {_prefixes(names)}",
                 source if isinstance(source, Path) else None,
             )
-        dropped.extend(k for k in tensors if not k.startswith(select))
-        tensors = {k[len(select) :]: v for k, v in tensors.items() if k.startswith(select)}
+        dropped.extend(k for k in names if not k.startswith(select))
+        names = {k[len(select) :]: o for k, o in names.items() if k.startswith(select)}
 
     if spec.strip:
-        stripped: StateDict = {}
-        for k, v in tensors.items():
+        stripped: dict[str, str] = {}
+        for k, o in names.items():
             for s in spec.strip:
                 if k.startswith(s):
                     k = k[len(s) :]
                     break
-            stripped[k] = v
-        tensors = stripped
+            stripped[k] = o
+        names = stripped
 
     if spec.drop:
         drop_re = [re.compile(d) for d in spec.drop]
-        kept2: StateDict = {}
-        for k, v in tensors.items():
+        kept: dict[str, str] = {}
+        for k, o in names.items():
             if any(r.search(k) for r in drop_re):
                 dropped.append(k)
             else:
-                kept2[k] = v
-        tensors = kept2
+                kept[k] = o
+        names = kept
 
     if spec.rename:
         rules = [(re.compile(a), b) for a, b in spec.rename]
-        renamed: StateDict = {}
-        for k, v in tensors.items():
+        renamed: dict[str, str] = {}
+        for k, o in names.items():
             for r, repl in rules:
                 k = r.sub(repl, k)
-            renamed[k] = v
-        tensors = renamed
+            renamed[k] = o
+        names = renamed
+
+    values = _materialize(state, list(names.values()))
+    tensors: StateDict = {k: values[o] for k, o in names.items()}
 
     if adapter.remap is not None:
-        tensors = adapter.remap(tensors, model)
+        tensors = _call_remap(adapter.remap, tensors, model, source if isinstance(source, Path) else None)
 
     if not tensors:
         raise CheckpointError(
@@ -280,9 +311,18 @@ def _adapt(
     if release and model is not None:  # a release file must be this backbone, not any tensor mapping
         expected = set(model.state_dict())
         if not expected & set(tensors):
-            raise CheckpointError(f"checkpoint {src}: no key of the backbone", source if isinstance(source, Path) else None)
+            raise _LayoutMismatch(f"checkpoint {src}: no key of the backbone", source if isinstance(source, Path) else None)
     layout = "release file" if release else "training checkpoint"
     return AdaptedStateDict(tensors, adapter.name, branch_name, used, dropped, layout)
+
+
+def _call_remap(remap: Remap, tensors: StateDict, model: nn.Module | None, source: Path | None) -> StateDict:
+    """``remap(tensors, model)``, with ``source=`` (the checkpoint's path) for remaps that take it."""
+    try:
+        takes_source = "source" in inspect.signature(remap).parameters
+    except (TypeError, ValueError):
+        takes_source = False
+    return remap(tensors, model, source=source) if takes_source else remap(tensors, model)
 
 
 def load_state_dict_for(
@@ -414,21 +454,47 @@ def load_backbone(
         FileNotFoundError, CheckpointError (UnsafeCheckpointError, CheckpointKeyError), ValueError.
     """
     adapter = get_adapter(method)
+    if adapter.builder is not None:  # the network and its weights come from the checkpoint folder itself
+        if layout is not None:
+            layout.append("model folder")
+        return adapter.builder(Path(path), dict(model_kwargs or {}), img_size, load=True, allow_partial=allow_partial)
+    obj = read_checkpoint(path, trust_checkpoints=trust_checkpoints, map_location=map_location)
     if isinstance(arch, nn.Module):
         model = with_family_kwargs(arch, adapter)
     else:
-        name = arch or adapter.arch
-        kwargs: dict[str, Any] = adapter.kwargs_for(name)
-        kwargs.update(model_kwargs or {})
+        name, kwargs = _architecture(obj, adapter, arch, model_kwargs, branch, prefix, Path(path))
         if "img_size" in kwargs:
             img_size = kwargs.pop("img_size") if img_size is None else img_size
             kwargs.pop("img_size", None)
         model = create_backbone(name, img_size=img_size, init_weights=False, **kwargs)
-    obj = read_checkpoint(path, trust_checkpoints=trust_checkpoints, map_location=map_location)
     adapted = adapt_state_dict(obj, adapter, branch=branch, prefix=prefix, model=model, source=Path(path))
     if layout is not None:
         layout.append(adapted.layout if adapted.layout != "training checkpoint" else f"training checkpoint, {adapted.branch}")
     return load_into(model, adapted.state_dict, allow_partial=allow_partial, source=Path(path))
+
+
+def _architecture(
+    obj: Any, adapter: MethodAdapter, arch: str | None, model_kwargs: Mapping[str, Any] | None,
+    branch: str | None, prefix: str | None, source: Path,
+) -> tuple[str, dict[str, Any]]:
+    """The timm architecture and kwargs to build for checkpoint ``obj``: ``arch`` with the method's
+    kwargs, or for a method whose network the checkpoint describes (``arch_from_checkpoint``)
+    and no ``arch``, the one its weights' names and shapes say (``model_kwargs`` win)."""
+    if arch is None and adapter.arch_from_checkpoint and adapter.infer_arch is not None:
+        adapted = adapt_state_dict(obj, adapter, branch=branch, prefix=prefix, model=None, source=source)
+        found = adapter.infer_arch(adapted.state_dict, obj, source)
+        if found is None:
+            raise CheckpointError(
+                f"checkpoint {source}: the {adapter.title} backbone's architecture cannot be read off its "
+                "weights; pass --arch", source,
+            )
+        return found[0], {**found[1], **(model_kwargs or {})}
+    name = arch or adapter.arch
+    if not name:
+        raise ValueError(f"method {adapter.name!r} needs arch: the name of the timm model the checkpoint holds")
+    kwargs: dict[str, Any] = adapter.kwargs_for(name)
+    kwargs.update(model_kwargs or {})
+    return name, kwargs
 
 
 #: backbones built again by :func:`with_family_kwargs`, by the module they replace and the method

@@ -16,15 +16,16 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
+import torch
 from torch import Tensor
 
 from dsekit.backbones.checkpoints import AdaptedStateDict, adapt_state_dict
 from dsekit.backbones.discovery import epoch_from_filename
 from dsekit.backbones.extract import create_backbone
 from dsekit.backbones.reading import read_checkpoint
-from dsekit.backbones.registry import CheckpointError, get_adapter, list_methods
+from dsekit.backbones.registry import ANY_FILE, CheckpointError, get_adapter, list_methods
 
 __all__ = ["Detection", "detect_checkpoint", "infer_architecture"]
 
@@ -54,6 +55,8 @@ class Detection:
     same_backbone_as: list[str] = field(default_factory=list)  #: other methods that read the same weights
 
     def describe(self) -> str:
+        if self.method == "hf":
+            return f"{get_adapter(self.method).title} model folder, model type {self.arch.removeprefix('hf:')}"
         kw = "".join(f", {k}={v}" for k, v in self.model_kwargs.items())
         same = f" (same backbone as {', '.join(self.same_backbone_as)})" if self.same_backbone_as else ""
         return f"{get_adapter(self.method).title} ({self.layout}, {self.branch}), {self.arch}{kw}{same}"
@@ -143,8 +146,9 @@ def _fits(adapted: AdaptedStateDict, arch: tuple[str, dict[str, Any]], models: d
     key = arch[0] + repr(sorted(arch[1].items(), key=lambda kv: kv[0]))
     if key not in models:
         try:
-            models[key] = set(create_backbone(arch[0], init_weights=False, **arch[1]).state_dict())
-        except (ValueError, TypeError, RuntimeError):
+            with torch.device("meta"):  # the names alone: no memory for the weights
+                models[key] = set(create_backbone(arch[0], init_weights=False, **arch[1]).state_dict())
+        except (ValueError, TypeError, RuntimeError, AssertionError):
             models[key] = None
     expected = models[key]
     if expected is None:
@@ -161,8 +165,27 @@ def _fingerprint(adapted: AdaptedStateDict) -> str:
     return h.hexdigest()
 
 
-def detect_checkpoint(path: str | Path, *, trust_checkpoints: bool = False) -> Detection:
+def _candidates(path: Path, methods: Sequence[str] | None) -> list[str]:
+    """The methods whose layout ``path`` may hold: a Hugging Face folder is read by the methods
+    that build their network (``hf``), a DCP folder by those with folder patterns, a file by
+    the others (those that read any file, ``generic`` and ``timm``, need ``--arch``)."""
+    names = list(methods) if methods is not None else list_methods()
+    adapters = [get_adapter(n) for n in names]
+    if path.is_dir() and (path / "config.json").is_file():
+        return [a.name for a in adapters if a.builder is not None]
+    if path.is_dir():
+        return [a.name for a in adapters if any(t.endswith("/") for t in a.file_patterns)]
+    return [a.name for a in adapters
+            if a.builder is None and (methods is not None or ANY_FILE not in a.file_patterns)]
+
+
+def detect_checkpoint(
+    path: str | Path, *, trust_checkpoints: bool = False, methods: Sequence[str] | None = None
+) -> Detection:
     """The method, branch and architecture of the checkpoint at ``path`` (see the module docstring).
+
+    ``methods``: the methods to try (default: every registered one that reads without
+    ``--arch``); one method gives the architecture its checkpoint describes.
 
     Raises:
         CheckpointError: nothing fits (pass ``--method``), or the file reads as different
@@ -172,18 +195,21 @@ def detect_checkpoint(path: str | Path, *, trust_checkpoints: bool = False) -> D
     obj = read_checkpoint(path, trust_checkpoints=trust_checkpoints, map_location="cpu")
     found: list[tuple[str, AdaptedStateDict, str, dict[str, Any], bool]] = []
     models: dict[str, set[str] | None] = {}
-    for name in list_methods():
-        if name == "generic":
-            continue
+    errors: list[str] = []
+    for name in _candidates(path, methods):
         adapter = get_adapter(name)
         try:
             adapted = adapt_state_dict(obj, adapter, source=path)
-        except CheckpointError:
+        except CheckpointError as err:
+            errors.append(str(err))
             continue
-        arch = infer_architecture(adapted.state_dict, adapter)
-        if arch is not None and _fits(adapted, arch, models):
+        arch = (adapter.infer_arch(adapted.state_dict, obj, path) if adapter.infer_arch is not None
+                else infer_architecture(adapted.state_dict, adapter))
+        if arch is not None and (adapter.builder is not None or _fits(adapted, arch, models)):
             found.append((name, adapted, arch[0], arch[1], epoch_from_filename(path, adapter) is not None))
     if not found:
+        if methods is not None and len(methods) == 1 and errors:
+            raise CheckpointError(errors[0], path)
         raise CheckpointError(
             f"checkpoint {path}: no method's layout fits it with a known architecture; pass --method "
             f"(one of {', '.join(list_methods())}) and --arch", path,

@@ -1,7 +1,12 @@
-"""Checkpoint discovery: the files of one run and the epoch each holds, from the method's file names.
+"""Checkpoint discovery: the checkpoints of one run and the epoch or step each holds, from the
+method's official names.
 
-:func:`discover_checkpoints` lists a run's checkpoints sorted by epoch; :func:`epoch_from_filename`
-reads the epoch off a file name with the method's official pattern(s) (:attr:`MethodAdapter.file_patterns`).
+:func:`discover_checkpoints` lists a run's checkpoints sorted by epoch (or step);
+:func:`epoch_from_filename` reads the number off a path with the method's official pattern(s)
+(:attr:`MethodAdapter.file_patterns`: file names such as ``checkpoint{epoch}.pth``, paths below the
+run folder such as ``eval/training_{step}/teacher_checkpoint.pth``, and folders that are one
+checkpoint such as ``ckpt/{step}/``); :func:`checkpoint_label` names a checkpoint in tables and
+file names when its own name says nothing (``training_12499/teacher_checkpoint.pth``).
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ from pathlib import Path
 from torch import Tensor
 
 from dsekit.backbones.reading import read_checkpoint
-from dsekit.backbones.registry import INIT_EPOCH, CheckpointError, MethodAdapter, get_adapter
+from dsekit.backbones.registry import ANY_FILE, INIT_EPOCH, CheckpointError, MethodAdapter, get_adapter
 
-__all__ = ["CHECKPOINT_EXTENSIONS", "discover_checkpoints", "epoch_from_filename"]
+__all__ = ["CHECKPOINT_EXTENSIONS", "checkpoint_label", "discover_checkpoints", "epoch_from_filename", "is_checkpoint_folder",
+           "pattern_checkpoints", "stored_epoch"]
 
 #: File extensions considered checkpoints by the ``generic`` method and by ``--glob`` discovery.
 CHECKPOINT_EXTENSIONS: tuple[str, ...] = (".pth", ".pt", ".tar", ".ckpt", ".bin", ".safetensors")
@@ -56,17 +62,30 @@ def epoch_from_filename(path: str | Path, method: str | MethodAdapter) -> int | 
     """
     adapter = get_adapter(method)
     name = Path(path).name
-    if adapter.name == "generic":
+    if ANY_FILE in adapter.file_patterns:
         if not _is_checkpoint_file(name):
             return None
         m = _LAST_INT.search(_strip_extensions(name))
         return int(m.group(1)) if m else None
-    for regex in adapter.file_regexes:
-        m = regex.fullmatch(name)
+    parts = Path(path).parts
+    for template, regex in zip(adapter.file_patterns, adapter.file_regexes):
+        depth = template.rstrip("/").count("/") + 1
+        m = regex.fullmatch("/".join(parts[-depth:]))
         if m:
             e = m.group("epoch")
             return INIT_EPOCH if e.endswith("init") else int(e)
     return None
+
+
+def checkpoint_label(path: str | Path) -> str:
+    """A checkpoint's name for tables, messages and cache files: its file or folder name, with the
+    folder above it when the name alone says nothing (no digit, as ``teacher_checkpoint.pth``, or
+    digits only, as DCP's ``ckpt/1250``): ``training_12499/teacher_checkpoint.pth``."""
+    p = Path(path)
+    name = p.name
+    if (not any(ch.isdigit() for ch in name) or re.fullmatch(r"\d+(_keep)?", name)) and p.parent.name:
+        return f"{p.parent.name}/{name}"
+    return name
 
 
 def discover_checkpoints(
@@ -74,12 +93,14 @@ def discover_checkpoints(
     method: str | MethodAdapter,
     glob: str | None = None,
 ) -> list[tuple[Path, int | None]]:
-    """Checkpoints of one run, as ``(path, epoch)`` sorted by epoch (then name).
+    """Checkpoints of one run, as ``(path, epoch)`` sorted by epoch or step (then path).
 
-    Without ``glob`` the files directly in ``run_dir`` whose names match the method's official
-    pattern(s) are returned. With ``glob`` (relative to ``run_dir``, ``**`` allowed) every matching
-    file is returned; its epoch comes from the official pattern, else from the last number in the
-    name, else ``None`` (sorted last).
+    Without ``glob`` the checkpoints the method's official pattern(s) name are returned (files
+    directly in ``run_dir``, paths below it, checkpoint folders; see :func:`pattern_checkpoints`),
+    or what the method's own ``discover`` finds. With ``glob`` (relative to ``run_dir``, ``**``
+    allowed) every matching file or checkpoint folder (a ``config.json`` or a
+    ``torch.distributed.checkpoint`` ``.metadata`` in it) is returned; its number comes from the
+    official pattern, else from the last number in the name, else ``None`` (sorted last).
 
     Raises:
         FileNotFoundError: ``run_dir`` does not exist, or no checkpoint was found (the message names
@@ -94,9 +115,10 @@ def discover_checkpoints(
         raise NotADirectoryError(f"checkpoint folder {root} is not a directory")
 
     found: list[tuple[Path, int | None]] = []
+    tried = ""
     if glob is not None:
         try:
-            candidates = sorted(p for p in root.glob(glob) if p.is_file())
+            candidates = sorted(p for p in root.glob(glob) if p.is_file() or is_checkpoint_folder(p))
         except (ValueError, NotImplementedError) as err:
             raise ValueError(f"invalid glob {glob!r} for folder {root}: {err}") from err
         for p in candidates:
@@ -107,16 +129,8 @@ def discover_checkpoints(
             found.append((p, epoch))
         tried = f"glob {glob!r}"
     else:
-        for p in sorted(root.iterdir()):
-            if p.is_file():
-                epoch = epoch_from_filename(p, adapter)
-                if epoch is not None:
-                    found.append((p, epoch))
-        tried = f"{adapter.title} file pattern(s) " + ", ".join(repr(t) for t in adapter.file_patterns)
-        if adapter.run_files:
-            seen = {p for p, _ in found}
-            found += [pe for pe in _run_file_copies(root, adapter.run_files) if pe[0] not in seen]
-            tried += " and copies of " + ", ".join(repr(f) for f in adapter.run_files) + " (any sub-folder or suffix)"
+        tried = _tried(adapter)
+        found = adapter.discover(root, adapter) if adapter.discover is not None else pattern_checkpoints(root, adapter)
     _warn_duplicate_epochs(found)
 
     if not found:
@@ -127,7 +141,48 @@ def discover_checkpoints(
             f"no checkpoints found in {root}: {what}; "
             "pass glob= (CLI: --glob) to choose the files explicitly"
         )
-    found.sort(key=lambda pe: (pe[1] is None, pe[1] if pe[1] is not None else 0, pe[0].name))
+    found.sort(key=lambda pe: (pe[1] is None, pe[1] if pe[1] is not None else 0, str(pe[0])))
+    return found
+
+
+def is_checkpoint_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder holding one checkpoint: a Hugging Face model folder
+    (``config.json``) or a ``torch.distributed.checkpoint`` folder (``.metadata``)."""
+    return path.is_dir() and ((path / "config.json").is_file() or (path / ".metadata").is_file())
+
+
+def _tried(adapter: MethodAdapter) -> str:
+    tried = f"{adapter.title} pattern(s) " + ", ".join(repr(t) for t in adapter.file_patterns)
+    if adapter.run_files:
+        tried += " and copies of " + ", ".join(repr(f) for f in adapter.run_files) + " (any sub-folder or suffix)"
+    return tried
+
+
+def pattern_checkpoints(root: Path, adapter: MethodAdapter) -> list[tuple[Path, int | None]]:
+    """The checkpoints of ``root`` that the adapter's official patterns name: files directly in
+    ``root`` for a file-name pattern, paths below it for a pattern with ``/`` (a folder for one
+    ending in ``/``), then copies of its one-file runs' files; unsorted."""
+    found: list[tuple[Path, int | None]] = []
+    flat = [t for t in adapter.file_patterns if "/" not in t]
+    if flat:
+        for p in sorted(root.iterdir()):
+            if p.is_file():
+                epoch = epoch_from_filename(p, adapter)
+                if epoch is not None:
+                    found.append((p, epoch))
+    for template, regex in zip(adapter.file_patterns, adapter.file_regexes):
+        if "/" not in template:
+            continue
+        folder = template.endswith("/")
+        pattern = re.sub(r"\{\w+\}", "*", template.rstrip("/"))
+        for p in sorted(root.glob(pattern)):
+            m = regex.fullmatch(p.relative_to(root).as_posix())
+            if m and (p.is_dir() if folder else p.is_file()):
+                e = m.group("epoch")
+                found.append((p, INIT_EPOCH if e.endswith("init") else int(e)))
+    if adapter.run_files:
+        seen = {p for p, _ in found}
+        found += [pe for pe in _run_file_copies(root, adapter.run_files) if pe[0] not in seen]
     return found
 
 
@@ -150,7 +205,7 @@ def _run_file_copies(root: Path, names: tuple[str, ...], max_depth: int = 3) -> 
                     rel = (rel_dir / f).as_posix().replace(name, "").replace(stem, "")
                     m = _LAST_INT.search(rel)
                     path = Path(dirpath) / f
-                    out.append((path, int(m.group(1)) if m else _stored_epoch(path)))
+                    out.append((path, int(m.group(1)) if m else stored_epoch(path)))
                     break
     return out
 
@@ -160,13 +215,13 @@ def _split_checkpoint_name(name: str) -> tuple[str, str]:
     return stem, name[len(stem):]
 
 
-def _stored_epoch(path: Path) -> int | None:
-    """The ``epoch`` field of a checkpoint (None when unreadable or absent)."""
+def stored_epoch(path: Path) -> int | None:
+    """The ``epoch`` (else ``iteration``) field of a checkpoint (None when unreadable or absent)."""
     try:
         obj = read_checkpoint(path, map_location="cpu")
     except (CheckpointError, OSError):
         return None
-    epoch = obj.get("epoch") if isinstance(obj, Mapping) else None
+    epoch = next((obj[k] for k in ("epoch", "iteration") if k in obj), None) if isinstance(obj, Mapping) else None
     if isinstance(epoch, Tensor) and epoch.numel() == 1:
         epoch = epoch.item()
     return int(epoch) if isinstance(epoch, int) and not isinstance(epoch, bool) else None

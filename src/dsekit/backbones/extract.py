@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from functools import partial
 from typing import Any
@@ -26,7 +26,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dsekit.backbones import dinov3_vit
+
 __all__ = [
+    "NAMED_LAYERS",
     "FeatureExtractor",
     "FeatureFn",
     "backbone_recipe",
@@ -110,7 +113,8 @@ def create_backbone(
             ``class_token=False``). A ``None`` value reaches the model as ``None`` (e.g.
             ``ls_init_value=None``: a ConvNeXt without layer scale), where ``timm.create_model``
             would drop it and keep the default: such models are built by the architecture's
-            timm entry point.
+            timm entry point. ``mlp_layer`` may be named (:data:`NAMED_LAYERS`: ``"mlp"``,
+            ``"swiglu_packed"``, ``"swiglu"``), so that settings stay plain JSON.
 
     The initial weights come from the process-wide RNG's current state, which is left as it was.
     How the model was built is kept on it (:func:`backbone_recipe`).
@@ -119,6 +123,7 @@ def create_backbone(
     """
     import timm
 
+    dinov3_vit.register()  # dsekit's own networks, created through timm like the others
     if not isinstance(arch, str) or not arch:
         raise ValueError(f"arch must be a timm model name, got {arch!r}")
     if timm_kwargs.pop("pretrained", False):
@@ -132,6 +137,8 @@ def create_backbone(
         raise ValueError(f"unknown timm architecture {arch!r}{hint}")
     recipe = {"arch": arch, "img_size": img_size, "init_weights": init_weights, "kwargs": dict(timm_kwargs)}
     kwargs: dict[str, Any] = {"num_classes": 0, **timm_kwargs}
+    if isinstance(kwargs.get("mlp_layer"), str):
+        kwargs["mlp_layer"] = _named_layer(kwargs["mlp_layer"])
     # timm.create_model drops None-valued kwargs; the entry point passes them on to the model
     create = (
         timm.models.model_entrypoint(arch) if any(v is None for v in kwargs.values()) else partial(timm.create_model, arch)
@@ -163,6 +170,19 @@ def create_backbone(
     return model.eval()
 
 
+#: ``mlp_layer`` values by name (``create_backbone(..., mlp_layer="swiglu_packed")``)
+NAMED_LAYERS = ("mlp", "swiglu_packed", "swiglu")
+
+
+def _named_layer(name: str) -> Any:
+    from timm.layers import Mlp, SwiGLU, SwiGLUPacked
+
+    layers = dict(zip(NAMED_LAYERS, (Mlp, SwiGLUPacked, SwiGLU)))
+    if name not in layers:
+        raise ValueError(f"mlp_layer: expected one of {', '.join(NAMED_LAYERS)}, got {name!r}")
+    return layers[name]
+
+
 #: parameters that timm allocates with ``torch.empty`` and fills only in its weight initialisation
 _SKIPPED_INIT = ("cls_token", "reg_token", "dist_token", "pos_embed", "mask_token")
 
@@ -172,6 +192,8 @@ def _zero_skipped_tensors(model: nn.Module) -> None:
     prefix tokens and position embedding, and any other parameter or buffer that is not finite."""
     with torch.no_grad():
         for name, t in [*model.named_parameters(), *model.named_buffers()]:
+            if t.is_meta:
+                continue
             if t.is_floating_point() and (name.rsplit(".", 1)[-1] in _SKIPPED_INIT or not bool(torch.isfinite(t).all())):
                 t.zero_()
 
@@ -216,6 +238,9 @@ class FeatureExtractor(nn.Module):
         fn: optional ``fn(model, images) -> (B, N, d)``; when given it replaces ``forward_intermediates``.
         norm: apply the model's final norm (ViT: to the chosen block; Swin: to the last stage), as
             timm's ``forward_intermediates(norm=True)`` does. Default ``True``.
+        layers: several blocks / stages read from one forward pass (a layer map): ``forward``
+            then returns a list, one ``(B, N_i, d_i)`` tensor per entry of ``layers``, in that
+            order (``layer`` is ignored).
 
     Example:
         >>> model = create_backbone("vit_small_patch16_224", img_size=32, depth=2)
@@ -230,16 +255,24 @@ class FeatureExtractor(nn.Module):
         *,
         fn: FeatureFn | None = None,
         norm: bool = True,
+        layers: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if isinstance(layer, bool) or not isinstance(layer, int):
-            raise TypeError(f"layer must be an int (negative counts from the end), got {layer!r}")
+        wanted = [layer] if layers is None else list(layers)
+        for v in wanted:
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"layer must be an int (negative counts from the end), got {v!r}")
+        if not wanted:
+            raise ValueError("layers: expected at least one layer")
         if fn is not None and not callable(fn):
             raise TypeError(f"fn must be callable as fn(model, images) -> (B, N, d), got {fn!r}")
+        if fn is not None and layers is not None:
+            raise ValueError("layers: a user fn gives one feature array; read several layers with forward_intermediates")
         self.model = model
         self.layer = layer
+        self.layers = None if layers is None else tuple(wanted)
         self.fn = fn
         self.norm = norm
         self._kwargs: dict[str, Any] = {}
@@ -252,11 +285,15 @@ class FeatureExtractor(nn.Module):
                     "fn=lambda model, images: ... returning (B, N, d) features"
                 )
             n = num_feature_layers(model)
-            if n is not None and not -n <= layer < n:
-                raise ValueError(
-                    f"layer={layer} is out of range for {type(model).__name__} with {n} layers "
-                    f"(valid: {-n} .. {n - 1})"
-                )
+            for v in wanted:
+                if n is not None and not -n <= v < n:
+                    raise ValueError(
+                        f"layer={v} is out of range for {type(model).__name__} with {n} layers "
+                        f"(valid: {-n} .. {n - 1})"
+                    )
+            # forward_intermediates returns blocks in network order: ask for them sorted, once each
+            self._indices = sorted({v % n for v in wanted}) if n is not None else wanted
+            self._order = [self._indices.index(v % n) for v in wanted] if n is not None else list(range(len(wanted)))
             self._kwargs = self._intermediate_kwargs(forward_intermediates)
 
     def _intermediate_kwargs(self, forward_intermediates: Callable[..., Any]) -> dict[str, Any]:
@@ -279,39 +316,42 @@ class FeatureExtractor(nn.Module):
         """True when features come from the user function rather than ``forward_intermediates``."""
         return self.fn is not None
 
-    def forward(self, images: Tensor) -> Tensor:
-        """Patch features ``(B, N, d)`` of ``images (B, 3, H, W)``."""
+    def forward(self, images: Tensor) -> Tensor | list[Tensor]:
+        """Patch features ``(B, N, d)`` of ``images (B, 3, H, W)`` (a list of them with ``layers``)."""
         images = _check_images(images)
         batch = images.shape[0]
         if self.fn is not None:
             return _check_features(self.fn(self.model, images), batch, "fn(model, images)")
         out = self._intermediates(images)
-        if isinstance(out, (list, tuple)):
-            if len(out) != 1:
-                raise RuntimeError(f"forward_intermediates returned {len(out)} outputs for one layer")
-            out = out[0]
-        return _check_features(tokens_from_intermediate(out), batch, type(self.model).__name__)
+        out = list(out) if isinstance(out, (list, tuple)) else [out]
+        if len(out) != len(self._indices):
+            raise RuntimeError(f"forward_intermediates returned {len(out)} outputs for {len(self._indices)} layer(s)")
+        name = type(self.model).__name__
+        feats = [_check_features(tokens_from_intermediate(out[i]), batch, name) for i in self._order]
+        return feats if self.layers is not None else feats[0]
 
     def _intermediates(self, images: Tensor) -> Any:
         kwargs = dict(self._kwargs)
         if self._fmt_fallback:
             kwargs["output_fmt"] = "NCHW"
+        indices = list(self._indices)
         try:
-            return self.model.forward_intermediates(images, indices=[self.layer], **kwargs)
+            return self.model.forward_intermediates(images, indices=indices, **kwargs)
         except AssertionError as err:
             if kwargs.get("output_fmt") == "NLC" and "output" in str(err).lower():
                 # some token models only emit NCHW maps
                 self._fmt_fallback = True
                 kwargs["output_fmt"] = "NCHW"
-                return self.model.forward_intermediates(images, indices=[self.layer], **kwargs)
+                return self.model.forward_intermediates(images, indices=indices, **kwargs)
             raise ValueError(
-                f"forward_intermediates of {type(self.model).__name__} rejected layer={self.layer} "
+                f"forward_intermediates of {type(self.model).__name__} rejected layer(s) {indices} "
                 f"or input {tuple(images.shape)}: {err}"
             ) from err
 
     def extra_repr(self) -> str:
         src = "fn" if self.fn is not None else "forward_intermediates"
-        return f"layer={self.layer}, norm={self.norm}, source={src}"
+        which = f"layers={list(self.layers)}" if self.layers is not None else f"layer={self.layer}"
+        return f"{which}, norm={self.norm}, source={src}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -379,12 +419,14 @@ def extract_features(
     amp_dtype: torch.dtype | None = None,
     channels_last: bool | None = None,
     progress: bool | str = False,
-) -> Tensor:
+    out: Sequence[Any] | None = None,
+) -> Any:
     """Run ``extractor`` over ``images`` in batches and return CPU float32 features ``(B, N, d)``.
 
     Args:
         extractor: a :class:`FeatureExtractor`, a timm model (wrapped with the last layer), or any
-            callable ``images -> (b, N, d)``.
+            callable ``images -> (b, N, d)``. A :class:`FeatureExtractor` with ``layers`` gives
+            one array per layer, from one forward pass per batch.
         images: a ``(B, 3, H, W)`` float tensor, or an iterable of such batches (a DataLoader yielding
             ``(images, labels)`` works too).
         batch_size: images per forward pass (larger batches from an iterable are split).
@@ -393,13 +435,16 @@ def extract_features(
             ``torch.float16`` on CUDA); ``None`` runs in the model's own precision.
         channels_last: use channels-last memory for convolutional models; default: on CUDA only.
         progress: show a progress bar (``True``, or a string used as its description).
+        out: arrays to fill instead of allocating (one ``(B, N_i, d_i)`` float32 array or tensor
+            per layer, e.g. memory-mapped ones; ``images`` a tensor), returned filled.
 
     Returns:
-        Tensor ``(B, N, d)``, float32, on the CPU.
+        Tensor ``(B, N, d)``, float32, on the CPU; with ``layers``, a list of them (or ``out``).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     ext = _as_extractor(extractor)
+    many = isinstance(ext, FeatureExtractor) and ext.layers is not None
     dev = _resolve_device(ext, device)
     if channels_last is None:
         channels_last = dev.type == "cuda"
@@ -412,6 +457,8 @@ def extract_features(
         ext.eval()  # type: ignore[union-attr]
 
     total = images.shape[0] if isinstance(images, Tensor) else None
+    if out is not None and total is None:
+        raise ValueError("out: give images as one tensor to fill preallocated arrays")
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -422,8 +469,8 @@ def extract_features(
     autocast = (
         torch.autocast(device_type=dev.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
     )
-    out: Tensor | None = None
-    chunks: list[Tensor] = []
+    buffers: list[Any] | None = list(out) if out is not None else None
+    chunks: list[list[Tensor]] = []
     filled = 0
     try:
         with torch.inference_mode(), autocast:
@@ -431,32 +478,36 @@ def extract_features(
                 x = batch.to(dev, non_blocking=dev.type == "cuda")
                 if use_cl:
                     x = x.contiguous(memory_format=torch.channels_last)
-                z = _check_features(ext(x), x.shape[0], "extractor")
-                z = z.detach().to("cpu", torch.float32)
+                z = ext(x)
+                zs = [_check_features(t, x.shape[0], "extractor").detach().to("cpu", torch.float32)
+                      for t in (z if many else [z])]
                 if total is not None:
-                    if out is None:
-                        out = torch.empty((total, z.shape[1], z.shape[2]), dtype=torch.float32)
-                    elif z.shape[1:] != out.shape[1:]:
-                        raise ValueError(
-                            f"feature shape changed between batches: {tuple(out.shape[1:])} vs "
-                            f"{tuple(z.shape[1:])}"
-                        )
-                    out[filled : filled + z.shape[0]] = z
+                    if buffers is None:
+                        buffers = [torch.empty((total, *t.shape[1:]), dtype=torch.float32) for t in zs]
+                    for buf, t in zip(buffers, zs):
+                        if tuple(t.shape[1:]) != tuple(buf.shape[1:]):
+                            raise ValueError(
+                                f"feature shape changed between batches: {tuple(buf.shape[1:])} vs {tuple(t.shape[1:])}"
+                            )
+                        buf[filled : filled + t.shape[0]] = t if isinstance(buf, Tensor) else t.numpy()
                 else:
-                    chunks.append(z)
-                filled += z.shape[0]
+                    chunks.append(zs)
+                filled += x.shape[0]
                 if bar is not None:
-                    bar.update(z.shape[0])
+                    bar.update(x.shape[0])
     finally:
         if bar is not None:
             bar.close()
 
     if total is not None:
-        assert out is not None
-        return out
+        assert buffers is not None
+        return buffers if many else buffers[0]
     if not chunks:
         raise ValueError("images is empty: no batch was produced")
-    shapes = {tuple(c.shape[1:]) for c in chunks}
-    if len(shapes) > 1:
-        raise ValueError(f"feature shape changed between batches: {sorted(shapes)}")
-    return torch.cat(chunks, dim=0)
+    result = []
+    for j in range(len(chunks[0])):
+        shapes = {tuple(c[j].shape[1:]) for c in chunks}
+        if len(shapes) > 1:
+            raise ValueError(f"feature shape changed between batches: {sorted(shapes)}")
+        result.append(torch.cat([c[j] for c in chunks], dim=0))
+    return result if many else result[0]

@@ -16,7 +16,11 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from dsekit.backbones.registry import BranchSpec, MethodAdapter, Remap, StateDict, register
+from dsekit.backbones.dinov2 import dinov2_architecture, dinov2_remap, discover_dinov2
+from dsekit.backbones.dinov3 import dinov3_architecture, dinov3_remap, discover_dinov3
+from dsekit.backbones.dinov3_vit import ARCH
+from dsekit.backbones.hf import MODEL_TYPES, build_hf_backbone, discover_hf, hf_architecture, hf_remap
+from dsekit.backbones.registry import ANY_FILE, BranchSpec, MethodAdapter, Remap, StateDict, register
 
 __all__: list[str] = []
 
@@ -81,6 +85,24 @@ def _official_convnext_remap(state_dict: StateDict, model: nn.Module | None, *, 
     if ("norm_pre.weight" in target) if model is not None else norm_first:
         out = {("norm_pre." + k[len("head.norm.") :] if k.startswith("head.norm.") else k): v for k, v in out.items()}
     return out
+
+
+def timm_family_filter(state_dict: StateDict, model: nn.Module | None) -> StateDict:
+    """Weights for ``model``: as they are when their names are the model's (timm's layout), else
+    through the ``checkpoint_filter_fn`` of the model's timm module (the family's official
+    layouts: DINOv2, EVA, CLIP, ...). Without a model or a filter: unchanged."""
+    if model is None:
+        return dict(state_dict)
+    import importlib
+
+    expected = set(model.state_dict())
+    if set(state_dict) <= expected:
+        return dict(state_dict)
+    module = importlib.import_module(type(model).__module__)
+    filter_fn = getattr(module, "checkpoint_filter_fn", None)
+    if filter_fn is None:
+        return dict(state_dict)
+    return dict(filter_fn(dict(state_dict), model))
 
 
 # ---- built-in methods -----------------------------------------------------------------------------
@@ -398,6 +420,102 @@ def _register_builtins() -> None:
     )
     register(
         MethodAdapter(
+            name="dinov2",
+            title="DINOv2",
+            arch="vit_large_patch14_dinov2",
+            branches={
+                "teacher": BranchSpec(
+                    ("teacher", "model"), select=("backbone.", "teacher.backbone."),
+                    description="the teacher backbone (teacher_checkpoint.pth; teacher.* of a periodic file)",
+                ),
+                "student": BranchSpec(("model",), select="student.backbone.", description="the student backbone"),
+            },
+            default_branch="teacher",
+            file_patterns=("eval/training_{step}/teacher_checkpoint.pth", "model_{step}.rank_0.pth"),
+            aliases=_TEACHER_STUDENT_ALIASES,
+            remap=dinov2_remap,
+            unit="step",
+            discover=discover_dinov2,
+            infer_arch=dinov2_architecture,
+            arch_from_checkpoint=True,
+            source="https://github.com/facebookresearch/dinov2",
+            notes="teacher_checkpoint.pth = {'teacher': backbone.*, dino_head.*, ibot_head.*}; release files "
+            "dinov2_vit*14[_reg4]_pretrain.pth; block chunks flattened; official names mapped by timm's "
+            "checkpoint_filter_fn, the position embedding interpolated as the official code does.",
+        )
+    )
+    register(
+        MethodAdapter(
+            name="dinov3",
+            title="DINOv3",
+            arch=ARCH,
+            branches={
+                "teacher": BranchSpec(
+                    ("teacher", "model"), select=("backbone.", "teacher.backbone."),
+                    description="the teacher (EMA) backbone",
+                ),
+                "student": BranchSpec(("model",), select="student.backbone.", description="the student backbone"),
+                "gram": BranchSpec(("model",), select="gram_teacher.backbone.", description="the Gram teacher backbone"),
+            },
+            default_branch="teacher",
+            file_patterns=(
+                "eval/training_{step}/teacher_checkpoint.pth",
+                "eval/training_{step}/sharded_teacher_checkpoint/",
+                "ckpt/{step}/",
+                "ckpt/{step}_keep/",
+            ),
+            aliases={**_TEACHER_STUDENT_ALIASES, "gram_teacher": "gram"},
+            remap=dinov3_remap,
+            unit="step",
+            discover=discover_dinov3,
+            infer_arch=dinov3_architecture,
+            arch_from_checkpoint=True,
+            source="https://github.com/facebookresearch/dinov3",
+            notes="teacher_checkpoint.pth = {'teacher': backbone.*, dino_head.*, ibot_head.*}; ckpt/<iter>/ are "
+            "torch.distributed.checkpoint folders (model.student/teacher/gram_teacher.*); release files "
+            "dinov3_vit*16_pretrain_<data>-<hash>.pth; read into dsekit's DINOv3 ViT (official names and "
+            "numerics: stored RoPE periods, bf16 RoPE of training builds, masked key bias).",
+        )
+    )
+    register(
+        MethodAdapter(
+            name="hf",
+            title="Hugging Face",
+            arch="hf",
+            branches={"model": BranchSpec(("weights",), description="the base model of a transformers folder")},
+            default_branch="model",
+            file_patterns=("checkpoint-{step}/",),
+            remap=hf_remap,
+            unit="step",
+            discover=discover_hf,
+            infer_arch=hf_architecture,
+            builder=build_hf_backbone,
+            source="https://github.com/huggingface/transformers",
+            notes="config.json + model.safetensors / pytorch_model.bin; the network built from config.json "
+            f"(model types {', '.join(MODEL_TYPES)}), task heads dropped; Trainer runs: checkpoint-<step>/.",
+        )
+    )
+    register(
+        MethodAdapter(
+            name="timm",
+            title="timm",
+            arch="",  # no default: --arch names the model
+            branches={
+                "model": BranchSpec(
+                    (None, "state_dict", "model", "module", "state_dict_ema", "model_ema"),
+                    description="a timm model's state dict, or its family's official layout",
+                )
+            },
+            default_branch="model",
+            file_patterns=(ANY_FILE,),
+            remap=timm_family_filter,
+            source="https://github.com/huggingface/pytorch-image-models",
+            notes="--arch names the timm model; weights in timm's layout load as they are, others go through "
+            "the checkpoint_filter_fn of the architecture's timm module (e.g. official DINOv2, EVA-02 layouts).",
+        )
+    )
+    register(
+        MethodAdapter(
             name="generic",
             title="Generic state dict",
             arch="vit_small_patch16_224",
@@ -408,7 +526,7 @@ def _register_builtins() -> None:
                 )
             },
             default_branch="model",
-            file_patterns=("*{epoch}*",),
+            file_patterns=(ANY_FILE,),
             notes="use prefix= to select a sub-module (e.g. 'backbone.'); the epoch is the last number "
             "in the file name.",
         )

@@ -4,14 +4,30 @@ Only plain training-setting types are allow-listed (:data:`SAFE_GLOBALS`: ``argp
 DINO / MAE / iBOT / Mugs / EsViT store their arguments, and ``pathlib`` paths). Anything else that
 needs full unpickling fails with an error naming the opt-in ``trust_checkpoints=True`` (CLI
 ``--trust-checkpoints``). ``.safetensors`` files are read with safetensors.
+
+Two kinds of folder are one checkpoint each:
+
+* a ``torch.distributed.checkpoint`` folder (``.metadata`` and ``*.distcp`` files, as DINOv3's
+  ``ckpt/<iter>/``): read with torch's own DCP reader in this one process, no process group;
+  the checkpoint is ``{"<group>": LazyStateDict, ...}`` for the top-level groups that hold
+  tensors (``model``, ...; the optimizer's state is never read) plus its scalar entries
+  (``iteration``);
+* a Hugging Face model folder (``config.json`` with ``model.safetensors`` — sharded or not —
+  or ``pytorch_model.bin``, read with ``weights_only=True``): ``{"config": dict, "weights":
+  LazyStateDict}``.
+
+A :class:`LazyStateDict` lists its tensors' names without reading them; the loader reads only
+the tensors it keeps (:meth:`LazyStateDict.load`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import pickle
 import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -20,7 +36,7 @@ import torch
 
 from dsekit.backbones.registry import CheckpointError, UnsafeCheckpointError
 
-__all__ = ["SAFE_GLOBALS", "read_checkpoint"]
+__all__ = ["SAFE_GLOBALS", "LazyStateDict", "read_checkpoint", "run_config"]
 
 #: Types that official checkpoints store next to the weights and that are harmless to rebuild.
 SAFE_GLOBALS: tuple[type, ...] = (
@@ -83,7 +99,7 @@ def read_checkpoint(
     if not p.exists():
         raise FileNotFoundError(f"checkpoint {p} does not exist")
     if p.is_dir():
-        raise CheckpointError(f"checkpoint {p} is a directory, expected a file", p)
+        return _read_folder(p, trust_checkpoints)
     if p.stat().st_size == 0:
         raise CheckpointError(f"cannot read checkpoint {p}: the file is empty", p)
 
@@ -136,3 +152,195 @@ def _short(err: BaseException, limit: int = 200) -> str:
     first = text[0] if text else type(err).__name__
     return first if len(first) <= limit else first[: limit - 3] + "..."
 
+
+
+# --------------------------------------------------------------------------------------------------
+# Folders: torch.distributed.checkpoint and Hugging Face
+# --------------------------------------------------------------------------------------------------
+
+
+class LazyStateDict(Mapping[str, Any]):
+    """Named tensors of a checkpoint that are read only when asked for.
+
+    ``keys``: the tensors' names; ``loader(names) -> {name: tensor}`` reads some of them;
+    ``source``: the checkpoint they come from.
+    """
+
+    def __init__(self, keys: Sequence[str], loader: Callable[[list[str]], dict[str, Any]], source: Path) -> None:
+        self._keys = list(keys)
+        self._set = set(self._keys)
+        self._loader = loader
+        self.source = source
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._set:
+            raise KeyError(key)
+        return self._loader([key])[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._set
+
+    def load(self, keys: Sequence[str]) -> dict[str, Any]:
+        """The tensors ``keys``, read in one pass."""
+        missing = [k for k in keys if k not in self._set]
+        if missing:
+            raise KeyError(missing[0])
+        return self._loader(list(keys)) if keys else {}
+
+
+def _read_folder(p: Path, trust_checkpoints: bool) -> dict[str, Any]:
+    if (p / ".metadata").is_file():
+        return _read_dcp(p)
+    if (p / "config.json").is_file():
+        return _read_hf_folder(p, trust_checkpoints)
+    if any(f.suffix == ".distcp" for f in p.iterdir()):
+        raise CheckpointError(
+            f"checkpoint {p} is a torch.distributed.checkpoint folder without its .metadata file (the save did "
+            "not finish, or the file was removed): it cannot be read", p,
+        )
+    raise CheckpointError(
+        f"checkpoint {p} is a folder, but neither a torch.distributed.checkpoint folder (no .metadata) nor a "
+        "Hugging Face model folder (no config.json)", p,
+    )
+
+
+def _read_dcp(p: Path) -> dict[str, Any]:
+    """A ``torch.distributed.checkpoint`` folder's tensor groups (lazily) and scalar entries."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    try:
+        metadata = dcp.FileSystemReader(str(p)).read_metadata()
+    except Exception as err:  # noqa: BLE001 - a damaged .metadata raises anything pickle can
+        raise CheckpointError(f"cannot read checkpoint {p}: its .metadata is damaged ({_short(err)})", p) from err
+    entries = metadata.state_dict_metadata
+    tensors = {k: m for k, m in entries.items() if isinstance(m, TensorStorageMetadata)}
+
+    def loader(names: list[str]) -> dict[str, Any]:
+        out = {n: torch.empty(tuple(tensors[n].size), dtype=tensors[n].properties.dtype) for n in names}
+        try:
+            dcp.load(out, storage_reader=dcp.FileSystemReader(str(p)), no_dist=True)
+        except Exception as err:  # noqa: BLE001 - missing or truncated .distcp files
+            raise CheckpointError(f"cannot read checkpoint {p}: {_short(err)}", p) from err
+        return out
+
+    out: dict[str, Any] = {}
+    groups: dict[str, list[str]] = {}
+    for k in tensors:
+        head, _, rest = k.partition(".")
+        if rest and head != "optimizer":
+            groups.setdefault(head, []).append(k)
+    for head, keys in groups.items():
+        n = len(head) + 1
+
+        def group_loader(names: list[str], n: int = n, head: str = head) -> dict[str, Any]:
+            return {k[n:]: v for k, v in loader([f"{head}.{name}" for name in names]).items()}
+
+        out[head] = LazyStateDict([k[n:] for k in keys], group_loader, p)
+    scalars = [k for k, m in entries.items() if k not in tensors and "." not in k]
+    if scalars:
+        values: dict[str, Any] = {k: None for k in scalars}
+        try:
+            dcp.load(values, storage_reader=dcp.FileSystemReader(str(p)), no_dist=True)
+        except Exception:  # noqa: BLE001 - the scalars (iteration) are a nicety
+            values = {}
+        out.update({k: v for k, v in values.items() if isinstance(v, (int, float, str))})
+    return out
+
+
+#: a Hugging Face folder's weight files, in the order ``from_pretrained`` prefers them
+_HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _read_hf_folder(p: Path, trust_checkpoints: bool) -> dict[str, Any]:
+    """A Hugging Face model folder: its ``config.json`` and its weights (lazily)."""
+    try:
+        config = json.loads((p / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read checkpoint {p}: config.json is not JSON ({_short(err)})", p) from err
+    if not isinstance(config, dict):
+        raise CheckpointError(f"cannot read checkpoint {p}: config.json holds no settings object", p)
+    name = next((n for n in _HF_WEIGHTS if (p / n).is_file()), None)
+    if name is None:
+        raise CheckpointError(
+            f"checkpoint {p}: a Hugging Face folder without weights (expected one of {', '.join(_HF_WEIGHTS)})", p
+        )
+    files = [p / name]
+    if name.endswith(".index.json"):
+        try:
+            shards = sorted(set(json.loads((p / name).read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"cannot read checkpoint {p}: {name} lists no weight_map ({_short(err)})", p) from err
+        files = [p / s for s in shards]
+    weights: dict[str, Path] = {}
+    for f in files:
+        for key in _file_keys(f, trust_checkpoints):
+            weights[key] = f
+
+    def loader(names: list[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dict.fromkeys(weights[n] for n in names):
+            wanted = [n for n in names if weights[n] == f]
+            out.update(_read_tensors(f, wanted, trust_checkpoints))
+        return out
+
+    return {"config": config, "weights": LazyStateDict(list(weights), loader, p)}
+
+
+def _file_keys(f: Path, trust_checkpoints: bool) -> list[str]:
+    if not f.is_file():
+        raise CheckpointError(f"checkpoint {f.parent}: the weight file {f.name} is missing", f.parent)
+    if f.name.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(f), framework="pt") as sf:
+                return list(sf.keys())
+        except Exception as err:  # noqa: BLE001
+            raise CheckpointError(f"cannot read checkpoint {f}: corrupt safetensors file ({err})", f) from err
+    obj = read_checkpoint(f, trust_checkpoints=trust_checkpoints)
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"checkpoint {f}: expected a state dict, found a {type(obj).__name__}", f)
+    return [k for k, v in obj.items() if isinstance(v, torch.Tensor)]
+
+
+def _read_tensors(f: Path, names: list[str], trust_checkpoints: bool) -> dict[str, Any]:
+    if f.name.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(str(f), framework="pt") as sf:
+            return {n: sf.get_tensor(n) for n in names}
+    obj = read_checkpoint(f, trust_checkpoints=trust_checkpoints)
+    return {n: obj[n] for n in names}
+
+
+# --------------------------------------------------------------------------------------------------
+# A training run's settings
+# --------------------------------------------------------------------------------------------------
+
+
+def run_config(source: str | Path | None, section: str = "student") -> dict[str, Any] | None:
+    """The ``section`` of the ``config.yaml`` a DINOv2 / DINOv3 run writes to its output folder,
+    looked for in the checkpoint's folder and up to two above it (``RUN/eval/training_<iter>/
+    teacher_checkpoint.pth``, ``RUN/ckpt/<iter>/``); None when there is none (release files)."""
+    if source is None:
+        return None
+    for folder in list(Path(source).parents)[:3]:
+        path = folder / "config.yaml"
+        if not path.is_file():
+            continue
+        import yaml  # only for runs that carry a config.yaml
+
+        try:
+            cfg = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            return None
+        part = cfg.get(section) if isinstance(cfg, dict) else None
+        return part if isinstance(part, dict) else None
+    return None

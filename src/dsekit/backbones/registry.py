@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = [
+    "ANY_FILE",
     "INIT_EPOCH",
     "BranchSpec",
     "CheckpointError",
@@ -114,13 +115,14 @@ class MethodAdapter:
     Attributes:
         name: registry key (lower case).
         title: display name.
-        arch: default timm architecture.
+        arch: default timm architecture ("": none, the user names it).
         branches: branch name -> :class:`BranchSpec`.
         default_branch: the branch read when none is asked for (as the DSE paper did).
         file_patterns: official file names with ``{epoch}`` (and other ``{field}`` placeholders).
         arch_kwargs: timm kwargs that make ``arch`` match the method's network (used with ``arch``).
         aliases: other names accepted for branches (``teacher``, ``student``, ``momentum``, ...).
-        remap: optional function ``(state_dict, model | None) -> state_dict`` run after ``rename``.
+        remap: optional function ``(state_dict, model | None) -> state_dict`` run after ``rename``;
+            one with a ``source`` keyword also gets the checkpoint's path (or None).
         source: the official code release.
         notes: free-form remarks.
         run_files: the file names the official script overwrites each epoch (one-file runs, e.g.
@@ -129,6 +131,22 @@ class MethodAdapter:
         family_kwargs: timm kwargs for every architecture of a family, by name prefix (e.g.
             VICRegL's ``{"convnext_": {"ls_init_value": None, ...}}``), whatever ``arch`` is; see
             :meth:`kwargs_for`.
+        unit: what the number in a checkpoint's name counts: ``"epoch"`` or ``"step"`` (runs that
+            count iterations: DINOv2, DINOv3, Hugging Face ``Trainer``); it names the column of
+            ``dse.csv`` / ``probe.csv`` and the axes of the figures.
+        discover: optional ``(run_dir, adapter) -> [(path, step)]`` replacing the file-pattern
+            discovery (checks of a run's layout, folders as checkpoints); it may call
+            :func:`dsekit.backbones.discovery.pattern_checkpoints`.
+        infer_arch: optional ``(state_dict, checkpoint, source) -> (arch, kwargs) | None``: the
+            timm architecture of this method's mapped weights (``--method auto`` and runs scanned
+            without ``--arch``); ``checkpoint`` is the object read from ``source``, the path.
+        arch_from_checkpoint: build the backbone the first checkpoint describes when no ``--arch``
+            is given (the method has no single default network), instead of ``arch``.
+        builder: optional ``(path, model_kwargs, image_size, *, load, allow_partial) -> nn.Module``
+            building the backbone that checkpoint ``path`` describes when it is not a timm model
+            (Hugging Face folders), with its weights when ``load`` (then the checkpoint is read by
+            the builder, not by :func:`adapt_state_dict`); the module has timm's
+            ``forward_intermediates``.
     """
 
     name: str
@@ -144,8 +162,15 @@ class MethodAdapter:
     notes: str = ""
     run_files: tuple[str, ...] = ()
     family_kwargs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    unit: str = "epoch"
+    discover: Callable[[Path, "MethodAdapter"], list[tuple[Path, int | None]]] | None = None
+    infer_arch: Callable[[StateDict, Any, Path], tuple[str, dict[str, Any]] | None] | None = None
+    arch_from_checkpoint: bool = False
+    builder: Callable[..., "nn.Module"] | None = None
 
     def __post_init__(self) -> None:
+        if self.unit not in ("epoch", "step"):
+            raise ValueError(f"adapter {self.name!r}: unit must be 'epoch' or 'step', got {self.unit!r}")
         if self.default_branch not in self.branches:
             raise ValueError(
                 f"adapter {self.name!r}: default_branch {self.default_branch!r} is not one of "
@@ -186,7 +211,9 @@ class MethodAdapter:
 
     @property
     def file_regexes(self) -> tuple[re.Pattern[str], ...]:
-        """The compiled ``file_patterns`` (``{epoch}`` -> digits), matched against the file name."""
+        """The compiled ``file_patterns`` (``{epoch}`` / ``{step}`` -> digits), matched against the
+        file name, or for a pattern with ``/`` against the path below the run folder (a pattern
+        ending in ``/`` names a folder that is one checkpoint)."""
         return tuple(_template_regex(t) for t in self.file_patterns)
 
     def describe(self) -> dict[str, Any]:
@@ -195,7 +222,7 @@ class MethodAdapter:
         return {
             "method": self.name,
             "title": self.title,
-            "arch": self.arch,
+            "arch": self.arch or "(given by --arch)",
             "arch_kwargs": {k: repr(v) if callable(v) else v for k, v in self.arch_kwargs.items()},
             "family_kwargs": {f: dict(kw) for f, kw in self.family_kwargs.items()},
             "default_branch": name,
@@ -205,6 +232,7 @@ class MethodAdapter:
             "strip": list(spec.strip),
             "drop": list(spec.drop),
             "file_patterns": list(self.file_patterns),
+            "unit": self.unit,
             "source": self.source,
         }
 
@@ -214,16 +242,20 @@ class PartialLoadWarning(UserWarning):
     unexpected or of another shape (scan and probe mark such results as partial)."""
 
 
+#: the file pattern of methods that read any checkpoint file (``generic``, ``timm``): the epoch is
+#: the last number in its name
+ANY_FILE = "*{epoch}*"
+
 #: epoch given to a run's initial weights (``{epoch}`` of the official pattern spelt ``init`` or
 #: ``_init``: ``checkpoint_init.pth`` for DINO, ``checkpoint_init.pth.tar`` for MoCo v3), sorted first
 INIT_EPOCH = -1
 
 
 def _template_regex(template: str) -> re.Pattern[str]:
-    parts = re.split(r"(\{\w+\})", template)
+    parts = re.split(r"(\{\w+\})", template.rstrip("/"))
     out = []
     for part in parts:
-        if part == "{epoch}":
+        if part in ("{epoch}", "{step}"):
             out.append(r"(?P<epoch>\d+|_?init)")
         elif part.startswith("{") and part.endswith("}"):
             out.append(rf"(?P<{part[1:-1]}>.+?)")

@@ -9,8 +9,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..backbones.discovery import checkpoint_label
+from ..layer_map import parse_layers
+
 __all__ = [
     "positive_int",
+    "layer_list",
     "parse_model_kwargs",
     "add_checkpoint_arguments",
     "run_architecture",
@@ -25,6 +29,14 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
     return value
+
+
+def layer_list(text: str) -> tuple[int, ...] | str:
+    """``argparse`` type of ``--layers``: ``all`` or comma-separated block indices."""
+    try:
+        return parse_layers(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--layers: ")) from None
 
 
 def parse_model_kwargs(items: Sequence[str]) -> dict[str, Any]:
@@ -124,6 +136,6 @@ def report_failed(command: str, failed: Sequence[Any], where: Path) -> int:
     """Print the checkpoints that failed (objects with a ``checkpoint`` path) to stderr; 1 if any, else 0."""
     if not failed:
         return 0
-    names = ", ".join(Path(r.checkpoint).name for r in failed)
+    names = ", ".join(checkpoint_label(r.checkpoint) for r in failed)
     print(f"dsekit {command}: {len(failed)} checkpoint(s) failed: {names} (see {where})", file=sys.stderr)
     return 1

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..probe import ProbeConfig, probe
-from .args import add_checkpoint_arguments, checkpoint_settings, positive_int, report_failed, run_scenes
+from .args import add_checkpoint_arguments, checkpoint_settings, layer_list, positive_int, report_failed, run_scenes
 
 __all__ = ["add_probe_parser", "run_probe"]
 
@@ -53,6 +53,9 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="image decoding processes (default min(4, CPUs))")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads (default: torch's; 1 is steadier on a busy shared CPU)")
+    p.add_argument("--layers", type=layer_list, default=(), metavar="all|LIST",
+                   help="also probe these blocks (all, or indices such as 0,5,11 or -1), from one forward pass per "
+                   "checkpoint: probe_layers.csv, and the report's correlation per block")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run_probe)
     return p
@@ -84,6 +87,7 @@ def run_probe(args: argparse.Namespace) -> int:
         cache_dtype=args.cache_dtype,
         workers=args.workers,
         threads=args.threads,
+        layers=args.layers,
     )
     result = probe(cfg, progress=not args.quiet)
     if report_failed("probe", result.failed, result.out_dir / "probe.csv"):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..metrics.dse import DSESettings
 from ..scan import ScanConfig, scan
-from .args import add_checkpoint_arguments, checkpoint_settings, positive_int, report_failed, run_scenes
+from .args import add_checkpoint_arguments, checkpoint_settings, layer_list, positive_int, report_failed, run_scenes
 
 __all__ = ["add_scan_parser", "run_scan"]
 
@@ -49,6 +49,11 @@ def add_scan_parser(sub: argparse._SubParsersAction) -> None:
                    help="half-samples of the images (each with its own k-means seed) behind every column's "
                    "interval; 0: none (default 10)")
     p.add_argument("--confidence", type=float, default=0.95, help="nominal coverage of the intervals (default 0.95)")
+    p.add_argument("--layers", type=layer_list, default=(), metavar="all|LIST",
+                   help="layer map: DSE (with intervals) of these blocks too, from one forward pass per checkpoint "
+                   "(all, or indices such as 0,5,11 or -1): dse_layers.csv, layers.json, dse_layers.png")
+    p.add_argument("--cache-memory-gb", type=float, default=4.0,
+                   help="RAM for the layer map's features; beyond it they spill to memory-mapped files (default 4)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run_scan)
 
@@ -75,9 +80,12 @@ def run_scan(args: argparse.Namespace) -> int:
         top=args.top,
         intervals=args.intervals,
         confidence=args.confidence,
+        layers=args.layers,
+        cache_memory_gb=args.cache_memory_gb,
     )
     result = scan(cfg, progress=not args.quiet)
     if report_failed("scan", result.failed, result.out_dir / "run.json"):
         return 1
-    print(f"outputs in {result.out_dir}: dse.csv, selection.json, dse.png, run.json")
+    extra = ", dse_layers.csv, layers.json, dse_layers.png" if cfg.layers else ""
+    print(f"outputs in {result.out_dir}: dse.csv, selection.json, dse.png, run.json{extra}")
     return 0
