@@ -11,6 +11,7 @@ Usage::
     python bench/scan_speed.py [--checkpoints 8] [--num-images 256] [--images DIR] [--threads 2]
                                [--device cpu|cuda|auto] [--batch-size 64] [--image-size 224]
                                [--json OUT]
+    python bench/scan_speed.py --layer-map [--layer-map-sizes 64 256] [--checkpoints 4] ...
 
 Reported:
 
@@ -23,6 +24,12 @@ Reported:
 * on CUDA: extraction throughput of ``dsekit.backbones.extract_features`` against timm's plain
   ``model(x)`` forward at the same batch size (both moving the batch from the CPU, after a
   warm-up, median of ``--repeats``).
+
+With ``--layer-map``: the cost of the layer map. For each sample size of ``--layer-map-sizes``
+the same run is scanned with the scan's own layer alone and with ``--layers all`` (every block,
+one forward pass per checkpoint), alternately in one process, each into its own output folder
+(nothing cached); the per-checkpoint time (load + extract + score + intervals + layers, from
+``run.json``) and the whole scan are reported with their ratio, map / single layer.
 
 Targets (issue: scan a training run): images decoded once per scan, not once per checkpoint;
 DSE scoring <= 20 % of the per-checkpoint time on CPU; on a GPU, extraction throughput >= 90 %
@@ -168,6 +175,58 @@ def gpu_throughput(images: torch.Tensor, image_size: int, batch_size: int, devic
             "batch_size": batch_size, "device_name": torch.cuda.get_device_name(dev)}
 
 
+# --------------------------------------------------------------------------- the layer map
+
+
+def _per_checkpoint_seconds(out: Path) -> float:
+    record = json.loads((out / "run.json").read_text())
+    return sum(sum(c["timings"].values()) for c in record["checkpoints"])
+
+
+def layer_map_cost(args: argparse.Namespace) -> int:
+    """The layer map against a single-layer scan of the same run (see the module docstring)."""
+    from dsekit.scan import ScanConfig, scan
+
+    torch.set_num_threads(args.threads)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{args.threads} thread(s); load average (1/5/15 min) {_load()}")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="dsekit-layer-bench-", dir=args.workdir) as tmp:
+        run = Path(tmp) / "run"
+        run.mkdir()
+        write_run(run, args.checkpoints, args.image_size)
+        for n in args.layer_map_sizes:
+            seconds: dict[str, list[float]] = {"one layer": [], "layer map": []}
+            per: dict[str, float] = {}
+            for k, (name, layers) in enumerate((("one layer", ()), ("layer map", "all"), ("layer map", "all"),
+                                                ("one layer", ()))):  # alternated: drift hits both
+                out = Path(tmp) / f"out-{n}-{k}"
+                cfg = ScanConfig(str(run), "dino", out=str(out), num_images=n, image_size=args.image_size,
+                                 batch_size=args.batch_size, intervals=args.intervals, layers=layers, device="cpu")
+                t0 = time.perf_counter()
+                result = scan(cfg, progress=False)
+                seconds[name].append(time.perf_counter() - t0)
+                if result.failed:
+                    print(f"failed: {result.failed[0].error}", file=sys.stderr)
+                    return 1
+                per[name] = per.get(name, 0.0) + _per_checkpoint_seconds(out) / 2
+            one, full = statistics.mean(seconds["one layer"]), statistics.mean(seconds["layer map"])
+            rows.append({"num_images": n, "single_s": one, "map_s": full, "ratio": full / one,
+                         "single_per_checkpoint_s": per["one layer"] / args.checkpoints,
+                         "map_per_checkpoint_s": per["layer map"] / args.checkpoints})
+    print(f"\nlayer map (--layers all: 12 blocks of {ARCH}) vs one layer, {args.checkpoints} checkpoints, "
+          f"{args.image_size} px, intervals {args.intervals}; means of 2 alternated runs each")
+    print(f"{'images':>7} {'one layer s':>12} {'layer map s':>12} {'ratio':>7} {'per ckpt: one':>14} {'map':>8}")
+    for r in rows:
+        print(f"{r['num_images']:>7} {r['single_s']:>12.1f} {r['map_s']:>12.1f} {r['ratio']:>6.2f}x "
+              f"{r['single_per_checkpoint_s']:>14.2f} {r['map_per_checkpoint_s']:>8.2f}")
+    print(f"load average now {_load()}")
+    if args.json is not None:
+        args.json.write_text(json.dumps({"layer_map": rows, "settings": {k: str(v) for k, v in vars(args).items()}},
+                                        indent=2))
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -192,9 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5, help="timed repeats of the GPU throughput comparison")
     p.add_argument("--workdir", type=Path, default=None, help="where to write the run (default: a temp dir)")
     p.add_argument("--json", type=Path, default=None, help="write the figures as JSON")
+    p.add_argument("--layer-map", action="store_true", help="measure the layer map (--layers all) against one layer")
+    p.add_argument("--layer-map-sizes", type=int, nargs="+", default=[64, 256], help="sample sizes for --layer-map")
     args = p.parse_args(argv)
     if args.checkpoints < 1 or args.num_images < 1:
         p.error("--checkpoints and --num-images must be positive")
+    if args.layer_map:
+        return layer_map_cost(args)
 
     torch.set_num_threads(args.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device

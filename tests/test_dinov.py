@@ -143,6 +143,59 @@ def test_dinov2_release_file_equals_the_official_forward(tmp_path, case, size):
     assert _rel(got, ref) < 1e-4
 
 
+@pytest.mark.parametrize("registers", [0, 4])
+def test_dinov2_518px_release_layout_at_224(tmp_path, registers):
+    """The release files' own grid: a 518-px (37 x 37) position embedding read at 224 px (16 x 16)."""
+    sd = dinov2_sd(depth=1, grid=37, regs=registers)
+    path = tmp_path / "dinov2_vits14_reg4_pretrain.pth"
+    torch.save(sd, path)
+    got, x = _features(path, "dinov2", 224)
+    ref = dinov2_patch_tokens(sd, x, V2_HEADS, offset=0.0 if registers else 0.1, antialias=bool(registers))
+    assert got.shape == (2, 256, V2_DIM) and _rel(got, ref) < 1e-4
+
+
+@pytest.mark.parametrize("layout", ["dinov2 release", "dinov2 periodic", "dinov3 release", "dinov3 teacher"])
+def test_auto_reads_each_layout(tmp_path, layout):
+    if layout == "dinov2 release":
+        torch.save(dinov2_sd(regs=4), tmp_path / "dinov2_vits14_reg4_pretrain.pth")
+    elif layout == "dinov2 periodic":
+        torch.save({"model": {f"teacher.backbone.{k}": v for k, v in dinov2_sd().items()}, "optimizer": {}, "iteration": 9},
+                   tmp_path / "model_0000009.rank_0.pth")
+    elif layout == "dinov3 release":
+        torch.save(dinov3_sd(), tmp_path / "dinov3_vits16_pretrain_lvd1689m-08c60483.pth")
+    else:
+        (tmp_path / "eval" / "training_9").mkdir(parents=True)
+        torch.save(_teacher(dinov3_sd()), tmp_path / "eval" / "training_9" / "teacher_checkpoint.pth")
+    from dsekit.scan import ScanConfig
+    from dsekit.sweep import resolve_auto
+
+    cfg = resolve_auto(ScanConfig(str(tmp_path), "auto"))
+    assert cfg.method == layout.split()[0]
+    assert cfg.model_kwargs or cfg.arch
+
+
+@pytest.mark.parametrize("case", ["dinov3 under dinov2", "no metadata", "fsdp shards"])
+def test_bad_layouts_get_one_line_at_the_command_line(tmp_path, capsys, case):
+    from dsekit.cli import main
+
+    method = "dinov2"
+    if case == "dinov3 under dinov2":
+        (tmp_path / "eval" / "training_9").mkdir(parents=True)
+        torch.save(_teacher(dinov3_sd()), tmp_path / "eval" / "training_9" / "teacher_checkpoint.pth")
+        expected = "--method dinov3"
+    elif case == "no metadata":
+        _dcp(tmp_path / "ckpt" / "99", dinov3_sd(), 99)
+        (tmp_path / "ckpt" / "99" / ".metadata").unlink()
+        method, expected = "dinov3", "without its .metadata"
+    else:
+        for r in (0, 1):
+            torch.save({"model": {}, "iteration": 3749}, tmp_path / f"model_0003749.rank_{r}.pth")
+        expected = "teacher_checkpoint.pth"
+    code = main(["scan", str(tmp_path), "--method", method, "--image-size", "64", "--num-images", "4", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and expected in err[0] and str(tmp_path) in err[0]
+
+
 def test_timm_resampling_differs_from_the_official_interpolation():
     """Why dsekit interpolates itself: timm's resampling (size=, antialiased) is not DINOv2's."""
     from timm.layers import resample_abs_pos_embed

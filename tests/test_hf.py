@@ -169,3 +169,27 @@ def test_without_transformers_the_extra_is_named(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(ImportError, match=r'pip install "dsekit\[hf\]"'):
         load_backbone(folder, "hf", img_size=64)
+
+
+@pytest.mark.parametrize("case", ["unknown type", "head only", "no transformers"])
+def test_errors_are_one_line_at_the_command_line(tmp_path, capsys, monkeypatch, case):
+    import sys
+
+    from dsekit.cli import main
+
+    folder = _save(tmp_path / "m", "vit", "ViTForImageClassification")
+    if case == "unknown type":
+        cfg = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**cfg, "model_type": "swin"}))
+        expected = "model_type 'swin'"
+    elif case == "head only":
+        from safetensors.torch import save_file
+
+        save_file({"classifier.weight": torch.zeros(2, 32)}, str(folder / "model.safetensors"))
+        expected = "task head only"
+    else:
+        monkeypatch.setitem(sys.modules, "transformers", None)
+        expected = 'pip install "dsekit[hf]"'
+    code = main(["scan", str(folder), "--method", "hf", "--image-size", "64", "--num-images", "4", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code in (1, 2) and expected in "\n".join(err) and "Traceback" not in "\n".join(err)

@@ -229,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, OSError) as exc:  # bad input, missing or unwritable files: the message names them
+    except (ValueError, OSError, ImportError) as exc:  # bad input, missing files or extras: the message names them
         print(f"dsekit {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -56,14 +56,15 @@ def parse_model_kwargs(items: Sequence[str]) -> dict[str, Any]:
 def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
     """The options that say how to find and read a run's checkpoints (``scan`` and ``probe``)."""
     p.add_argument("--method", required=True, help="checkpoint format: dino, ibot, mugs, mocov3, mae, ijepa, esvit, "
-                   "swav, densecl, simsiam, mec, resa, byol, vicreg, vicregl, barlowtwins, generic, or auto "
-                   "(detected from the first checkpoint's keys and shapes, and printed)")
+                   "swav, densecl, simsiam, mec, resa, byol, vicreg, vicregl, barlowtwins, dinov2, dinov3, hf "
+                   "(Hugging Face folders / Trainer runs), timm (with --arch), generic, or auto (detected from the "
+                   "first checkpoint's keys, shapes and config.json, and printed); see docs/checkpoints.md")
     p.add_argument("--arch", default=None, help="timm architecture (default: the run's dsekit.json, else the method's)")
     p.add_argument("--model-kwarg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra timm model argument, e.g. img_size=448 (repeatable)")
     p.add_argument("--glob", default=None, help="checkpoint files to use, relative to RUN_DIR (e.g. '*.pth')")
-    p.add_argument("--branch", default=None, help="network to read: teacher/student (DINO family), "
-                   "momentum/base (MoCo v3), target/online (BYOL)")
+    p.add_argument("--branch", default=None, help="network to read: teacher/student (DINO family, DINOv2, DINOv3; "
+                   "DINOv3 also gram), momentum/base (MoCo v3), target/online (BYOL)")
     p.add_argument("--prefix", default=None, help="state-dict prefix to keep (generic)")
     p.add_argument("--allow-partial", action="store_true", help="warn instead of failing on missing/unexpected keys")
     p.add_argument("--trust-checkpoints", action="store_true",
