@@ -44,7 +44,12 @@ def test_demo_trains_scans_probes_and_reports(tmp_path, capsys):
     assert set(entry["classes"]) == {"gravel", "tissue", "stars", "digit"}  # the demo's dense task
     text = (out_dir / "report.md").read_text()
     assert "IoU per class" in text and "best − untrained" in text
-    assert (out_dir / "classes_scenes.png").is_file()
+    assert (out_dir / "classes_scenes.png").is_file() and (out_dir / "curves_scenes.png").is_file()
+    # the image-level curve (the scenes' digit identities) and the verdict
+    assert len(entry["knn"]) == 2 and all(lo <= k <= hi for lo, k, hi in zip(entry["knn_low"], entry["knn"], entry["knn_high"]))
+    stored = json.loads((out_dir / "report.json").read_text())
+    assert stored["verdict"] in ("dense degradation", "collapse", "no degradation") and stored["verdict_reasons"]
+    assert "### Verdict" in text
     # the demo's default training: DINO with the DSE regulariser (the run that rises and then falls)
     info = json.loads((tmp_path / "demo" / "run" / "dsekit.json").read_text())
     assert info["method"] == "dino" and info["settings"]["dse_weight"] == 0.1

@@ -34,7 +34,7 @@ from dsekit.metrics.iou import (
     miou_from_confusion,
     pixel_accuracy_from_confusion,
 )
-from dsekit.probe import CLASS_COLUMNS, PROBE_COLUMNS, ProbeConfig, probe
+from dsekit.probe import CLASS_COLUMNS, KNN_COLUMNS, PROBE_COLUMNS, ProbeConfig, probe
 
 IMG = 48
 VIT_KW = {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}  # 6 x 6 patches of 32 channels
@@ -306,7 +306,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 def test_probe_csv_has_one_row_per_checkpoint_in_epoch_order(probed, vit_run):
     assert probed.ok and probed.computed == len(EPOCHS)
     text = (probed.out_dir / "probe.csv").read_text()
-    assert text.splitlines()[0] == ",".join(PROBE_COLUMNS)
+    assert text.splitlines()[0] == ",".join(PROBE_COLUMNS + KNN_COLUMNS)  # the scenes have image labels
     rows = _rows(probed.out_dir / "probe.csv")
     assert [int(r["epoch"]) for r in rows] == sorted(EPOCHS)
     assert [r["checkpoint"] for r in rows] == [str(vit_run / f"model_ep{e}.pth") for e in sorted(EPOCHS)]
@@ -425,7 +425,7 @@ def test_other_datasets_rows_are_kept_in_probe_csv(vit_run, tmp_path):
     rows = _rows(out / "probe.csv")
     assert rows[0] == {
         "checkpoint": "/x/a.pth", "epoch": "1", "dataset": "voc", "miou": "0.5", "pixel_accuracy": "0.9",
-        "miou_low": "", "miou_high": "", "heads": "",
+        "miou_low": "", "miou_high": "", "heads": "", "knn_top1": "", "knn_low": "", "knn_high": "",
     }
     assert [r["checkpoint"] for r in rows[1:]] == [r.checkpoint for r in res.results]  # old scenes rows replaced
 

@@ -1,5 +1,6 @@
 """Array files: reading dense feature arrays (``.npy``, ``.npz``, ``.pt``/``.pth``,
-``.safetensors``) and the sparse per-image confusion tables of ``dsekit probe``."""
+``.safetensors``), the sparse per-image confusion tables and the per-image k-NN correctness of
+``dsekit probe``."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from scipy import sparse
 
 from .runtime import atomic_path
 
-__all__ = ["load_array", "FEATURE_SUFFIXES", "read_confusion_table", "write_confusion_table"]
+__all__ = ["load_array", "FEATURE_SUFFIXES", "read_confusion_table", "read_knn_table", "write_confusion_table",
+           "write_knn_table"]
 
 FEATURE_SUFFIXES = (".npy", ".npz", ".pt", ".pth", ".safetensors")
 
@@ -104,3 +106,17 @@ def read_confusion_table(path: str | os.PathLike) -> tuple[list[str], list[list[
             for j in range(H)
         ])
     return names, out
+
+
+def write_knn_table(path: Path, names: Sequence[str], correct: Sequence[Sequence[int]]) -> None:
+    """Checkpoints' per-image k-NN correctness (``correct[t][i]``: 1 when image ``i`` got its
+    label), written atomically: arrays ``correct`` (T, n) uint8 and ``checkpoints``."""
+    with atomic_path(path, ".tmp.npz") as tmp:
+        np.savez(tmp, correct=np.asarray(correct, dtype=np.uint8).reshape(len(names), -1),
+                 checkpoints=np.array(list(names), dtype=str))
+
+
+def read_knn_table(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
+    """The checkpoints of a ``probe_<dataset>_knn.npz`` and their (T, n) correctness."""
+    with np.load(path, allow_pickle=False) as z:
+        return [str(c) for c in z["checkpoints"]], np.asarray(z["correct"], dtype=bool)

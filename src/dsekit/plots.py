@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 __all__ = ["TERM_LABELS", "METRIC_ORDER", "entry_positions", "to_float", "plot_dse_curve", "plot_metrics_vs_miou",
-           "plot_classes", "plot_layer_map"]
+           "plot_classes", "plot_curves", "plot_layer_map"]
 
 #: the four DSE terms and their names in tables and figures
 TERM_LABELS = {
@@ -106,6 +106,49 @@ def plot_dse_curve(
         ax.tick_params(labelsize=8)
         if j >= 2:
             ax.set_xlabel(unit)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(entry: dict[str, Any], dataset: str, path: str | Path) -> Path:
+    """Dense and image-level quality over training on one axis, each with its 95 % band:
+    linear-probe mIoU and k-NN accuracy (when measured), DSE on a second axis; the DSE pick and
+    the verdict marked."""
+    plt = _pyplot()
+    unit, pos = entry_positions(entry)
+    x = np.array([e if e is not None else i for i, e in enumerate(pos)], dtype=float)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for key, label, colour in (("miou", "linear-probe mIoU (dense)", "C0"), ("knn", "k-NN accuracy (image-level)", "C1")):
+        if key not in entry:
+            continue
+        y = np.asarray(entry[key], dtype=float) * 100
+        lo = np.asarray(entry.get(f"{key}_low", [math.nan] * len(y)), dtype=float) * 100
+        hi = np.asarray(entry.get(f"{key}_high", [math.nan] * len(y)), dtype=float) * 100
+        ok = np.isfinite(lo) & np.isfinite(hi)
+        if ok.any():
+            ax.fill_between(x[ok], lo[ok], hi[ok], color=colour, alpha=0.2, lw=0)
+        ax.plot(x, y, "-o", color=colour, ms=4, lw=2, label=label + (" (95 % band)" if ok.any() else ""))
+    ax.set_xlabel(unit)
+    ax.set_ylabel("%")
+    ax.grid(alpha=0.3)
+    if "dse" in entry.get("values", {}):
+        ax2 = ax.twinx()
+        ax2.plot(x, entry["values"]["dse"], "--", color="C2", lw=1.5, label="DSE (label-free)")
+        sel = entry.get("selection")
+        if sel:
+            i = sel["top1_index"]
+            ax2.plot([x[i]], [entry["values"]["dse"][i]], "*", color="C3", ms=15, label=f"DSE pick ({unit} {pos[i]})")
+        ax2.set_ylabel("DSE")
+        lines = ax.get_legend_handles_labels()
+        more = ax2.get_legend_handles_labels()
+        ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="best")
+    else:
+        ax.legend(fontsize=8, loc="best")
+    verdict = entry.get("verdict", {}).get("verdict")
+    ax.set_title(f"{dataset}: dense vs image-level quality" + (f" — {verdict}" if verdict else ""))
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)

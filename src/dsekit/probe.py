@@ -96,6 +96,7 @@ from tqdm.auto import tqdm
 
 from .backbones import (
     FeatureExtractor,
+    ImageEmbedder,
     checkpoint_label,
     extract_features,
     get_adapter,
@@ -105,19 +106,30 @@ from .backbones import (
 from .data.images import IMAGENET_MEAN, IMAGENET_STD
 from .data.segmentation import dataset_spec, default_train_split
 from .feature_cache import FeatureCache
-from .io import read_confusion_table, write_confusion_table
+from .io import read_confusion_table, write_confusion_table, write_knn_table
 from .layer_map import check_layers, resolve_layers, write_probe_layers
 from .linear_head import ProbeMetrics, linear_probe, make_optimizer
 from .metrics.intervals import miou_bootstrap
-from .probe_data import DecodedSplit, data_fingerprint, dataset_label, decode_split, open_dataset
+from .metrics.knn import accuracy_bootstrap, knn_predict
+from .probe_data import (
+    DecodedSplit,
+    ImageLabels,
+    data_fingerprint,
+    dataset_label,
+    decode_split,
+    open_dataset,
+    split_image_labels,
+)
 from .report import write_report
 from .runtime import PRECISIONS, barrier, library_versions, process_group, write_csv_atomic, write_json_atomic
 from .sweep import RunSettings, SweepTask, open_run, sweep
 
 
-__all__ = ["PROBE_COLUMNS", "CLASS_COLUMNS", "CheckpointProbe", "ProbeConfig", "ProbeResult", "probe"]
+__all__ = ["PROBE_COLUMNS", "KNN_COLUMNS", "CLASS_COLUMNS", "CheckpointProbe", "ProbeConfig", "ProbeResult", "probe"]
 
 PROBE_COLUMNS = ("checkpoint", "epoch", "dataset", "miou", "pixel_accuracy", "miou_low", "miou_high", "heads")
+#: probe.csv's image-level columns (k-NN top-1 accuracy and its interval), when the dataset has image labels
+KNN_COLUMNS = ("knn_top1", "knn_low", "knn_high")
 CLASS_COLUMNS = ("checkpoint", "epoch", "class_id", "class_name", "iou", "iou_low", "iou_high")
 
 
@@ -147,6 +159,9 @@ class ProbeConfig(RunSettings):
     workers: int | None = None  #: image decoding processes (default: min(4, CPUs); 0 for scenes)
     threads: int | None = None  #: CPU threads for the run (``torch.set_num_threads``, restored after); None: as set
     layers: tuple[int, ...] | str = ()  #: probe these blocks too ("all": every block), from one forward pass; (): none
+    image_labels: str | None = None  #: CSV of name,label rows (default: the dataset's own image labels, if any)
+    knn_k: int = 20  #: neighbours of the image-level k-NN (DINO's protocol)
+    knn_temperature: float = 0.07  #: vote temperature of the image-level k-NN
 
     UNKEYED: ClassVar[tuple[str, ...]] = (
         *RunSettings.UNKEYED, "cache_memory_gb", "workers", "threads", "root", "confidence",
@@ -181,6 +196,8 @@ class CheckpointProbe:
     head_miou: list[float] = field(default_factory=list)  #: mIoU of each head (seed, seed+1, ...)
     partial: str = ""  #: with ``allow_partial``: what did not fit (missing / unexpected keys); "" if it all did
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)  #: block -> {"miou", "pixel_accuracy", "iou", "head_miou"}
+    knn_top1: float = float("nan")  #: image-level k-NN top-1 accuracy on the validation split (NaN: no image labels)
+    knn_correct: list[int] = field(default_factory=list)  #: 1 where the k-NN label of a validation image is right
 
 
 @dataclass
@@ -246,10 +263,12 @@ def _probe_checkpoint(
     device: torch.device,
     progress: bool,
     blocks: list[int] | None = None,
-) -> tuple[list[list[ProbeMetrics]], dict[str, float], str]:
+    labels: tuple[ImageLabels, ImageLabels] | None = None,
+) -> tuple[list[list[ProbeMetrics]], dict[str, float], str, list[int]]:
     """Load, extract and train ``cfg.head_seeds`` heads on each layer read -> (per layer, the
-    per-head metrics; timings; partial-load message). ``blocks``: the layers read in one forward
-    pass (``feats`` holds one array per block and split); None: ``cfg.layer`` alone."""
+    per-head metrics; timings; partial-load message; the image-level k-NN's per-image
+    correctness, empty without ``labels``). ``blocks``: the layers read in one forward pass
+    (``feats`` holds one array per block and split); None: ``cfg.layer`` alone."""
     t0 = time.perf_counter()
     partial: list[str] = []
     model = load_backbone_as(cfg, path, model, partial=partial)
@@ -286,8 +305,30 @@ def _probe_checkpoint(
     timings = {"load": t1 - t0, "extract": t2 - t1}
     for k in per_layer[0][0].timings:
         timings[f"head_{k}"] = sum(m.timings[k] for heads in per_layer for m in heads)
+    correct: list[int] = []
+    if labels is not None:
+        t3 = time.perf_counter()
+        correct = _image_knn(model, data, labels, cfg, device)
+        timings["knn"] = time.perf_counter() - t3
     timings["total"] = time.perf_counter() - t0
-    return per_layer, timings, "; ".join(partial)
+    return per_layer, timings, "; ".join(partial), correct
+
+
+def _image_knn(model: nn.Module, data: dict[str, DecodedSplit], labels: tuple[ImageLabels, ImageLabels],
+               cfg: ProbeConfig, device: torch.device) -> list[int]:
+    """Per validation image, 1 when its k-NN label (image embeddings of the training split,
+    :func:`dsekit.metrics.knn.knn_predict`) is its own, else 0."""
+    embedder = ImageEmbedder(model)
+    emb = {}
+    for split in ("train", "val"):
+        n = data[split].images.shape[0]
+        d = int(extract_features(embedder, torch.zeros(1, 3, cfg.image_size, cfg.image_size), device=device).shape[-1])
+        out = np.empty((n, 1, d), dtype=np.float32)
+        _extract_into(embedder, data[split].images, [out], cfg, device, False)
+        emb[split] = torch.from_numpy(out[:, 0])
+    pred = knn_predict(emb["train"], torch.tensor(labels[0].labels), emb["val"], k=cfg.knn_k,
+                       temperature=cfg.knn_temperature, num_classes=len(labels[0].names))
+    return [int(v) for v in (pred == torch.tensor(labels[1].labels)).tolist()]
 
 
 def _combine_heads(heads: list[ProbeMetrics]) -> tuple[float, float, list[float | None]]:
@@ -324,6 +365,7 @@ class _ProbeTask(SweepTask[CheckpointProbe]):
         self.layer_confusions: dict[str, dict[int, list[Any]]] = {}  #: checkpoint -> block -> per-head confusions
         self.feats: dict[str, list[np.ndarray]] = {}
         self.blocks: list[int] | None = None  #: the blocks read with --layers (cfg.layer among them)
+        self.labels: tuple[ImageLabels, ImageLabels] | None = None  #: image-level labels of both splits
         self.data: dict[str, DecodedSplit] = {}
         self.data_seconds: float | None = None
         self.t_start = t_start  #: when the run began (the data timing counts opening the datasets too)
@@ -351,6 +393,7 @@ class _ProbeTask(SweepTask[CheckpointProbe]):
             "val": decode_split(self.val_ds, self.store, "val", cfg, show),
         }
         self.data_seconds = time.perf_counter() - self.t_start  # open + decode, once per run
+        self.labels = split_image_labels(self.train_ds, self.val_ds, cfg.image_labels)
         return self.key
 
     def score(self, n: int, total: int, path: Path, epoch: int | None, identity: str, target: Path) -> CheckpointProbe:
@@ -358,9 +401,9 @@ class _ProbeTask(SweepTask[CheckpointProbe]):
         if self.progress:
             self.console.print(f"probing [{n}/{total}] {checkpoint_label(path)} on {self.label}")
         model = None if cfg.allow_partial else self.run.model  # reused: strict loading overwrites every weight
-        per_layer, timings, partial = _probe_checkpoint(
+        per_layer, timings, partial, correct = _probe_checkpoint(
             cfg, path, model, self.data, self.feats, int(self.train_ds.num_classes), int(self.train_ds.ignore_index),
-            self.run.device, self.progress, self.blocks,
+            self.run.device, self.progress, self.blocks, self.labels,
         )
         blocks = self.blocks or [cfg.layer]
         heads = per_layer[blocks.index(cfg.layer % (num_feature_layers(self.run.model) or 1))] if self.blocks else per_layer[0]
@@ -377,7 +420,7 @@ class _ProbeTask(SweepTask[CheckpointProbe]):
         return CheckpointProbe(
             str(path), epoch, self.label, "ok", miou, acc, iou, heads[0].train_loss, timings, identity=identity,
             num_train=len(self.train_ds), num_val=len(self.val_ds), head_miou=[m.miou for m in heads], partial=partial,
-            layers=layers,
+            layers=layers, knn_top1=float(np.mean(correct)) if correct else float("nan"), knn_correct=correct,
         )
 
     def failure(self, path: Path, epoch: int | None, error: str, identity: str) -> CheckpointProbe:
@@ -530,13 +573,22 @@ def _write_outputs(
             if reader.fieldnames and "dataset" in reader.fieldnames:
                 columns += [c for c in reader.fieldnames if c not in columns and c]
                 rows = [dict(r) for r in reader if r.get("dataset") != label]
+    knn = [r for r in ok if r.knn_correct]
+    kboot = None
+    if knn and len(knn) == len(ok) and len({len(r.knn_correct) for r in ok}) == 1 and len(ok[0].knn_correct) >= 2:
+        kboot = accuracy_bootstrap(np.array([r.knn_correct for r in ok]), confidence=cfg.confidence, seed=cfg.seed)
+        write_knn_table(out / f"probe_{safe}_knn.npz", [r.checkpoint for r in ok], [r.knn_correct for r in ok])
     for t, r in enumerate(ok):
         rows.append({
             "checkpoint": r.checkpoint, unit: "" if r.epoch is None else str(r.epoch), "dataset": label,
             "miou": _fmt(r.miou), "pixel_accuracy": _fmt(r.pixel_accuracy),
             "miou_low": _fmt(boot.low[t]) if boot else "", "miou_high": _fmt(boot.high[t]) if boot else "",
             "heads": str(len(r.head_miou) or 1), "partial": "yes" if r.partial else "",
+            "knn_top1": _fmt(r.knn_top1) if r.knn_correct else "",
+            "knn_low": _fmt(kboot.low[t]) if kboot else "", "knn_high": _fmt(kboot.high[t]) if kboot else "",
         })
+    if kboot is not None:
+        columns += [c for c in KNN_COLUMNS if c not in columns]
     if any(r.partial for r in ok) and "partial" not in columns:
         columns.append("partial")
     write_csv_atomic(out / "probe.csv", columns, rows)

@@ -25,8 +25,8 @@ from .data.segmentation import EvalTransform, ScenesSegmentation, dataset_spec, 
 from .feature_cache import FeatureCache
 from .metrics.iou import check_labels
 
-__all__ = ["SCENES_DEFAULT_COUNTS", "DecodedSplit", "Uint8Eval", "data_fingerprint", "dataset_label", "decode_split",
-           "open_dataset"]
+__all__ = ["SCENES_DEFAULT_COUNTS", "DecodedSplit", "ImageLabels", "Uint8Eval", "data_fingerprint", "dataset_label",
+           "decode_split", "image_labels", "open_dataset", "split_image_labels"]
 
 SCENES_DEFAULT_COUNTS = {"train": 1000, "val": 250}
 
@@ -165,3 +165,84 @@ def _worker_message(exc: BaseException) -> str:
     lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
     last = lines[-1] if lines else type(exc).__name__
     return last.split(": ", 1)[1] if re.match(r"^[A-Za-z_.]*(Error|Exception): ", last) else last
+
+
+# --------------------------------------------------------------------------- image-level labels
+
+
+@dataclass
+class ImageLabels:
+    """Image-level labels of a split: ``labels[i]`` of sample ``i`` (0 .. len(names) - 1)."""
+
+    labels: list[int]
+    names: list[str]
+    source: str
+
+
+def image_labels(ds: Any, label_file: str | None = None, names: list[str] | None = None) -> ImageLabels | None:
+    """The image-level labels of dataset ``ds``, from (first that applies):
+
+    1. ``label_file``: a CSV of ``name,label`` rows (a header row ``name,label`` is allowed),
+       ``name`` a sample id of the dataset (for ``folder`` datasets: the path below ``images/``
+       without its extension), ``label`` any string;
+    2. the dataset's own (the built-in scenes: the value of each scene's largest digit);
+    3. a ``folder`` dataset's ``ROOT/image_labels.csv`` (same format);
+    4. a ``folder`` dataset laid out as an ``ImageFolder`` tree (every image under
+       ``images/<class>/``): the folder names.
+
+    None when none applies. ``names``: the label names to use (the training split's, so that the
+    validation split is numbered alike); a label outside them is an error naming it.
+    """
+    own = getattr(ds, "image_labels", None)
+    ids = [str(i) for i in getattr(ds, "ids", [])]
+    raw: list[str] | None = None
+    source = ""
+    root = getattr(ds, "root", None)
+    if label_file is not None:
+        raw, source = _labels_from_file(Path(label_file), ids), str(label_file)
+    elif own is not None:
+        return ImageLabels([int(v) for v in own], list(getattr(ds, "image_label_names", [])) or
+                           [str(v) for v in range(max(own) + 1)], f"{getattr(ds, 'name', 'dataset')} (its own)")
+    elif root is not None and getattr(ds, "name", "") == "folder" and (Path(root) / "image_labels.csv").is_file():
+        raw, source = _labels_from_file(Path(root) / "image_labels.csv", ids), str(Path(root) / "image_labels.csv")
+    elif getattr(ds, "name", "") == "folder" and ids and all("/" in i for i in ids):
+        raw, source = [i.split("/", 1)[0] for i in ids], "folder names (images/<class>/...)"
+    if raw is None:
+        return None
+    table = list(names) if names is not None else sorted(set(raw))
+    index = {n: k for k, n in enumerate(table)}
+    unknown = sorted(set(raw) - set(index))
+    if unknown:
+        raise ValueError(f"{source}: image label(s) {unknown[:5]} of the validation split are not among the training "
+                         f"split's ({', '.join(table[:10])}{', ...' if len(table) > 10 else ''})")
+    return ImageLabels([index[v] for v in raw], table, source)
+
+
+def _labels_from_file(path: Path, ids: list[str]) -> list[str]:
+    import csv
+
+    try:
+        with open(path, newline="") as f:
+            rows = [r for r in csv.reader(f) if r and not r[0].startswith("#")]
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"{path}: not a readable CSV of name,label rows ({err})") from None
+    if rows and [c.strip().lower() for c in rows[0][:2]] == ["name", "label"]:
+        rows = rows[1:]
+    table: dict[str, str] = {}
+    for line, r in enumerate(rows, start=1):
+        if len(r) != 2 or not r[0].strip() or not r[1].strip():
+            raise ValueError(f"{path}, row {line}: expected name,label, got {r!r}")
+        table[r[0].strip()] = r[1].strip()
+    missing = [i for i in ids if i not in table]
+    if missing:
+        raise ValueError(f"{path}: no image label for {len(missing)} sample(s), e.g. {', '.join(missing[:3])}")
+    return [table[i] for i in ids]
+
+
+def split_image_labels(train_ds: Any, val_ds: Any, label_file: str | None) -> tuple[ImageLabels, ImageLabels] | None:
+    """Image-level labels of both splits, numbered alike (the training split's names), or None
+    when the dataset has none (see :func:`image_labels`)."""
+    train = image_labels(train_ds, label_file)
+    if train is None:
+        return None
+    return train, image_labels(val_ds, label_file, names=train.names)  # type: ignore[return-value]

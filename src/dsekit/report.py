@@ -29,6 +29,7 @@ Outputs: ``report.md``, ``report.json``, ``report_<dataset>.png`` and ``classes_
 from __future__ import annotations
 
 import csv
+import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,11 +38,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from .backbones import INIT_EPOCH
-from .io import read_confusion_table
+from .io import read_confusion_table, read_knn_table
 from .metrics.intervals import correlation_intervals, half_sample_draws, miou_bootstrap, percentile_interval
-from .plots import METRIC_ORDER, TERM_LABELS, entry_positions, plot_classes, plot_metrics_vs_miou, to_float
+from .metrics.knn import accuracy_bootstrap
+from .plots import METRIC_ORDER, TERM_LABELS, entry_positions, plot_classes, plot_curves, plot_metrics_vs_miou, to_float
+from .report_text import markdown, selection_sentence
 from .runtime import write_json_atomic, write_text_atomic
+from .train.logs import collapse_loss, read_training_log
 from .select import calibrate, select_checkpoints
+from .verdict import degradation_verdict
 
 __all__ = [
     "rank_correlations",
@@ -55,6 +60,8 @@ __all__ = [
 
 #: columns of dse.csv that are not metrics
 _ID_COLUMNS = ("checkpoint", "epoch", "step", "partial")
+#: the smallest mIoU fall (2 points) the verdict counts as dense degradation or collapse
+MIN_FALL = 0.02
 _TERMS4 = tuple(TERM_LABELS)
 
 
@@ -200,8 +207,11 @@ def build_report(
     confidence: float = 0.95,
     n_draws: int = 1000,
     seed: int = 0,
+    knn_tables: dict[str, tuple[list[str], np.ndarray]] | None = None,
+    training: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Correlations, selection gains and the mIoU curve per dataset, with intervals where possible.
+    """Correlations, selection gains, the mIoU and image-level curves and the verdict per dataset,
+    with intervals where possible.
 
     Args:
         dse_rows, probe_rows: rows of dse.csv and probe.csv. Checkpoints are matched by the
@@ -214,6 +224,13 @@ def build_report(
             :func:`dsekit.probe.read_confusion_table` (None: no intervals on the mIoU side).
         class_rows: dataset -> rows of ``probe_<dataset>_classes.csv``.
         confidence, n_draws, seed: the intervals' coverage, number of paired draws and seed.
+        knn_tables: dataset -> ``(checkpoints, per-image k-NN correctness (T, n))`` of
+            ``probe_<dataset>_knn.npz`` (paired intervals of the image-level curve).
+        training: ``{"loss": [...], "collapse_loss": float | None}`` of the run's training log
+            (:mod:`dsekit.train.logs`), for the verdict.
+
+    The verdict (:func:`dsekit.verdict.degradation_verdict`) is per dataset (``entry["verdict"]``)
+    and, for the first dataset, the report's ``verdict`` and ``verdict_reasons``.
     """
     if not dse_rows:
         raise ValueError("dse.csv has no rows: run `dsekit scan` first")
@@ -229,7 +246,14 @@ def build_report(
             (class_rows or {}).get(ds), confidence, n_draws, seed,
         )
         if entry is not None:
+            _image_level(entry, (knn_tables or {}).get(ds), (confusions or {}).get(ds), training or {}, confidence,
+                         n_draws, seed)
             report["datasets"][ds] = entry
+    if report["datasets"]:
+        first = next(iter(report["datasets"].values()))
+        report["verdict"] = first["verdict"]["verdict"]
+        report["verdict_reasons"] = first["verdict"]["reasons"]
+        report["verdict_dataset"] = next(iter(report["datasets"]))
     report["partial_checkpoints"] = sorted(
         {r["checkpoint"] for r in dse_rows if r.get("partial")} | {r["checkpoint"] for r in probe_rows if r.get("partial")}
     )
@@ -317,6 +341,29 @@ def _dataset_entry(
     if class_rows:
         entry["classes"] = _class_table(class_rows, names, entry["init"])
     return entry
+
+
+def _image_level(
+    entry: dict[str, Any], knn: tuple[list[str], np.ndarray] | None, confusion: tuple[list[str], list[list[Any]]] | None,
+    training: dict[str, Any], confidence: float, n_draws: int, seed: int,
+) -> None:
+    """The image-level curve (k-NN accuracy, paired intervals) and the verdict of one dataset's entry."""
+    names = entry["checkpoints"]
+    knn_draws = miou_draws = None
+    if knn is not None and all(c in knn[0] for c in names):
+        rows = np.stack([knn[1][knn[0].index(c)] for c in names])
+        boot = accuracy_bootstrap(rows, n_resamples=n_draws, confidence=confidence, seed=seed)
+        entry.update(knn=boot.accuracy.tolist(), knn_low=boot.low.tolist(), knn_high=boot.high.tolist())
+        knn_draws = boot.replicates
+    if confusion is not None and all(c in confusion[0] for c in names):
+        miou_draws = miou_bootstrap([confusion[1][confusion[0].index(c)] for c in names], n_resamples=n_draws,
+                                    seed=seed).replicates
+    unit, positions = entry_positions(entry)
+    entry["verdict"] = degradation_verdict(
+        positions, entry["miou"], entry.get("knn"), miou_draws=miou_draws, knn_draws=knn_draws,
+        loss=training.get("loss"), collapse_loss=training.get("collapse_loss"), confidence=confidence,
+        min_fall=MIN_FALL, unit=unit,
+    )
 
 
 def _nan_none(v: Any) -> float | None:
@@ -434,117 +481,6 @@ def _class_table(class_rows: list[dict[str, str]], names: list[str], init: dict[
 # --------------------------------------------------------------------------- writing
 
 
-def _fmt(v: float, spec: str = ".3f") -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
-
-
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None or not math.isfinite(v) else f"{100 * v:.1f}"
-
-
-def _ci(lo: float | None, hi: float | None, scale: float = 100.0, spec: str = ".1f") -> str:
-    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
-        return ""
-    return f" [{format(scale * lo, spec)}, {format(scale * hi, spec)}]"
-
-
-def selection_sentence(e: dict[str, Any], confidence: float = 0.95) -> str:
-    """One plain sentence on DSE's pick against the last checkpoint."""
-    s = e.get("selection")
-    if not s:
-        return "No DSE column: no selection."
-    unit, ep = entry_positions(e)
-    gain = f"{100 * s['gain_top1_vs_last']:+.1f} mIoU"
-    lo, hi = s.get("gain_top1_vs_last_low"), s.get("gain_top1_vs_last_high")
-    where = f"DSE's pick ({unit} {ep[s['top1_index']]}) vs the last checkpoint ({unit} {ep[-1]}): {gain}"
-    if lo is None or hi is None:
-        return where + " (no interval: the run has no replicates)."
-    ci = f"{int(round(100 * confidence))} % interval{_ci(lo, hi)}"
-    if lo <= 0 <= hi:
-        return where + f" ({ci}): the pick is not distinguishable from the last checkpoint."
-    better = "better" if lo > 0 else "worse"
-    return where + f" ({ci}): the pick is {better} than the last checkpoint."
-
-
-def _markdown(report: dict[str, Any]) -> str:
-    conf = report.get("confidence", 0.95)
-    pc = f"{int(round(100 * conf))} %"
-    lines = ["# DSE report", ""]
-    for ds, e in report["datasets"].items():
-        lines += [f"## {ds}", ""]
-        c = e["curve"]
-        unit, ep = entry_positions(e)
-        iv = "" if e["intervals"] else " (no intervals: the scan or the probe left no replicates)"
-        lines += [f"### mIoU curve{iv}", ""]
-        lines += ["| untrained | first | best | last | best − untrained | best − first | best − last |", "|---|---|---|---|---|---|---|"]
-        lines.append(
-            f"| {_pct(c['untrained'])} | {_pct(c['first'])} ({unit} {ep[0]}) | {_pct(c['best'])} "
-            f"({unit} {ep[c['best_index']]}) | {_pct(c['last'])} | "
-            + " | ".join(
-                (f"{100 * c[k]:+.1f}{_ci(c.get(k + '_low'), c.get(k + '_high'))}" if c.get(k) is not None else "n/a")
-                for k in ("best_minus_untrained", "best_minus_first", "best_minus_last")
-            )
-            + " |"
-        )
-        lines += ["", f"mIoU in %, differences in points, {pc} intervals in brackets (paired resamples of the "
-                  "validation images and heads)."]
-        lines += ["", "### Rank correlation with mIoU across the training checkpoints", ""]
-        lines += [f"| metric | Kendall τ [{pc}] | Spearman ρ [{pc}] | τ ≠ 0 | τ ≠ τ(dse) |", "|---|---|---|---|---|"]
-        for m in report["metrics"]:
-            r = e["correlation"][m]
-            nz = "" if r.get("tau_low") is None else ("yes" if r.get("nonzero") else "no")
-            dd = "—" if m == "dse" else ("" if r.get("tau_diff_low") is None else
-                                         ("yes" if r.get("differs_from_reference") else "no"))
-            lines.append(
-                f"| {m} | {_fmt(r['kendall_tau'], '+.2f')}{_ci(r.get('tau_low'), r.get('tau_high'), 1.0, '+.2f')} | "
-                f"{_fmt(r['spearman_rho'], '+.2f')}{_ci(r.get('rho_low'), r.get('rho_high'), 1.0, '+.2f')} | {nz} | {dd} |"
-            )
-        s = e.get("selection")
-        if s:
-            lines += ["", "### Selection by DSE", ""]
-            lines += ["| checkpoints | last mIoU | DSE top-1 mIoU | best of top-3 | best in hindsight | top-1 − last | top-1 − best |",
-                      "|---|---|---|---|---|---|---|"]
-            lines.append(
-                f"| {len(e['miou'])} | {_pct(s['last_miou'])} | {_pct(s['top1_miou'])} ({unit} {ep[s['top1_index']]}) | "
-                f"{_pct(s['best_of_top_miou'])} ({unit} {ep[s['best_of_top_index']]}) | {_pct(s['best_miou'])} "
-                f"({unit} {ep[s['best_index']]}) | {100 * s['gain_top1_vs_last']:+.1f}"
-                f"{_ci(s.get('gain_top1_vs_last_low'), s.get('gain_top1_vs_last_high'))} | "
-                f"{100 * s['gap_top1_to_best']:+.1f}{_ci(s.get('gap_top1_to_best_low'), s.get('gap_top1_to_best_high'))} |"
-            )
-            lines += ["", selection_sentence(e, conf)]
-            if "pick_agreement" in s:
-                lines.append(f"The pick was the same checkpoint in {100 * s['pick_agreement']:.0f} % of the paired draws.")
-        if e.get("classes"):
-            best, last = c["best_index"], len(e["miou"]) - 1
-            lines += ["", "### IoU per class (%)", "", "| class | untrained | first | best | last |", "|---|---|---|---|---|"]
-            for name, k in e["classes"].items():
-                lines.append(
-                    f"| {name} | {_pct(k['untrained'])} | {_pct(k['iou'][0])}{_ci(k['low'][0], k['high'][0])} | "
-                    f"{_pct(k['iou'][best])}{_ci(k['low'][best], k['high'][best])} | "
-                    f"{_pct(k['iou'][last])}{_ci(k['low'][last], k['high'][last])} |"
-                )
-            lines += ["", f"![{ds} classes](classes_{ds}.png)"]
-        lines += ["", f"![{ds}](report_{ds}.png)", ""]
-    for ds, entries in report.get("layers", {}).items():
-        lines += [f"## {ds}: DSE and mIoU per block (layer map)", "",
-                  f"| block | Kendall τ(DSE, mIoU) [{pc}] | Spearman ρ | best mIoU | last mIoU | DSE pick's mIoU |",
-                  "|---|---|---|---|---|---|"]
-        for x in entries:
-            lines.append(
-                f"| {x['layer']} | {_fmt(x['kendall_tau'], '+.2f')}{_ci(x['tau_low'], x['tau_high'], 1.0, '+.2f')} | "
-                f"{_fmt(x['spearman_rho'], '+.2f')} | {_pct(x['best_miou'])} | {_pct(x['last_miou'])} | "
-                f"{_pct(x['dse_pick_miou'])} |"
-            )
-        lines += ["", "Each block's DSE is calibrated on its own curve (λ per block); mIoU in %.", ""]
-    if report.get("unprobed_checkpoints"):
-        lines += [f"Checkpoints without mIoU: {len(report['unprobed_checkpoints'])}."]
-    if report.get("partial_checkpoints"):
-        lines += ["", "**Partial weights**: these checkpoints were scored with `--allow-partial` and did not fit the "
-                  "model (missing or unexpected keys; see run.json / probe_<dataset>.json): "
-                  + ", ".join(f"`{Path(c).name}`" for c in report["partial_checkpoints"]) + "."]
-    return "\n".join(lines) + "\n"
-
-
 def _json_safe(obj: Any) -> Any:
     """NaN/inf -> None, recursively (strict JSON)."""
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -594,6 +530,19 @@ def _layer_correlations(out: Path, unit: str, window: int, top: int, confidence:
     return result
 
 
+def _training(out: Path) -> dict[str, Any]:
+    """The training loss per epoch and its collapse value, of the run the scan in ``out`` read
+    (``run.json``'s run folder: its ``log.txt`` and ``dsekit.json``); {} when unknown."""
+    try:
+        run_dir = Path(json.loads((out / "run.json").read_text())["settings"]["run_dir"])
+        settings = json.loads((run_dir / "dsekit.json").read_text()).get("settings", {})
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    log = read_training_log(run_dir)
+    return {"loss": [float(e.get("loss_ssl", e.get("loss", float("nan")))) for e in log],
+            "collapse_loss": collapse_loss(settings)}
+
+
 def _csv_unit(path: Path) -> str:
     """``"step"`` when the table at ``path`` has a ``step`` column and no ``epoch`` column."""
     header = _header(path)
@@ -619,24 +568,27 @@ def write_report(out_dir: str | Path, *, window: int = 2, top: int = 3, confiden
                    _numeric_columns(out / "dse_replicates.csv", ("checkpoint",)))
         if (out / "dse_replicates.csv").is_file() else None
     )
-    confusions, classes = {}, {}
+    confusions, classes, knn = {}, {}, {}
     for ds in {r["dataset"] for r in probe_rows}:
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in ds)
         if (out / f"probe_{safe}_confusion.npz").is_file():
             confusions[ds] = read_confusion_table(out / f"probe_{safe}_confusion.npz")
         if (out / f"probe_{safe}_classes.csv").is_file():
             classes[ds] = read_table(out / f"probe_{safe}_classes.csv")
+        if (out / f"probe_{safe}_knn.npz").is_file():
+            knn[ds] = read_knn_table(out / f"probe_{safe}_knn.npz")
     report = build_report(
         dse_rows, probe_rows, window=window, top=top, replicate_rows=replicates, confusions=confusions,
-        class_rows=classes, confidence=confidence,
+        class_rows=classes, confidence=confidence, knn_tables=knn, training=_training(out),
     )
     layers = _layer_correlations(out, unit, window, top, confidence)
     if layers:
         report["layers"] = layers
     for ds, entry in report["datasets"].items():
         plot_metrics_vs_miou(entry, ds, out / f"report_{ds}.png")
+        plot_curves(entry, ds, out / f"curves_{ds}.png")
         if entry.get("classes"):
             plot_classes(entry, ds, out / f"classes_{ds}.png")
     write_json_atomic(out / "report.json", _json_safe(report))
-    write_text_atomic(out / "report.md", _markdown(report))
+    write_text_atomic(out / "report.md", markdown(report))
     return report

@@ -18,6 +18,7 @@ from dsekit.backbones.discovery import checkpoint_label, discover_checkpoints, e
 from dsekit.backbones.extract import (
     FeatureExtractor,
     FeatureFn,
+    ImageEmbedder,
     backbone_recipe,
     create_backbone,
     extract_features,
@@ -47,6 +48,7 @@ __all__ = [
     "CheckpointKeyError",
     "FeatureExtractor",
     "FeatureFn",
+    "ImageEmbedder",
     "MethodAdapter",
     "PartialLoadWarning",
     "UnsafeCheckpointError",

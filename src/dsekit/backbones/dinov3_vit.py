@@ -319,6 +319,10 @@ class DINOv3ViT(nn.Module):
         """The normed class token ``(B, d)``, as the official ``forward`` in eval mode."""
         return self.forward_features(x)["x_norm_clstoken"]
 
+    def image_embedding(self, x: Tensor) -> Tensor:
+        """The image-level embedding: the normed class token ``(B, d)``."""
+        return self.forward(x)
+
 
 def _entry(pretrained: bool = False, **kwargs: Any) -> DINOv3ViT:
     """timm entry point of :class:`DINOv3ViT` (timm's own arguments that do not apply are dropped)."""

@@ -32,6 +32,7 @@ __all__ = [
     "NAMED_LAYERS",
     "FeatureExtractor",
     "FeatureFn",
+    "ImageEmbedder",
     "backbone_recipe",
     "create_backbone",
     "extract_features",
@@ -354,13 +355,36 @@ class FeatureExtractor(nn.Module):
         return f"{which}, norm={self.norm}, source={src}"
 
 
+class ImageEmbedder(nn.Module):
+    """``embedder(images (B, 3, H, W)) -> (B, 1, d)``: the backbone's image-level embedding, as
+    its own head would read it — timm's ``forward_head(forward_features(x), pre_logits=True)``
+    (the class token after the final norm for ViTs with one, the pooled map for CNNs), or the
+    module's ``image_embedding(x)`` (dsekit's DINOv3 ViT, Hugging Face models). The singleton
+    token axis lets :func:`extract_features` batch it like patch features."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        own = getattr(model, "image_embedding", None)
+        if not callable(own) and not (callable(getattr(model, "forward_head", None))
+                                      and callable(getattr(model, "forward_features", None))):
+            raise ValueError(f"{type(model).__name__} has neither image_embedding() nor timm's forward_head()")
+        self.model = model
+
+    def forward(self, images: Tensor) -> Tensor:
+        own = getattr(self.model, "image_embedding", None)
+        z = own(images) if callable(own) else self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+        if z.ndim != 2:
+            z = z.flatten(1)
+        return z.unsqueeze(1)
+
+
 # --------------------------------------------------------------------------------------------------
 # Batched extraction
 # --------------------------------------------------------------------------------------------------
 
 
 def _as_extractor(extractor: Any) -> nn.Module | Callable[[Tensor], Tensor]:
-    if isinstance(extractor, FeatureExtractor):
+    if isinstance(extractor, (FeatureExtractor, ImageEmbedder)):
         return extractor
     if isinstance(extractor, nn.Module):
         return FeatureExtractor(extractor)

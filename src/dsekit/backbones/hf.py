@@ -143,6 +143,12 @@ class HFBackbone(nn.Module):
         """The model's ``last_hidden_state`` ``(B, N, d)``, every token."""
         return self._run(x, hidden=False).last_hidden_state
 
+    def image_embedding(self, x: Tensor) -> Tensor:
+        """The image-level embedding ``(B, d)``: the class token of ``last_hidden_state`` (after the
+        final norm), or the mean of its patch tokens for models without one (I-JEPA)."""
+        h = self.forward(x)
+        return h[:, 0] if MODEL_TYPES[self.model_type].class_token else h[:, self.num_prefix_tokens :].mean(dim=1)
+
 
 def _forward_parameters(model: nn.Module) -> set[str]:
     import inspect

@@ -51,6 +51,22 @@ def build_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     p.add_argument("--precision", default="fp32", choices=TRAIN_PRECISIONS, help="fp32 or bf16 autocast")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    p.add_argument("--crop-min-scale", type=float, default=None,
+                   help="smallest area fraction of a random-resized crop (DINO 0.4, MoCo v3 0.08)")
+    p.add_argument("--cj-strength", type=float, default=None, help="colour-jitter strength (DINO 0.5, MoCo v3 1.0)")
+    p.add_argument("--gram-weight", type=float, default=0.0, metavar="W",
+                   help="Gram anchoring: loss = loss_ssl + W * L_gram (DINOv3; default 0: off)")
+    p.add_argument("--gram-teacher", default=None, metavar="FILE|STEP",
+                   help="the Gram teacher: a checkpoint of this method and network, or the step at which the run's "
+                   "own EMA teacher is copied")
+    p.add_argument("--gram-every", type=positive_int, default=None, metavar="K",
+                   help="with a step teacher: copy the EMA teacher again every K steps")
+    p.add_argument("--gram-batch-level", action="store_true",
+                   help="one Gram matrix over the batch's patches instead of one per image")
+    p.add_argument("--gram-keep-negative", action="store_true", help="keep negative similarities in the Gram matrices")
+    p.add_argument("--init-from", type=Path, default=None, metavar="CHECKPOINT",
+                   help="start a new run from this checkpoint of another run (same method and network; new "
+                   "optimizer and schedule)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
 
@@ -101,6 +117,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         device=args.device,
         precision=args.precision,
         workers=args.workers,
+        crop_min_scale=args.crop_min_scale,
+        cj_strength=args.cj_strength,
+        gram_weight=args.gram_weight,
+        gram_teacher=args.gram_teacher,
+        gram_every=args.gram_every,
+        gram_clamp_negative=not args.gram_keep_negative,
+        gram_image_level=not args.gram_batch_level,
+        init_from=None if args.init_from is None else str(args.init_from),
     )
 
 

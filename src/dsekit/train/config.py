@@ -136,6 +136,15 @@ class TrainConfig:
         workers: DataLoader worker processes (part of the reproducibility key).
         stop_after: stop after this many epochs of the run in total, as if interrupted (the
             schedules still span ``epochs``); ``None``: run to ``epochs``.
+        gram_weight: ``w`` of Gram anchoring, ``loss = loss_ssl + w · L_gram`` (0: off;
+            :mod:`dsekit.train.gram`).
+        gram_teacher: the Gram teacher: a checkpoint file of the same method and network (its
+            teacher backbone), or a step (int) at which the run's own EMA teacher is copied.
+        gram_every: with a step teacher, copy the EMA teacher again every this many steps (None: never).
+        gram_clamp_negative, gram_image_level: :func:`dsekit.train.gram.gram_anchoring_loss`'s options.
+        init_from: start from this checkpoint of another run (same method and network: every
+            network and the method's state, e.g. DINO's centre), with a new optimiser and schedule;
+            the run has no initial-weights checkpoint of its own.
     """
 
     method: str
@@ -174,6 +183,12 @@ class TrainConfig:
     precision: str = "fp32"
     workers: int = 0
     stop_after: int | None = None
+    gram_weight: float = 0.0
+    gram_teacher: str | int | None = None
+    gram_every: int | None = None
+    gram_clamp_negative: bool = True
+    gram_image_level: bool = True
+    init_from: str | None = None
 
     # settings that may differ between a run and its resumption
     _RESUME_FREE = ("out", "device", "stop_after", "save_every")
@@ -242,6 +257,17 @@ def _checked_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.stop_after is not None:
         _check_int("stop_after", cfg.stop_after, 1)
     _check_float("dse_weight", cfg.dse_weight, 0.0)
+    _check_float("gram_weight", cfg.gram_weight, 0.0)
+    if cfg.gram_weight > 0 and cfg.gram_teacher is None:
+        raise ValueError("gram_teacher: Gram anchoring (gram_weight > 0) needs a teacher: a checkpoint file or a step")
+    if cfg.gram_every is not None:
+        _check_int("gram_every", cfg.gram_every, 1)
+    if cfg.gram_teacher is not None and not isinstance(cfg.gram_teacher, int):
+        teacher = str(cfg.gram_teacher)
+        if not teacher.strip().isdigit() and not Path(teacher).expanduser().is_file():
+            raise ValueError(f"gram_teacher: {teacher} is neither a step nor an existing checkpoint file")
+    if cfg.init_from is not None and not Path(cfg.init_from).expanduser().is_file():
+        raise ValueError(f"init_from: {cfg.init_from} is not a checkpoint file")
     _check_float("temperature", cfg.temperature, 0.0, strict=True)
     _check_float("teacher_temp", cfg.teacher_temp, 0.0, strict=True)
     _check_float("warmup_teacher_temp", cfg.warmup_teacher_temp, 0.0, strict=True)

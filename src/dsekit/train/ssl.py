@@ -59,8 +59,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..backbones import INIT_EPOCH, discover_checkpoints, read_checkpoint
+from ..backbones import INIT_EPOCH, discover_checkpoints, load_backbone, read_checkpoint
 from ..runtime import ensure_writable, link_or_copy, resolve_device, resolve_precision, write_text_atomic, write_torch_atomic
+from .logs import LOG_FILE
 from .config import (
     METHODS,
     PRESETS,
@@ -72,7 +73,8 @@ from .config import (
     resolve_arch,
     resolve_config,
 )
-from .methods import Method, build_method, param_groups
+from .gram import GramAnchor, parse_gram_teacher
+from .methods import Method, build_method, encode, param_groups
 from .regularizer import DSERegularizer
 from .views import ViewsDataset, load_images, view_transform
 
@@ -91,7 +93,6 @@ __all__ = [
 ]
 
 RUN_INFO = "dsekit.json"
-LOG_FILE = "log.txt"
 _SEED_TAG = 0x55C7A1  # keeps the training streams apart from other uses of the same seed
 
 
@@ -330,12 +331,45 @@ class _Loop:
     total: int
     warmup_steps: int
     autocast: contextlib.AbstractContextManager[Any]
+    gram: GramAnchor | None = None
 
 
 def _make_regularizer(run: ResolvedConfig) -> DSERegularizer | None:
     if run.cfg.dse_weight == 0:
         return None
     return DSERegularizer(beta=run.cfg.dse_weight, seed=run.cfg.seed)
+
+
+def _make_gram(run: ResolvedConfig, ckpt: Mapping[str, Any] | None, method: Method) -> GramAnchor | None:
+    """The run's Gram anchoring (None: off): a checkpoint file's teacher backbone, or the run's
+    own EMA teacher at a step (restored from the resumed state when it was copied already)."""
+    cfg = run.cfg
+    if cfg.gram_weight == 0:
+        return None
+    path, step = parse_gram_teacher(cfg.gram_teacher)
+    opts = {"clamp_negative": cfg.gram_clamp_negative, "image_level": cfg.gram_image_level}
+    if path is not None:
+        teacher = load_backbone(path, cfg.method, run.timm_arch, model_kwargs=run.timm_kwargs, img_size=run.image_size)
+        return GramAnchor(cfg.gram_weight, teacher, **opts)
+    gram = GramAnchor(cfg.gram_weight, start=step, every=cfg.gram_every, **opts)
+    if ckpt is not None and "gram_teacher" in ckpt:  # the copy made before the run stopped
+        gram.maybe_refresh(int(step), method.teacher_backbone())  # the architecture, then its stored weights
+        assert gram.teacher is not None
+        gram.teacher.load_state_dict(ckpt["gram_teacher"])
+    return gram
+
+
+def _init_from(run: ResolvedConfig, method: Method) -> None:
+    """Load the networks and the method's state of ``run.cfg.init_from`` (another run's checkpoint)."""
+    path = Path(run.cfg.init_from)  # type: ignore[arg-type]
+    ckpt = read_checkpoint(path, map_location="cpu")
+    try:
+        method.load(ckpt)
+    except (KeyError, RuntimeError, TypeError) as err:
+        raise ValueError(
+            f"init_from: {path} is not a {run.cfg.method} checkpoint of this network ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200]})"
+        ) from None
 
 
 def train(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None] | None = None) -> TrainResult:
@@ -380,14 +414,20 @@ def _train(
     start = 0
     if ckpt is not None:
         start, history = _restore(ckpt, resume_from, method, optimizer, out, cfg, emit)
+    elif cfg.init_from is not None:
+        _init_from(run, method)
+        emit(f"{cfg.method}: starting from {cfg.init_from}")
 
     args = _args_namespace(run)
     init = out / init_checkpoint_name(cfg.method)
-    if ckpt is None and not init.is_file():  # the untrained network, scored like any checkpoint
+    if ckpt is None and cfg.init_from is None and not init.is_file():  # the untrained network, scored like any checkpoint
         write_torch_atomic(init, method.checkpoint(optimizer, -1, args))
     _write_run_info(run, out, record)
 
     loop = _make_loop(run, device, method, optimizer, reg, images)
+    loop.gram = _make_gram(run, ckpt, method)
+    if loop.gram is not None and loop.gram.teacher is not None:
+        loop.gram.to(device)
     stop = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after)
     for epoch in range(start, stop):
         entry = _train_epoch(loop, epoch, progress)
@@ -477,6 +517,14 @@ def _train_step(
     if reg is not None:
         dse_value = reg(patches)
         loss = loss_ssl - loop.run.cfg.dse_weight * dse_value
+    if loop.gram is not None:
+        if loop.gram.maybe_refresh(epoch * loop.steps + i, method.teacher_backbone()):
+            loop.gram.to(loop.device)
+        with loop.autocast:
+            gram = loop.gram.loss(patches, torch.cat(list(views[:2])), lambda b, x: encode(b, x)[1])
+        if gram is not None:
+            loss = loss + loop.gram.weight * gram
+            extra = {**extra, "loss_gram": float(gram.detach())}
     if not torch.isfinite(loss):
         raise FloatingPointError(
             f"loss is {loss.item()} at epoch {epoch}, step {i}; lower the learning rate (--lr)"
@@ -507,10 +555,14 @@ def _train_epoch(loop: _Loop, epoch: int, progress: bool) -> dict[str, float]:
         bar = tqdm(total=steps, desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", unit="step",
                    leave=False, dynamic_ncols=True)
     extra: dict[str, float] = {}
+    gram_steps = 0
     lr = wd = m = 0.0
     for i, views in enumerate(loader):
         lr, wd, m = _apply_schedules(loop, epoch * steps + i)
         loss, loss_ssl, dse_value, extra = _train_step(loop, views, epoch, i, m)
+        if "loss_gram" in extra:
+            sums["loss_gram"] = sums.get("loss_gram", 0.0) + extra.pop("loss_gram")
+            gram_steps += 1
         sums["loss"] += float(loss.detach())
         sums["loss_ssl"] += float(loss_ssl.detach())
         if dse_value is not None:
@@ -539,6 +591,8 @@ def _train_epoch(loop: _Loop, epoch: int, progress: bool) -> dict[str, float]:
     }
     if loop.reg is not None:
         entry["dse"] = sums["dse"] / steps
+    if gram_steps:
+        entry["loss_gram"] = sums["loss_gram"] / gram_steps  # over the steps that had a Gram teacher
     return entry
 
 
@@ -548,6 +602,8 @@ def _save_epoch(loop: _Loop, out: Path, epoch: int, history: list[dict[str, floa
     cfg = loop.run.cfg
     state = loop.method.checkpoint(loop.optimizer, epoch, args)
     state["train_log"] = history
+    if loop.gram is not None and loop.gram.teacher is not None and loop.gram.start is not None:
+        state["gram_teacher"] = loop.gram.teacher.state_dict()  # the run's own copy, for a resumption
     write_torch_atomic(out / latest_checkpoint_name(cfg.method), state)
     name = _save_numbered(out, cfg, epoch)
     _write_log(out, history)

@@ -57,6 +57,12 @@ class Scenes:
     def settings(self) -> dict:
         return scene_settings(self.split, len(self), seed=self.seed, config=self.config)
 
+    def image_labels(self) -> np.ndarray:
+        """(n,) the value 0..9 of each scene's largest digit: the scene's image-level label."""
+        area = (self.digit_boxes[..., 2] - self.digit_boxes[..., 0]) * (self.digit_boxes[..., 3] - self.digit_boxes[..., 1])
+        area = np.where(self.digit_labels >= 0, area, -1)
+        return self.digit_labels[np.arange(len(self)), area.argmax(axis=1)]
+
 
 def _scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([_STREAM_TAG, seed, SPLIT_CODE[split], index])

@@ -66,5 +66,12 @@ class ScenesSegmentation(SegmentationDataset):
         mask = torch.from_numpy(self.scenes.scenes.masks[index].astype(np.int64))
         return tv_tensors.Image(image), tv_tensors.Mask(mask)
 
+    @property
+    def image_labels(self) -> list[int]:
+        """Each scene's image-level label: the value 0..9 of its largest digit."""
+        return [int(v) for v in self.scenes.scenes.image_labels()]
+
+    image_label_names = tuple(str(d) for d in range(10))  #: names of the image-level labels
+
     def record(self) -> dict:
         return {**super().record(), "scenes": self.scenes.scenes.settings()}
