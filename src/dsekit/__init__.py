@@ -1,8 +1,20 @@
-"""dsekit: label-free dense representation quality (DSE) for self-supervised learning."""
+"""dsekit: label-free dense representation quality (DSE) for self-supervised learning.
 
-__version__ = "0.1.0"
+The names below are read lazily: ``import dsekit`` imports no torch until one is used.
+"""
 
-from .metrics.dse import DSEAccumulator, DSEResult, DSESettings, dse, dse_from_labels  # noqa: E402
-from .select import calibrate, select_checkpoints  # noqa: E402
+__version__ = "0.2.0"
 
-__all__ = ["__version__", "dse", "dse_from_labels", "DSEAccumulator", "DSEResult", "DSESettings", "calibrate", "select_checkpoints"]
+from .lazy import lazy_exports  # noqa: E402
+
+_EXPORTS = {
+    "dse": ".metrics.dse",
+    "dse_from_labels": ".metrics.dse",
+    "DSEAccumulator": ".metrics.dse",
+    "DSEResult": ".metrics.dse",
+    "DSESettings": ".metrics.settings",
+    "calibrate": ".select",
+    "select_checkpoints": ".select",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = ["__version__", *_EXPORTS]

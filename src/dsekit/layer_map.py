@@ -42,25 +42,11 @@ from .plots import plot_layer_map
 from .runtime import write_csv_atomic, write_json_atomic
 from .select import calibrate
 
-__all__ = ["LAYER_COLUMNS", "PROBE_LAYER_COLUMNS", "check_layers", "parse_layers", "resolve_layers", "write_layer_map", "write_probe_layers"]
+__all__ = ["LAYER_COLUMNS", "PROBE_LAYER_COLUMNS", "check_layers", "resolve_layers", "write_layer_map", "write_probe_layers"]
 
 LAYER_COLUMNS = ("checkpoint", "epoch", "layer", *TERMS, "dse", "dse_map")  #: ``epoch`` is ``step`` for step runs
 #: columns of ``probe_layers.csv`` (``epoch`` is ``step`` for step runs)
 PROBE_LAYER_COLUMNS = ("checkpoint", "epoch", "dataset", "layer", "miou", "pixel_accuracy", "miou_low", "miou_high")
-
-
-def parse_layers(text: str) -> tuple[int, ...] | str:
-    """``"all"`` or a comma-separated list of block indices (``"0,4,-1"``) -> ``"all"`` / a tuple."""
-    text = text.strip()
-    if text == "all":
-        return "all"
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise ValueError(f"--layers: expected 'all' or block indices such as 0,5,11 or -1, got {text!r}") from None
-    if not values:
-        raise ValueError("--layers: expected 'all' or at least one block index")
-    return values
 
 
 def check_layers(layers: Sequence[int] | str) -> None:

@@ -184,7 +184,8 @@ def image_labels(ds: Any, label_file: str | None = None, names: list[str] | None
 
     1. ``label_file``: a CSV of ``name,label`` rows (a header row ``name,label`` is allowed),
        ``name`` a sample id of the dataset (for ``folder`` datasets: the path below ``images/``
-       without its extension), ``label`` any string;
+       without its extension), ``label`` any string; for the built-in scenes also ``"digit"``
+       (the default) or ``"texture"`` (each scene's dominant texture);
     2. the dataset's own (the built-in scenes: the value of each scene's largest digit);
     3. a ``folder`` dataset's ``ROOT/image_labels.csv`` (same format);
     4. a ``folder`` dataset laid out as an ``ImageFolder`` tree (every image under
@@ -198,6 +199,11 @@ def image_labels(ds: Any, label_file: str | None = None, names: list[str] | None
     raw: list[str] | None = None
     source = ""
     root = getattr(ds, "root", None)
+    if label_file in ("digit", "texture") and getattr(ds, "name", "") == "scenes":
+        if label_file == "texture":
+            labels, texture_names = ds.texture_labels()
+            return ImageLabels(labels, texture_names, "scenes (dominant texture)")
+        label_file = None  # the scenes' own: the digit
     if label_file is not None:
         raw, source = _labels_from_file(Path(label_file), ids), str(label_file)
     elif own is not None:

@@ -2,7 +2,9 @@
 
 The only place with argument parsers: ``dse``, ``report``, ``data`` and ``demo`` here, ``scan``,
 ``probe`` and ``train`` in their own modules of this package; each handler builds the library's
-settings object and calls the library.
+settings object and calls the library. The parsers are built from light modules only (no torch,
+no data packages): the work is imported in the handlers, so that ``--help``, ``--version`` and an
+argument error answer at once.
 """
 
 from __future__ import annotations
@@ -13,16 +15,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import torch
-from rich.console import Console
-from rich.table import Table
-
 from .. import __version__
-from ..data.scenes import write_scenes
-from ..demo import DemoConfig, demo
-from ..io import load_array
-from ..metrics.dse import TERMS, DSEAccumulator, DSESettings, as_features, dse_from_labels
-from ..report import write_report
+from ..metrics.settings import DSESettings
 from .args import positive_int
 from .probe import add_probe_parser
 from .scan import add_scan_parser
@@ -34,6 +28,9 @@ DEFAULT = DSESettings()
 
 
 def _print_terms(title: str, rows: dict[str, float], notes: Sequence[str] = ()) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(title=title)
     table.add_column("term")
     table.add_column("value", justify="right")
@@ -73,6 +70,11 @@ def _add_dse(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_dse(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..io import load_array
+    from ..metrics.dse import TERMS, DSEAccumulator, as_features, dse_from_labels
+
     feats = as_features(load_array(args.features, args.key), name=str(args.features)).to(args.device)
     normalize = not args.no_normalize
     if (args.local_labels is None) != (args.global_labels is None):
@@ -139,6 +141,8 @@ def _outputs_folder(run_dir: Path) -> Path:
 
 
 def _run_report(args: argparse.Namespace) -> int:
+    from ..report import write_report
+
     out = _outputs_folder(args.run_dir)
     report = write_report(out, window=args.window, top=args.top, confidence=args.confidence)
     print((out / "report.md").read_text())
@@ -168,6 +172,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_data_scenes(args: argparse.Namespace) -> int:
+    from ..data.scenes import write_scenes
+
     res = write_scenes(args.out, args.n, splits=args.splits, image_size=args.image_size, seed=args.seed)
     counts = ", ".join(f"{n} {split}" for split, n in res.counts.items())
     print(f"wrote {counts} scenes ({len(res.class_names)} classes) to {res.root}")
@@ -195,6 +201,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    from ..demo import DemoConfig, demo
+
     demo(
         DemoConfig(out=str(args.out), quick=args.quick, seed=args.seed, device=args.device, method=args.method,
                    dse_weight=args.dse_weight),

@@ -9,8 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..backbones.discovery import checkpoint_label
-from ..layer_map import parse_layers
 
 __all__ = [
     "positive_int",
@@ -32,11 +30,17 @@ def positive_int(text: str) -> int:
 
 
 def layer_list(text: str) -> tuple[int, ...] | str:
-    """``argparse`` type of ``--layers``: ``all`` or comma-separated block indices."""
+    """``argparse`` type of ``--layers``: ``all`` or comma-separated block indices (``0,5,-1``)."""
+    text = text.strip()
+    if text == "all":
+        return "all"
     try:
-        return parse_layers(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err).removeprefix("--layers: ")) from None
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'all' or block indices such as 0,5,11 or -1, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected 'all' or at least one block index")
+    return values
 
 
 def parse_model_kwargs(items: Sequence[str]) -> dict[str, Any]:
@@ -137,6 +141,8 @@ def report_failed(command: str, failed: Sequence[Any], where: Path) -> int:
     """Print the checkpoints that failed (objects with a ``checkpoint`` path) to stderr; 1 if any, else 0."""
     if not failed:
         return 0
+    from ..backbones.discovery import checkpoint_label
+
     names = ", ".join(checkpoint_label(r.checkpoint) for r in failed)
     print(f"dsekit {command}: {len(failed)} checkpoint(s) failed: {names} (see {where})", file=sys.stderr)
     return 1

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..probe import ProbeConfig, probe
 from .args import add_checkpoint_arguments, checkpoint_settings, layer_list, positive_int, report_failed, run_scenes
 
 __all__ = ["add_probe_parser", "run_probe"]
@@ -63,6 +62,8 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_probe(args: argparse.Namespace) -> int:
     """Handler of ``dsekit probe``: 0 when every checkpoint was probed, 1 otherwise."""
+    from ..probe import ProbeConfig, probe
+
     cfg = ProbeConfig(
         **checkpoint_settings(args),
         dataset=args.dataset,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..metrics.dse import DSESettings
-from ..scan import ScanConfig, scan
+from ..metrics.settings import DSESettings
 from .args import add_checkpoint_arguments, checkpoint_settings, layer_list, positive_int, report_failed, run_scenes
 
 __all__ = ["add_scan_parser", "run_scan"]
@@ -60,6 +59,8 @@ def add_scan_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_scan(args: argparse.Namespace) -> int:
     """Handler of ``dsekit scan``: 0 when every checkpoint was scored, 1 otherwise."""
+    from ..scan import ScanConfig, scan
+
     cfg = ScanConfig(
         **checkpoint_settings(args),
         images=None if args.images is None else str(args.images),

@@ -6,10 +6,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..train.config import METHODS, PRESETS, TRAIN_PRECISIONS, TrainConfig
-from ..train.ssl import train
+from ..train.presets import METHODS, PRESETS, TRAIN_PRECISIONS
 from .args import parse_model_kwargs, positive_int
+
+if TYPE_CHECKING:
+    from ..train.config import TrainConfig
 
 __all__ = ["add_train_parser", "build_arguments", "config_from_args", "main", "run_train"]
 
@@ -88,6 +91,8 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`~dsekit.train.config.TrainConfig` of parsed ``train`` arguments."""
+    from ..train.config import TrainConfig
+
     return TrainConfig(
         method=args.method,
         out=str(args.out),
@@ -130,6 +135,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run_train(args: argparse.Namespace) -> int:
     """Entry point of ``dsekit train``: train, then print the checkpoints and the scan command."""
+    from ..train.ssl import train
+
     result = train(config_from_args(args), progress=not args.quiet)
     if not args.quiet:
         print(f"{len(result.checkpoints)} {result.method} checkpoint(s) in {result.run_dir} "

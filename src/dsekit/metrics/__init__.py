@@ -1,29 +1,28 @@
-"""Pure tensor metrics: DSE and its terms, k-means, spectra, baselines."""
+"""Pure tensor metrics: DSE and its terms, k-means, spectra, baselines (names read lazily)."""
 
-from .baselines import BASELINE_METRICS, VIEW_METRICS, alpha_req, dense_rankme, lidar, rankme
-from .dse import TERMS, DSEAccumulator, DSEResult, DSESettings, calibrated_dse, dse, dse_from_labels, raw_dse, separability
-from .kmeans import KMeansResult, kmeans
-from .spectra import effective_rank, nuclear_norm, singular_values
+from ..lazy import lazy_exports
 
-__all__ = [
-    "BASELINE_METRICS",
-    "VIEW_METRICS",
-    "alpha_req",
-    "dense_rankme",
-    "lidar",
-    "rankme",
-    "TERMS",
-    "DSEAccumulator",
-    "DSEResult",
-    "DSESettings",
-    "calibrated_dse",
-    "raw_dse",
-    "separability",
-    "dse",
-    "dse_from_labels",
-    "KMeansResult",
-    "kmeans",
-    "effective_rank",
-    "nuclear_norm",
-    "singular_values",
-]
+_EXPORTS = {
+    "BASELINE_METRICS": ".baselines",
+    "VIEW_METRICS": ".baselines",
+    "alpha_req": ".baselines",
+    "dense_rankme": ".baselines",
+    "lidar": ".baselines",
+    "rankme": ".baselines",
+    "TERMS": ".dse",
+    "DSEAccumulator": ".dse",
+    "DSEResult": ".dse",
+    "DSESettings": ".settings",
+    "calibrated_dse": ".dse",
+    "dse": ".dse",
+    "dse_from_labels": ".dse",
+    "raw_dse": ".dse",
+    "separability": ".dse",
+    "KMeansResult": ".kmeans",
+    "kmeans": ".kmeans",
+    "effective_rank": ".spectra",
+    "nuclear_norm": ".spectra",
+    "singular_values": ".spectra",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = list(_EXPORTS)

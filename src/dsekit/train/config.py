@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..data.scenes import SceneConfig
+from .presets import METHODS, PRESETS, TRAIN_PRECISIONS, ArchPreset  # noqa: F401 - importable from here too
 from ..runtime import resolve_precision
 
 __all__ = [
@@ -31,37 +32,6 @@ __all__ = [
     "resolve_arch",
     "resolve_config",
 ]
-
-METHODS = ("dino", "mocov3")
-#: the precisions training allows (``fp32``, or ``bf16`` autocast)
-TRAIN_PRECISIONS = ("fp32", "bf16")
-
-
-# --------------------------------------------------------------------------------------------------
-# Architectures
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ArchPreset:
-    """A named small architecture: a timm model name plus kwargs and the training image size."""
-
-    arch: str
-    model_kwargs: Mapping[str, Any]
-    image_size: int
-    description: str = ""
-
-
-PRESETS: dict[str, ArchPreset] = {
-    "vit_tiny_scenes": ArchPreset(
-        "vit_tiny_patch16_224",
-        {"patch_size": 8, "embed_dim": 192, "depth": 4, "num_heads": 3},
-        64,
-        "ViT-Ti width (192, 3 heads), 4 blocks, 8-pixel patches at 64x64: an 8x8 patch grid; "
-        "trains on a laptop CPU",
-    ),
-}
-
 
 def resolve_arch(
     arch: str, model_kwargs: Mapping[str, Any] | None = None, image_size: int | None = None

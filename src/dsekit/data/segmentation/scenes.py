@@ -73,5 +73,13 @@ class ScenesSegmentation(SegmentationDataset):
 
     image_label_names = tuple(str(d) for d in range(10))  #: names of the image-level labels
 
+    def texture_labels(self) -> tuple[list[int], list[str]]:
+        """Each scene's dominant texture (the texture class covering most of its pixels) and the
+        texture names: another image-level label of the scenes."""
+        masks = self.scenes.scenes.masks
+        textures = len(self.scenes.scenes.config.textures)
+        counts = np.stack([(masks == c).reshape(len(masks), -1).sum(axis=1) for c in range(textures)], axis=1)
+        return [int(v) for v in counts.argmax(axis=1)], list(self.class_names[:textures])
+
     def record(self) -> dict:
         return {**super().record(), "scenes": self.scenes.scenes.settings()}
