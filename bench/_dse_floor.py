@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from _common import median_seconds
-
 from dsekit.metrics.dse import DSESettings
 from dsekit.metrics.kmeans import kmeans, lloyd_block, make_generator
 from dsekit.metrics.spectra import eigvalsh_stacks
+
+from _common import median_seconds
 
 
 @dataclass
@@ -76,7 +76,10 @@ def _kmeans_products(x: torch.Tensor, k: int, trials: int, iterations: float, de
             for _ in range(k - 1):
                 torch.bmm(x[b], cand[b])
 
-    seeding = min(median_seconds(lambda: torch.bmm(x, cand), device) * (k - 1), median_seconds(seeding_in_blocks, device, repeats=3))
+    seeding = min(
+        median_seconds(lambda: torch.bmm(x, cand), device) * (k - 1),
+        median_seconds(seeding_in_blocks, device, repeats=3),
+    )
     assign = median_seconds(lambda: torch.bmm(x, cent), device)  # the first assignment
     lloyd = median_seconds(lloyd_step, device) / 2 * iterations
     return seeding + assign + lloyd
@@ -131,9 +134,9 @@ def dse_floor(features: torch.Tensor, settings: DSESettings | None = None, seed:
     x = z[: P * G].reshape(P, G * N, d)
     glob = kmeans(x, kg, n_init=st.n_init, generator=g, n_local_trials=st.seeding_trials)
     floor.iterations = {name: float(r.iterations.float().mean()) for name, r in (("local", local), ("global", glob))}
-    floor.parts["k-means"] = _kmeans_products(z, kl, st.seeding_trials, floor.iterations["local"], device) + _kmeans_products(
-        x, kg, st.seeding_trials, floor.iterations["global"], device
-    )
+    floor.parts["k-means"] = _kmeans_products(
+        z, kl, st.seeding_trials, floor.iterations["local"], device
+    ) + _kmeans_products(x, kg, st.seeding_trials, floor.iterations["global"], device)
     cent_t = glob.centroids.transpose(1, 2).contiguous()
     floor.parts["M_inter"] = median_seconds(lambda: torch.bmm(x, cent_t), device)
 

@@ -34,8 +34,15 @@ SUITE = (*SYNTHETIC, REAL)
 
 #: The training run behind ``real-tokens``: ``dsekit train`` settings.
 REAL_RUN = dict(
-    method="dino", arch="vit_tiny_scenes", model_kwargs={"embed_dim": DIM, "num_heads": 6}, image_size=112,
-    num_images=64, epochs=1, save_every=1, batch_size=32, seed=0,
+    method="dino",
+    arch="vit_tiny_scenes",
+    model_kwargs={"embed_dim": DIM, "num_heads": 6},
+    image_size=112,
+    num_images=64,
+    epochs=1,
+    save_every=1,
+    batch_size=32,
+    seed=0,
 )
 
 
@@ -79,7 +86,9 @@ def clustered_features(
         owned = classes.unsqueeze(0) % cover_group == (torch.arange(B) % cover_group).unsqueeze(1)  # (B, K)
         n_owned = int(owned[0].sum())
         if not bool((owned.sum(1) == n_owned).all()) or n_owned > hi:
-            raise ValueError(f"cover_group: {num_classes} classes do not split evenly into {cover_group} images of <= {hi} classes")
+            raise ValueError(
+                f"cover_group: {num_classes} classes do not split evenly into {cover_group} images of <= {hi} classes"
+            )
         key = torch.rand(B, num_classes, generator=g) - 2.0 * owned  # owned classes sort first
         lo = max(lo, n_owned)
     else:
@@ -109,7 +118,9 @@ def clustered_features(
 def synthetic_features(name: str, B: int, seed: int = 0) -> torch.Tensor:
     """The synthetic input ``name`` (one of :data:`SYNTHETIC`) with ``B`` images: ``(B, 196, 384)``."""
     if name == "separated":
-        return clustered_features(B, num_classes=24, classes_per_image=(2, 4), shift=0.1, noise=0.1, unevenness=2.0, seed=seed)
+        return clustered_features(
+            B, num_classes=24, classes_per_image=(2, 4), shift=0.1, noise=0.1, unevenness=2.0, seed=seed
+        )
     if name.startswith("overlap-"):
         return clustered_features(B, noise=float(name.split("-", 1)[1]), seed=seed)
     if name == "uneven-anisotropic":
@@ -142,10 +153,20 @@ def real_token_loader(run: Path, max_images: int) -> Callable[[int], torch.Tenso
     checkpoints = sorted(run.glob("checkpoint[0-9]*.pth"))
     if not checkpoints:
         raise FileNotFoundError(f"--real: no checkpointNNNN.pth in {run}")
-    model = load_backbone(checkpoints[-1], info["method"], info["arch"], model_kwargs=info["model_kwargs"],
-                          img_size=int(info["image_size"]))
-    sample = load_image_sample(None, max_images, seed=0, image_size=int(info["image_size"]),
-                               scenes=info.get("settings", {}).get("scenes") or None)
+    model = load_backbone(
+        checkpoints[-1],
+        info["method"],
+        info["arch"],
+        model_kwargs=info["model_kwargs"],
+        img_size=int(info["image_size"]),
+    )
+    sample = load_image_sample(
+        None,
+        max_images,
+        seed=0,
+        image_size=int(info["image_size"]),
+        scenes=info.get("settings", {}).get("scenes") or None,
+    )
     with torch.no_grad():
         tokens = extract_features(model, sample.images, batch_size=64)
     if tokens.shape[0] < max_images:

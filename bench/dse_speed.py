@@ -74,12 +74,21 @@ if "--passive" in sys.argv[1:]:
 
 import torch  # noqa: E402
 
+from dsekit.metrics.dse import DSESettings, dse  # noqa: E402
+
 from _common import preserved_rng, sync  # noqa: E402
 from _dse_floor import dse_floor  # noqa: E402
+from _dse_inputs import (
+    DIM,
+    N_PATCHES,
+    REAL,
+    SUITE,
+    clustered_features,
+    real_token_loader,
+    synthetic_features,
+    train_real_run,
+)  # noqa: E402
 from _targets import GPU_DSE_RATIO_B1024, GPU_DSE_SECONDS_B1024  # noqa: E402
-from _dse_inputs import DIM, N_PATCHES, REAL, SUITE, clustered_features, real_token_loader, synthetic_features, train_real_run  # noqa: E402
-
-from dsekit.metrics.dse import DSESettings, dse  # noqa: E402
 
 SETTINGS = dict(local_clusters=3, global_clusters=24, images_per_group=8, normalize=True)
 MEMORY_INPUT = "uneven-anisotropic"
@@ -112,7 +121,10 @@ def load_reference(path: str | None) -> tuple[Callable[..., Any] | None, str]:
         module = importlib.import_module("estimator")
         fn = module.compute_DSE
     except Exception as exc:  # noqa: BLE001 - any import problem means: no reference
-        return None, f"reference: could not import compute_DSE from {directory} ({type(exc).__name__}: {exc}); timing dsekit alone"
+        return (
+            None,
+            f"reference: could not import compute_DSE from {directory} ({type(exc).__name__}: {exc}); timing dsekit alone",
+        )
     finally:
         sys.path.remove(directory)
     return fn, f"reference: compute_DSE from {os.path.join(directory, 'estimator.py')}"
@@ -233,14 +245,18 @@ def memory_child(B: int, device: str, threads: int, seed: int) -> dict[str, Any]
         run_dsekit(x, seed)
         sync(device)
         extra = torch.cuda.max_memory_allocated() - before
-        return dict(device=device, B=B, extra_bytes=int(extra), method="torch.cuda.max_memory_allocated - allocated before")
+        return dict(
+            device=device, B=B, extra_bytes=int(extra), method="torch.cuda.max_memory_allocated - allocated before"
+        )
     base_kib = _status_kib("VmRSS")
     if base_kib is None:  # no /proc: growth of the lifetime peak (a lower bound)
         unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is in bytes on macOS, KiB on Linux
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         run_dsekit(x, seed)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return dict(device=device, B=B, extra_bytes=int((peak - base) * unit), method="growth of ru_maxrss (lower bound)")
+        return dict(
+            device=device, B=B, extra_bytes=int((peak - base) * unit), method="growth of ru_maxrss (lower bound)"
+        )
     try:  # reset the peak (VmHWM) to the current RSS
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
@@ -263,12 +279,22 @@ def memory_child(B: int, device: str, threads: int, seed: int) -> dict[str, Any]
 
 def measure_memory(B: int, device: str, threads: int, seed: int) -> dict[str, Any]:
     """Run :func:`memory_child` in a fresh interpreter and parse its result."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--_memory-child", str(B), "--device", device,
-           "--threads", str(threads), "--seed", str(seed)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--_memory-child",
+        str(B),
+        "--device",
+        device,
+        "--threads",
+        str(threads),
+        "--seed",
+        str(seed),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("MEMORY "):
-            return json.loads(line[len("MEMORY "):])
+            return json.loads(line[len("MEMORY ") :])
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
     return dict(device=device, B=B, extra_bytes=None, method="failed: " + " | ".join(tail))
 
@@ -295,7 +321,9 @@ class Spread:
         return statistics.fmean(self.values) if self.values else float("nan")
 
 
-def seed_spread(ref: Callable[..., Any] | None, B: int, device: str, seeds: int, n_inits: list[int | None]) -> list[Spread]:
+def seed_spread(
+    ref: Callable[..., Any] | None, B: int, device: str, seeds: int, n_inits: list[int | None]
+) -> list[Spread]:
     """DSE of one clustered input (:data:`SPREAD_INPUT`) under seeds ``0..seeds-1``.
 
     ``n_inits``: dsekit settings to try (``None``: its default). The reference is seeded
@@ -340,10 +368,10 @@ def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     except ImportError:
         widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(columns)]
         print(title)
-        print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+        print("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
         print("  ".join("-" * w for w in widths))
         for r in rows:
-            print("  ".join(v.rjust(w) for v, w in zip(r, widths)))
+            print("  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)))
         return
     table = Table(title=title, title_justify="left")
     for c in columns:
@@ -357,31 +385,75 @@ def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--reference", metavar="DIR", help="directory holding the authors' estimator.py (compute_DSE)")
-    p.add_argument("--inputs", nargs="+", choices=SUITE, default=None, metavar="NAME",
-                   help=f"inputs of the suite (default all: {' '.join(SUITE)}; --quick: overlap-1.0)")
-    p.add_argument("--real", metavar="RUN", help="run folder of dsekit train for real-tokens (default: train one into --cache)")
-    p.add_argument("--cache", metavar="DIR", default=os.path.join(os.path.expanduser("~"), ".cache", "dsekit-bench"),
-                   help="where the real-tokens run is trained once (default ~/.cache/dsekit-bench)")
+    p.add_argument(
+        "--inputs",
+        nargs="+",
+        choices=SUITE,
+        default=None,
+        metavar="NAME",
+        help=f"inputs of the suite (default all: {' '.join(SUITE)}; --quick: overlap-1.0)",
+    )
+    p.add_argument(
+        "--real", metavar="RUN", help="run folder of dsekit train for real-tokens (default: train one into --cache)"
+    )
+    p.add_argument(
+        "--cache",
+        metavar="DIR",
+        default=os.path.join(os.path.expanduser("~"), ".cache", "dsekit-bench"),
+        help="where the real-tokens run is trained once (default ~/.cache/dsekit-bench)",
+    )
     p.add_argument("--no-floor", action="store_true", help="do not measure the floor")
-    p.add_argument("--passive", action="store_true", help="OMP_WAIT_POLICY=PASSIVE (for a machine shared with other jobs)")
+    p.add_argument(
+        "--passive", action="store_true", help="OMP_WAIT_POLICY=PASSIVE (for a machine shared with other jobs)"
+    )
     p.add_argument("--sizes", type=int, nargs="+", metavar="B", help="batch sizes (default 64 256 1024; --quick: 64)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    p.add_argument("--device", choices=("cpu", "cuda", "all"), default="all", help="cpu, cuda, or all available (default)")
-    p.add_argument("--repeats", type=int, default=None, help="timed calls per size after a warm-up (default 3; --quick: 1)")
-    p.add_argument("--max-ref-seconds", type=float, default=180.0,
-                   help="skip the reference at a size when one call extrapolates beyond this (default 180)")
-    p.add_argument("--ref-budget", type=float, default=90.0,
-                   help="stop repeating reference calls at a size after about this many seconds (default 90)")
+    p.add_argument(
+        "--device", choices=("cpu", "cuda", "all"), default="all", help="cpu, cuda, or all available (default)"
+    )
+    p.add_argument(
+        "--repeats", type=int, default=None, help="timed calls per size after a warm-up (default 3; --quick: 1)"
+    )
+    p.add_argument(
+        "--max-ref-seconds",
+        type=float,
+        default=180.0,
+        help="skip the reference at a size when one call extrapolates beyond this (default 180)",
+    )
+    p.add_argument(
+        "--ref-budget",
+        type=float,
+        default=90.0,
+        help="stop repeating reference calls at a size after about this many seconds (default 90)",
+    )
     p.add_argument("--seeds", type=int, default=None, help="seeds for the spread (default 10; --quick: 3)")
     p.add_argument("--spread-size", type=int, default=64, help="B of the spread input (default 64)")
-    p.add_argument("--spread-n-init", type=int, nargs="*", default=[3], metavar="R",
-                   help="further dsekit n_init values for the spread, besides the default (default: 3)")
-    p.add_argument("--memory-size", type=int, default=None, help="B of the memory measurement (default 1024; --quick: largest size)")
+    p.add_argument(
+        "--spread-n-init",
+        type=int,
+        nargs="*",
+        default=[3],
+        metavar="R",
+        help="further dsekit n_init values for the spread, besides the default (default: 3)",
+    )
+    p.add_argument(
+        "--memory-size",
+        type=int,
+        default=None,
+        help="B of the memory measurement (default 1024; --quick: largest size)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the timed calls (default 0)")
-    p.add_argument("--parts", nargs="+", choices=("timing", "memory", "spread"), default=["timing", "memory", "spread"],
-                   help="what to measure (default: all three)")
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        choices=("timing", "memory", "spread"),
+        default=["timing", "memory", "spread"],
+        help="what to measure (default: all three)",
+    )
     p.add_argument("--json", metavar="OUT", help="also write every number to this JSON file")
     p.add_argument("--quick", action="store_true", help="smoke run: one input, B = 64 (or --sizes), 1 repeat, 3 seeds")
     p.add_argument("--_memory-child", dest="memory_child", type=int, help=argparse.SUPPRESS)
@@ -433,43 +505,78 @@ def bench_timings(args: argparse.Namespace, devices: list[str], ref: Callable[..
                 x = make(B).to(device)
                 estimate = last_ref[1] * B / last_ref[0] if last_ref else None
                 skip = ref is None or (estimate is not None and estimate > args.max_ref_seconds)
-                note = "" if ref is None or not skip else (
-                    f"reference skipped: ~{estimate:.0f} s expected (> --max-ref-seconds {args.max_ref_seconds:g})")
+                note = (
+                    ""
+                    if ref is None or not skip
+                    else (
+                        f"reference skipped: ~{estimate:.0f} s expected (> --max-ref-seconds {args.max_ref_seconds:g})"
+                    )
+                )
                 all_ref: list[float] = []
                 v_ref: float | None = None
                 if skip:
                     t_dse, all_dse, v_dse = time_dsekit(x, args.repeats, args.seed)
                 else:
                     try:
-                        all_dse, v_dse, all_ref, v_ref = time_side_by_side(ref, x, args.repeats, args.seed, args.ref_budget)
+                        all_dse, v_dse, all_ref, v_ref = time_side_by_side(
+                            ref, x, args.repeats, args.seed, args.ref_budget
+                        )
                     except Exception as exc:  # noqa: BLE001 - report and go on
                         note = f"reference failed: {type(exc).__name__}: {exc}"
                         _, all_dse, v_dse = time_dsekit(x, args.repeats, args.seed)
                     t_dse = statistics.median(all_dse)
-                e: dict[str, Any] = dict(input=name, device=device, B=B, dsekit_s=t_dse, dsekit_times=all_dse,
-                                         dsekit_dse=v_dse, reference_s=None, reference_times=all_ref, reference_dse=v_ref,
-                                         ratio=None, floor_s=None, floor_parts=None, floor_iterations=None,
-                                         over_floor=None, note=note)
+                e: dict[str, Any] = dict(
+                    input=name,
+                    device=device,
+                    B=B,
+                    dsekit_s=t_dse,
+                    dsekit_times=all_dse,
+                    dsekit_dse=v_dse,
+                    reference_s=None,
+                    reference_times=all_ref,
+                    reference_dse=v_ref,
+                    ratio=None,
+                    floor_s=None,
+                    floor_parts=None,
+                    floor_iterations=None,
+                    over_floor=None,
+                    note=note,
+                )
                 if all_ref:
                     # the median of the ratios of the calls made one after the other
-                    pairs = [r / d for r, d in zip(all_ref, all_dse)]
+                    pairs = [r / d for r, d in zip(all_ref, all_dse, strict=True)]
                     e.update(reference_s=statistics.median(all_ref), ratio=statistics.median(pairs), pair_ratios=pairs)
                     last_ref = (B, statistics.median(all_ref))
                 if device == "cpu" and not args.no_floor:
                     fl = dse_floor(x, seed=args.seed)
-                    e.update(floor_s=fl.seconds, floor_parts=fl.parts, floor_iterations=fl.iterations,
-                             over_floor=t_dse / fl.seconds)
+                    e.update(
+                        floor_s=fl.seconds,
+                        floor_parts=fl.parts,
+                        floor_iterations=fl.iterations,
+                        over_floor=t_dse / fl.seconds,
+                    )
                 entries.append(e)
-                print(f"  {name} {device} B={B}: dsekit {_fmt_s(t_dse)}"
-                      + (f", floor {_fmt_s(e['floor_s'])}" if e["floor_s"] is not None else "")
-                      + (f", reference {_fmt_s(e['reference_s'])}" if e["reference_s"] is not None else "")
-                      + (f" ({e['note']})" if e["note"] else ""), flush=True)
-                rows.append([
-                    name, device, str(B), _fmt_s(t_dse), _fmt_s(e["reference_s"]),
-                    f"{e['ratio']:.1f}x" if e["ratio"] is not None else "—",
-                    _fmt_s(e["floor_s"]), f"{e['over_floor']:.2f}x" if e["over_floor"] is not None else "—",
-                    f"{v_dse:.4f}", f"{e['reference_dse']:.4f}" if e["reference_dse"] is not None else "—",
-                ])
+                print(
+                    f"  {name} {device} B={B}: dsekit {_fmt_s(t_dse)}"
+                    + (f", floor {_fmt_s(e['floor_s'])}" if e["floor_s"] is not None else "")
+                    + (f", reference {_fmt_s(e['reference_s'])}" if e["reference_s"] is not None else "")
+                    + (f" ({e['note']})" if e["note"] else ""),
+                    flush=True,
+                )
+                rows.append(
+                    [
+                        name,
+                        device,
+                        str(B),
+                        _fmt_s(t_dse),
+                        _fmt_s(e["reference_s"]),
+                        f"{e['ratio']:.1f}x" if e["ratio"] is not None else "—",
+                        _fmt_s(e["floor_s"]),
+                        f"{e['over_floor']:.2f}x" if e["over_floor"] is not None else "—",
+                        f"{v_dse:.4f}",
+                        f"{e['reference_dse']:.4f}" if e["reference_dse"] is not None else "—",
+                    ]
+                )
                 del x
     print()
     print_table(
@@ -495,15 +602,31 @@ def bench_spread(args: argparse.Namespace, device: str, ref: Callable[..., Any] 
         f"DSE over seeds 0..{args.seeds - 1} ({device}, B = {args.spread_size}, "
         f"{SPREAD_INPUT['num_classes']} uneven classes per group, {SETTINGS['global_clusters']} global clusters)",
         ["implementation", "mean DSE", "std", "max - min", "std / ref std", "time / call"],
-        [[s.name, f"{s.mean:.4f}", f"{s.std:.4f}", f"{s.range:.4f}",
-          f"{s.std / rs.std:.3f}" if rs is not None and rs.std > 0 else "—", _fmt_s(s.seconds)] for s in spreads],
+        [
+            [
+                s.name,
+                f"{s.mean:.4f}",
+                f"{s.std:.4f}",
+                f"{s.range:.4f}",
+                f"{s.std / rs.std:.3f}" if rs is not None and rs.std > 0 else "—",
+                _fmt_s(s.seconds),
+            ]
+            for s in spreads
+        ],
     )
-    print(f"  'dsekit' runs with its default n_init = {default_n_init} (greedy k-means++ seeding, D^2 sampling); "
-          "the target is judged on it")
+    print(
+        f"  'dsekit' runs with its default n_init = {default_n_init} (greedy k-means++ seeding, D^2 sampling); "
+        "the target is judged on it"
+    )
     out: dict[str, Any] = dict(
-        device=device, B=args.spread_size, seeds=args.seeds, dsekit_n_init=default_n_init,
-        results={s.name: dict(values=s.values, mean=s.mean, std=s.std, range=s.range, seconds_per_call=s.seconds)
-                 for s in spreads},
+        device=device,
+        B=args.spread_size,
+        seeds=args.seeds,
+        dsekit_n_init=default_n_init,
+        results={
+            s.name: dict(values=s.values, mean=s.mean, std=s.std, range=s.range, seconds_per_call=s.seconds)
+            for s in spreads
+        },
     )
     if rs is not None and rs.std > 0:
         for s in spreads:
@@ -518,7 +641,9 @@ def print_targets(report: dict[str, Any]) -> dict[str, bool | None]:
     verdicts: dict[str, bool | None] = {}
     timings = report.get("timings", [])
 
-    def judge(key: str, label: str, cells: list[dict[str, Any]], value: str, ok: Callable[[dict[str, Any]], bool]) -> None:
+    def judge(
+        key: str, label: str, cells: list[dict[str, Any]], value: str, ok: Callable[[dict[str, Any]], bool]
+    ) -> None:
         measured = [e for e in cells if e[value] is not None]
         verdict = None if not measured else all(ok(e) for e in measured)
         verdicts[key] = verdict
@@ -526,41 +651,75 @@ def print_targets(report: dict[str, Any]) -> dict[str, bool | None]:
         print(f"  {label}: {each} -> {_verdict(verdict)}")
 
     cpu256 = [e for e in timings if e["device"] == "cpu" and e["B"] == 256]
-    judge("cpu_b256_ratio", f"CPU, B = 256, >= {TARGET_CPU_RATIO_B256:g}x faster than the reference on every input",
-          cpu256, "ratio", lambda e: e["ratio"] >= TARGET_CPU_RATIO_B256)
-    judge("cpu_b256_floor", f"CPU, B = 256, within {TARGET_CPU_FLOOR_B256:g}x of the floor on every input",
-          cpu256, "over_floor", lambda e: e["over_floor"] <= TARGET_CPU_FLOOR_B256)
+    judge(
+        "cpu_b256_ratio",
+        f"CPU, B = 256, >= {TARGET_CPU_RATIO_B256:g}x faster than the reference on every input",
+        cpu256,
+        "ratio",
+        lambda e: e["ratio"] >= TARGET_CPU_RATIO_B256,
+    )
+    judge(
+        "cpu_b256_floor",
+        f"CPU, B = 256, within {TARGET_CPU_FLOOR_B256:g}x of the floor on every input",
+        cpu256,
+        "over_floor",
+        lambda e: e["over_floor"] <= TARGET_CPU_FLOOR_B256,
+    )
     cpu1024 = [e for e in timings if e["device"] == "cpu" and e["B"] == 1024]
-    judge("cpu_b1024_ratio", f"CPU, B = 1024, >= {TARGET_CPU_RATIO_B1024:g}x faster than the reference on every input",
-          cpu1024, "ratio", lambda e: e["ratio"] >= TARGET_CPU_RATIO_B1024)
+    judge(
+        "cpu_b1024_ratio",
+        f"CPU, B = 1024, >= {TARGET_CPU_RATIO_B1024:g}x faster than the reference on every input",
+        cpu1024,
+        "ratio",
+        lambda e: e["ratio"] >= TARGET_CPU_RATIO_B1024,
+    )
     gpu = [e for e in timings if e["device"] == "cuda" and e["B"] == 1024]
     ok_t = None if not gpu else all(e["dsekit_s"] <= GPU_DSE_SECONDS_B1024 for e in gpu)
     verdicts["gpu_b1024_seconds"] = ok_t
-    print(f"  GPU, B = 1024, <= {GPU_DSE_SECONDS_B1024:g} s on every input: "
-          + (", ".join(f"{e['input']} {_fmt_s(e['dsekit_s'])}" for e in gpu) or "not measured") + f" -> {_verdict(ok_t)}")
-    judge("gpu_b1024_ratio", f"GPU, B = 1024, >= {GPU_DSE_RATIO_B1024:g}x faster than the reference on every input",
-          gpu, "ratio", lambda e: e["ratio"] >= GPU_DSE_RATIO_B1024)
+    print(
+        f"  GPU, B = 1024, <= {GPU_DSE_SECONDS_B1024:g} s on every input: "
+        + (", ".join(f"{e['input']} {_fmt_s(e['dsekit_s'])}" for e in gpu) or "not measured")
+        + f" -> {_verdict(ok_t)}"
+    )
+    judge(
+        "gpu_b1024_ratio",
+        f"GPU, B = 1024, >= {GPU_DSE_RATIO_B1024:g}x faster than the reference on every input",
+        gpu,
+        "ratio",
+        lambda e: e["ratio"] >= GPU_DSE_RATIO_B1024,
+    )
     for m in report.get("memory", []):
         mb = None if m["extra_bytes"] is None else m["extra_bytes"] / 1e6
-        ok = None if mb is None or m["device"] != "cpu" or m["B"] != 1024 else m["extra_bytes"] <= TARGET_CPU_MEMORY_BYTES
+        ok = (
+            None
+            if mb is None or m["device"] != "cpu" or m["B"] != 1024
+            else m["extra_bytes"] <= TARGET_CPU_MEMORY_BYTES
+        )
         if m["device"] == "cpu":
             verdicts["cpu_memory_b1024"] = ok
         target = f" (target at B = 1024: <= {TARGET_CPU_MEMORY_BYTES / 1e9:g} GB)" if m["device"] == "cpu" else ""
-        print(f"  peak extra memory, {m['device']}, B = {m['B']}{target}: "
-              + (f"{mb:.0f} MB" if mb is not None else "not measured") + f" [{m['method']}] -> {_verdict(ok)}")
+        print(
+            f"  peak extra memory, {m['device']}, B = {m['B']}{target}: "
+            + (f"{mb:.0f} MB" if mb is not None else "not measured")
+            + f" [{m['method']}] -> {_verdict(ok)}"
+        )
     spread = report.get("spread")
     if spread is not None:
         ds = spread["results"]["dsekit"]
         if "std_ratio" in ds:
             ok = ds["std_ratio"] <= TARGET_SPREAD_FRACTION and ds["range_ratio"] <= TARGET_SPREAD_FRACTION
-            print(f"  seed spread, dsekit (n_init = {spread['dsekit_n_init']}) / reference: std {ds['std_ratio']:.3f}, "
-                  f"max - min {ds['range_ratio']:.3f} (target <= {TARGET_SPREAD_FRACTION:g}) -> {_verdict(ok)}")
+            print(
+                f"  seed spread, dsekit (n_init = {spread['dsekit_n_init']}) / reference: std {ds['std_ratio']:.3f}, "
+                f"max - min {ds['range_ratio']:.3f} (target <= {TARGET_SPREAD_FRACTION:g}) -> {_verdict(ok)}"
+            )
             for name, r in spread["results"].items():
                 if name not in ("dsekit", "reference") and "std_ratio" in r:
                     print(f"    {name} / reference: std {r['std_ratio']:.3f}, max - min {r['range_ratio']:.3f}")
         else:
             ok = None
-            print(f"  seed spread: dsekit std = {ds['std']:.4f}, max - min = {ds['range']:.4f}; no reference spread -> n/a")
+            print(
+                f"  seed spread: dsekit std = {ds['std']:.4f}, max - min = {ds['range']:.4f}; no reference spread -> n/a"
+            )
         verdicts["seed_spread"] = ok
     return verdicts
 
@@ -575,25 +734,45 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda: no CUDA device is available", file=sys.stderr)
         return 2
-    devices = ["cpu"] if args.device == "cpu" else ["cuda"] if args.device == "cuda" else (
-        ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    devices = (
+        ["cpu"]
+        if args.device == "cpu"
+        else ["cuda"]
+        if args.device == "cuda"
+        else (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    )
 
     ref, ref_note = load_reference(args.reference)
     load0 = os.getloadavg()
     print(f"dsekit DSE benchmark: N = {N_PATCHES}, d = {DIM}, {SETTINGS}")
-    print(f"torch {torch.__version__}, Python {platform.python_version()}, CPU threads = {args.threads} "
-          f"(of {os.cpu_count()} cores), devices: {', '.join(devices)}"
-          + (f" ({torch.cuda.get_device_name()})" if "cuda" in devices else ""))
-    print(f"load average at start: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}; "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset (the OpenMP default)')}")
+    print(
+        f"torch {torch.__version__}, Python {platform.python_version()}, CPU threads = {args.threads} "
+        f"(of {os.cpu_count()} cores), devices: {', '.join(devices)}"
+        + (f" ({torch.cuda.get_device_name()})" if "cuda" in devices else "")
+    )
+    print(
+        f"load average at start: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}; "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset (the OpenMP default)')}"
+    )
     if load0[0] > 0.5 * (os.cpu_count() or 1):
-        print(f"warning: the machine is busy (load {load0[0]:.2f} on {os.cpu_count()} cores): CPU timings are unreliable")
+        print(
+            f"warning: the machine is busy (load {load0[0]:.2f} on {os.cpu_count()} cores): CPU timings are unreliable"
+        )
     print(ref_note, flush=True)
     report: dict[str, Any] = dict(
-        settings=SETTINGS, N=N_PATCHES, d=DIM, threads=args.threads, torch=torch.__version__, devices=devices,
+        settings=SETTINGS,
+        N=N_PATCHES,
+        d=DIM,
+        threads=args.threads,
+        torch=torch.__version__,
+        devices=devices,
         omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
-        reference=args.reference if ref is not None else None, reference_note=ref_note,
-        inputs=args.inputs, memory_input=MEMORY_INPUT, spread_input=SPREAD_INPUT, load_average_start=load0,
+        reference=args.reference if ref is not None else None,
+        reference_note=ref_note,
+        inputs=args.inputs,
+        memory_input=MEMORY_INPUT,
+        spread_input=SPREAD_INPUT,
+        load_average_start=load0,
     )
     if "timing" in args.parts:
         report["timings"] = bench_timings(args, devices, ref)

@@ -41,8 +41,11 @@ def rows(out: Path) -> list[list[str]]:
         if e is None:
             table.append([f"DSE, B = {B}", "not measured", "", ""])
             continue
-        ratio = f", {e['ratio']:.0f}x the reference ({_s(e['reference_s'])})" if e.get("ratio") else (
-            f", reference: {e['note'] or 'not run'}")
+        ratio = (
+            f", {e['ratio']:.0f}x the reference ({_s(e['reference_s'])})"
+            if e.get("ratio")
+            else (f", reference: {e['note'] or 'not run'}")
+        )
         target, verdict = "", ""
         if B == 1024:
             target = f"<= {GPU_DSE_SECONDS_B1024:g} s and >= {GPU_DSE_RATIO_B1024:g}x"
@@ -54,16 +57,23 @@ def rows(out: Path) -> list[list[str]]:
     scan = _load(out / "scan.json")
     gpu = (scan or {}).get("gpu")
     if gpu:
-        table.append([f"scan extraction, batch {gpu['batch_size']}",
-                      f"{gpu['dsekit_images_per_s']:.0f} img/s vs timm {gpu['timm_images_per_s']:.0f} img/s "
-                      f"({100 * gpu['ratio']:.1f} %)", f">= {100 * GPU_EXTRACTION:.0f} %",
-                      _verdict(gpu["ratio"] >= GPU_EXTRACTION)])
+        table.append(
+            [
+                f"scan extraction, batch {gpu['batch_size']}",
+                f"{gpu['dsekit_images_per_s']:.0f} img/s vs timm {gpu['timm_images_per_s']:.0f} img/s "
+                f"({100 * gpu['ratio']:.1f} %)",
+                f">= {100 * GPU_EXTRACTION:.0f} %",
+                _verdict(gpu["ratio"] >= GPU_EXTRACTION),
+            ]
+        )
     else:
         table.append(["scan extraction vs timm", "not measured", f">= {100 * GPU_EXTRACTION:.0f} %", ""])
 
     reg = _load(out / "regularizer.json")
     fb = [t for t in (reg or {}).get("forward_backward", {}).get("cuda", []) if t["name"] == "dsekit DSERegularizer"]
-    ref = [t for t in (reg or {}).get("forward_backward", {}).get("cuda", []) if t["name"] == "reference DSERegularizer"]
+    ref = [
+        t for t in (reg or {}).get("forward_backward", {}).get("cuda", []) if t["name"] == "reference DSERegularizer"
+    ]
     if fb:
         mine = statistics.median(fb[0]["wall"])
         vs = f", reference {_s(statistics.median(ref[0]['wall']))}" if ref and ref[0]["wall"] else ""
@@ -71,20 +81,31 @@ def rows(out: Path) -> list[list[str]]:
     steps = [s for s in (reg or {}).get("training_step", []) if s["device"].startswith("cuda")]
     if steps:
         s = steps[0]
-        table.append([f"regulariser share of a {s['arch']} step (batch {s['batch']})",
-                      f"{100 * s['share']:.1f} % (alone {100 * s['alone_share']:.1f} %)",
-                      f"<= {100 * GPU_REGULARISER_SHARE:.0f} %", _verdict(s["share"] <= GPU_REGULARISER_SHARE)])
+        table.append(
+            [
+                f"regulariser share of a {s['arch']} step (batch {s['batch']})",
+                f"{100 * s['share']:.1f} % (alone {100 * s['alone_share']:.1f} %)",
+                f"<= {100 * GPU_REGULARISER_SHARE:.0f} %",
+                _verdict(s["share"] <= GPU_REGULARISER_SHARE),
+            ]
+        )
     else:
-        table.append(["regulariser share of a training step", "not measured",
-                      f"<= {100 * GPU_REGULARISER_SHARE:.0f} %", ""])
+        table.append(
+            ["regulariser share of a training step", "not measured", f"<= {100 * GPU_REGULARISER_SHARE:.0f} %", ""]
+        )
 
     probe = _load(out / "probe.json")
     res = [r for r in (probe or {}).get("results", []) if str(r.get("device", "")).startswith("cuda")]
     if res:
         t = res[0]["times"]
-        table.append(["probe head epoch on cached features",
-                      f"{_s(t['cached_epoch'])} vs {_s(t['backbone_epoch'])} through the backbone ({res[0]['ratio']:.1f}x)",
-                      "", ""])
+        table.append(
+            [
+                "probe head epoch on cached features",
+                f"{_s(t['cached_epoch'])} vs {_s(t['backbone_epoch'])} through the backbone ({res[0]['ratio']:.1f}x)",
+                "",
+                "",
+            ]
+        )
     else:
         table.append(["probe head epoch on cached features", "not measured", "", ""])
     return table
@@ -101,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     widths = [max(len(r[i]) for r in table + [["what", "measured", "target", "verdict"]]) for i in range(4)]
     print(f"GPU benchmarks ({gpu})")
     for r in [["what", "measured", "target", "verdict"], ["-" * w for w in widths], *table]:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
     return 0
 
 

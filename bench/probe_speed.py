@@ -43,9 +43,10 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -99,8 +100,14 @@ def extract_into(ext: FeatureExtractor, images: np.ndarray, out: np.ndarray, bat
 
 
 def backbone_epoch(
-    ext: FeatureExtractor, images: np.ndarray, masks: np.ndarray, dim: int, grid: int, batch: int,
-    device: torch.device, seed: int = 0,
+    ext: FeatureExtractor,
+    images: np.ndarray,
+    masks: np.ndarray,
+    dim: int,
+    grid: int,
+    batch: int,
+    device: torch.device,
+    seed: int = 0,
 ) -> float:
     """One epoch of the probe's head training where each batch first runs the frozen backbone."""
     g = torch.Generator().manual_seed(seed)
@@ -143,8 +150,16 @@ def bench_device(args: argparse.Namespace, device: torch.device, data: dict[str,
     # warm-up at full batch size (first-call allocations, kernel selection, lazy imports)
     warm = min(2 * args.head_batch_size, n_tr)
     extract_into(ext, tr_img[:4], np.empty((4, N, d), np.float16), 4, device)
-    linear_probe(np.zeros((warm, N, d), np.float16), tr_mask[:warm], np.zeros((2, N, d), np.float16), va_mask[:2],
-                 NUM_CLASSES, epochs=1, batch_size=args.head_batch_size, device=device)
+    linear_probe(
+        np.zeros((warm, N, d), np.float16),
+        tr_mask[:warm],
+        np.zeros((2, N, d), np.float16),
+        va_mask[:2],
+        NUM_CLASSES,
+        epochs=1,
+        batch_size=args.head_batch_size,
+        device=device,
+    )
 
     bound = int(args.cache_memory_gb * 2**30)
     with tempfile.TemporaryDirectory() as tmp, FeatureCache(bound, tmp) as cache:
@@ -159,8 +174,16 @@ def bench_device(args: argparse.Namespace, device: torch.device, data: dict[str,
         cached, cached_cpu, backbone, backbone_cpu, first = [], [], [], [], []
         for _ in range(args.repeats):
             with timer(t, "cached_run", device):
-                m = linear_probe(f_tr, tr_mask, f_va, va_mask, NUM_CLASSES, epochs=args.epochs,
-                                 batch_size=args.head_batch_size, device=device)
+                m = linear_probe(
+                    f_tr,
+                    tr_mask,
+                    f_va,
+                    va_mask,
+                    NUM_CLASSES,
+                    epochs=args.epochs,
+                    batch_size=args.head_batch_size,
+                    device=device,
+                )
             cached.append(m.timings["epoch_median"])
             first.append(m.epoch_times[0])
             cached_cpu.append(t["cached_run_cpu"] * m.timings["train"] / max(t["cached_run"], 1e-9) / args.epochs)
@@ -177,17 +200,23 @@ def bench_device(args: argparse.Namespace, device: torch.device, data: dict[str,
         # the cache under a small and the default bound, each in a fresh process (so that nothing
         # allocated or freed earlier in this one blurs the resident-memory numbers)
         with tempfile.TemporaryDirectory() as arrays:
-            for name, arr in (("train.features", f_tr), ("val.features", f_va), ("train.masks", tr_mask),
-                              ("val.masks", va_mask)):
+            for name, arr in (
+                ("train.features", f_tr),
+                ("val.features", f_va),
+                ("train.masks", tr_mask),
+                ("val.masks", va_mask),
+            ):
                 np.save(Path(arrays) / f"{name}.npy", np.asarray(arr))
             res["small_bound"] = memory_child(args, device, args.small_bound_mb * 2**20, Path(arrays))
             res["default_bound"] = memory_child(args, device, args.cache_memory_gb * 2**30, Path(arrays))
         t["spilled_epoch"] = res["small_bound"]["epoch"]
 
     # each interleaved pair ran under the same conditions: the median of the pair ratios
-    res["pair_ratios"] = [b / c for b, c in zip(backbone, cached)]
+    res["pair_ratios"] = [b / c for b, c in zip(backbone, cached, strict=True)]
     res["ratio"] = float(np.median(res["pair_ratios"]))
-    res["ratio_cpu_seconds"] = float(np.median([b / max(c, 1e-9) for b, c in zip(backbone_cpu, cached_cpu)]))
+    res["ratio_cpu_seconds"] = float(
+        np.median([b / max(c, 1e-9) for b, c in zip(backbone_cpu, cached_cpu, strict=True)])
+    )
 
     res["times"] = t
     return res
@@ -197,8 +226,20 @@ def memory_child(args: argparse.Namespace, device: torch.device, bound: float, a
     """Run :func:`memory_run` in a fresh process and return its JSON."""
     import subprocess
 
-    cmd = [sys.executable, __file__, "--memory-child", str(int(bound)), "--arrays", str(arrays),
-           "--device", device.type, "--threads", str(args.threads), "--head-batch-size", str(args.head_batch_size)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--memory-child",
+        str(int(bound)),
+        "--arrays",
+        str(arrays),
+        "--device",
+        device.type,
+        "--threads",
+        str(args.threads),
+        "--head-batch-size",
+        str(args.head_batch_size),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -209,13 +250,22 @@ def memory_run(args: argparse.Namespace) -> dict[str, Any]:
     cache's accounting, the spill files and the growth of anonymous resident memory."""
     device = torch.device(args.device if args.device != "all" else "cpu")
     bound = int(args.memory_child)
-    src = {n: np.load(args.arrays / f"{n}.npy", mmap_mode="r") for n in
-           ("train.features", "val.features", "train.masks", "val.masks")}
+    src = {
+        n: np.load(args.arrays / f"{n}.npy", mmap_mode="r")
+        for n in ("train.features", "val.features", "train.masks", "val.masks")
+    }
     n_, N, d = src["train.features"].shape
     warm = min(2 * args.head_batch_size, n_)
-    linear_probe(np.zeros((warm, N, d), np.float16), np.zeros((warm, *src["train.masks"].shape[1:]), np.uint8),
-                 np.zeros((2, N, d), np.float16), np.zeros((2, *src["val.masks"].shape[1:]), np.uint8),
-                 NUM_CLASSES, epochs=1, batch_size=args.head_batch_size, device=device)  # warm-up
+    linear_probe(
+        np.zeros((warm, N, d), np.float16),
+        np.zeros((warm, *src["train.masks"].shape[1:]), np.uint8),
+        np.zeros((2, N, d), np.float16),
+        np.zeros((2, *src["val.masks"].shape[1:]), np.uint8),
+        NUM_CLASSES,
+        epochs=1,
+        batch_size=args.head_batch_size,
+        device=device,
+    )  # warm-up
     before = rss_anon()
     with tempfile.TemporaryDirectory() as tmp, FeatureCache(bound, tmp) as cache:
         stored = {n: cache.allocate(n, a.shape, a.dtype) for n, a in src.items()}  # features first, as probe()
@@ -223,8 +273,16 @@ def memory_run(args: argparse.Namespace) -> dict[str, Any]:
             for lo in range(0, a.shape[0], 16):
                 stored[n][lo : lo + 16] = a[lo : lo + 16]
         after_fill = rss_anon()
-        m = linear_probe(stored["train.features"], stored["train.masks"], stored["val.features"],
-                         stored["val.masks"], NUM_CLASSES, epochs=1, batch_size=args.head_batch_size, device=device)
+        m = linear_probe(
+            stored["train.features"],
+            stored["train.masks"],
+            stored["val.features"],
+            stored["val.masks"],
+            NUM_CLASSES,
+            epochs=1,
+            batch_size=args.head_batch_size,
+            device=device,
+        )
         after_epoch = rss_anon()
         return {
             **cache.stats(),
@@ -244,15 +302,25 @@ def full_probe(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
         run.mkdir()
         model = create_backbone(args.arch, img_size=224)
         torch.save(model.state_dict(), run / "checkpoint_1.pth")
-        cfg = ProbeConfig(str(run), "generic", dataset="scenes", arch=args.arch, out=str(Path(tmp) / "out"),
-                          device=str(device))
+        cfg = ProbeConfig(
+            str(run), "generic", dataset="scenes", arch=args.arch, out=str(Path(tmp) / "out"), device=str(device)
+        )
         t0 = time.perf_counter()
         res = probe(cfg, progress=False)
         wall = time.perf_counter() - t0
         r = res.results[0]
-        return {"device": str(device), "wall": wall, "status": r.status, "error": r.error, "miou": r.miou,
-                "timings": r.timings, "num_train": r.num_train, "num_val": r.num_val, "cache": res.cache_stats,
-                "run_timings": res.timings}
+        return {
+            "device": str(device),
+            "wall": wall,
+            "status": r.status,
+            "error": r.error,
+            "miou": r.miou,
+            "timings": r.timings,
+            "num_train": r.num_train,
+            "num_val": r.num_val,
+            "cache": res.cache_stats,
+            "run_timings": res.timings,
+        }
 
 
 def print_table(results: list[dict[str, Any]], full: list[dict[str, Any]]) -> None:
@@ -263,8 +331,9 @@ def print_table(results: list[dict[str, Any]], full: list[dict[str, Any]]) -> No
     for r in results:
         t = r["times"]
         n = r["n_train"]
-        table = Table(title=f"probe speed on {r['device']}: {n} train / {r['n_val']} val scenes, "
-                            f"N={r['N']} patches, d={r['d']}")
+        table = Table(
+            title=f"probe speed on {r['device']}: {n} train / {r['n_val']} val scenes, N={r['N']} patches, d={r['d']}"
+        )
         table.add_column("stage")
         table.add_column("wall s", justify="right")
         table.add_column("CPU s", justify="right")
@@ -283,19 +352,29 @@ def print_table(results: list[dict[str, Any]], full: list[dict[str, Any]]) -> No
         console.print(table)
         ok = "meets" if r["ratio"] >= TARGET_RATIO else "misses"
         reps = r["repeats"]
-        console.print("  interleaved epochs, s: cached " + ", ".join(f"{v:.2f}" for v in reps["cached_epoch"])
-                      + "; backbone " + ", ".join(f"{v:.2f}" for v in reps["backbone_epoch"])
-                      + "; ratios " + ", ".join(f"{v:.1f}" for v in r["pair_ratios"]))
-        console.print(f"  cached epoch is {r['ratio']:.1f}x faster than a backbone epoch (median of pairs) "
-                      f"(CPU seconds: {r['ratio_cpu_seconds']:.1f}x) — {ok} the >= {TARGET_RATIO:.0f}x target")
+        console.print(
+            "  interleaved epochs, s: cached "
+            + ", ".join(f"{v:.2f}" for v in reps["cached_epoch"])
+            + "; backbone "
+            + ", ".join(f"{v:.2f}" for v in reps["backbone_epoch"])
+            + "; ratios "
+            + ", ".join(f"{v:.1f}" for v in r["pair_ratios"])
+        )
+        console.print(
+            f"  cached epoch is {r['ratio']:.1f}x faster than a backbone epoch (median of pairs) "
+            f"(CPU seconds: {r['ratio_cpu_seconds']:.1f}x) — {ok} the >= {TARGET_RATIO:.0f}x target"
+        )
         mem = Table(title="feature cache (train + val features float16, masks uint8)")
         for col in ("bound", "stored", "in RAM (peak)", "on disk", "spilled", "anon. RSS growth: fill / +epoch", ""):
             mem.add_column(col, justify="right")
         for key in ("small_bound", "default_bound"):
             sb = r[key]
             mem.add_row(
-                fmt_bytes(sb["memory_bound_bytes"]), fmt_bytes(sb["stored_bytes"]), fmt_bytes(sb["peak_in_memory_bytes"]),
-                fmt_bytes(sb["files_on_disk_bytes"]), ", ".join(k for k, v in sb["spilled"].items() if v) or "-",
+                fmt_bytes(sb["memory_bound_bytes"]),
+                fmt_bytes(sb["stored_bytes"]),
+                fmt_bytes(sb["peak_in_memory_bytes"]),
+                fmt_bytes(sb["files_on_disk_bytes"]),
+                ", ".join(k for k, v in sb["spilled"].items() if v) or "-",
                 f"{fmt_bytes(sb['rss_anon_growth_filling'])} / {fmt_bytes(sb['rss_anon_growth_epoch'])}",
                 "within" if sb["within_bound"] else "OVER",
             )
@@ -347,17 +426,27 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         else:
             print("no CUDA device: CPU only")
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} CPU thread(s), "
-          f"load average {os.getloadavg() if hasattr(os, 'getloadavg') else 'n/a'}")
-    data = {"train": scenes("train", args.num_train, args.image_size), "val": scenes("val", args.num_val, args.image_size)}
+    print(
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} CPU thread(s), "
+        f"load average {os.getloadavg() if hasattr(os, 'getloadavg') else 'n/a'}"
+    )
+    data = {
+        "train": scenes("train", args.num_train, args.image_size),
+        "val": scenes("val", args.num_val, args.image_size),
+    }
     results = [bench_device(args, dev, data) for dev in devices]
     full = [full_probe(args, dev) for dev in devices] if args.full else []
     print_table(results, full)
     if hasattr(os, "getloadavg"):
         print(f"load average at the end: {os.getloadavg()}")
     if args.json is not None:
-        args.json.write_text(json.dumps({"settings": vars(args) | {"json": str(args.json)}, "results": results,
-                                         "full": full}, indent=2, default=str))
+        args.json.write_text(
+            json.dumps(
+                {"settings": vars(args) | {"json": str(args.json)}, "results": results, "full": full},
+                indent=2,
+                default=str,
+            )
+        )
     return 0
 
 

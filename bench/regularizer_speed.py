@@ -53,12 +53,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
-from _common import preserved_rng, sync
 from torch import Tensor, nn
 
 from dsekit import dse
 from dsekit.synthetic import clustered_features
 from dsekit.train import DSERegularizer
+
+from _common import preserved_rng, sync
 
 SETTINGS = dict(local_clusters=3, global_clusters=24, images_per_group=8, normalize=True)
 TARGET_RATIO = 10.0
@@ -135,7 +136,9 @@ def bench_regulariser(x: Tensor, ref_cls: type | None, repeats: int, ref_repeats
 
     rows = [timed(ours, Timing("dsekit DSERegularizer", device), repeats)]
     if ref_cls is not None:
-        ref = ref_cls(normalize=True, local_clusters=SETTINGS["local_clusters"], global_clusters=SETTINGS["global_clusters"])
+        ref = ref_cls(
+            normalize=True, local_clusters=SETTINGS["local_clusters"], global_clusters=SETTINGS["global_clusters"]
+        )
 
         def reference() -> float:  # it re-seeds the global RNG inside; seed it the same way every call
             leaf = x.detach().clone().requires_grad_(True)
@@ -217,7 +220,7 @@ def bench_training_step(
         loss.backward()
         optimizer.step()
         with torch.no_grad():
-            for pt, ps in zip(teacher.parameters(), student.parameters()):
+            for pt, ps in zip(teacher.parameters(), student.parameters(), strict=True):
                 pt.lerp_(ps, 0.004)
         return loss.item()
 
@@ -242,7 +245,9 @@ def bench_training_step(
 def print_tables(fb: dict[str, list[Timing]], steps: list[StepResult], shape: tuple[int, int, int]) -> None:
     B, N, d = shape
     print(f"\nForward + backward, B={B}, N={N}, d={d} (median seconds; CPU = process CPU seconds)")
-    print(f"{'device':<8} {'implementation':<36} {'wall s':>9} {'CPU s':>9} {'value':>9} {'ref/dsekit wall':>16} {'ref/dsekit CPU':>15}")
+    print(
+        f"{'device':<8} {'implementation':<36} {'wall s':>9} {'CPU s':>9} {'value':>9} {'ref/dsekit wall':>16} {'ref/dsekit CPU':>15}"
+    )
     for device, rows in fb.items():
         ours = rows[0]
         for row in rows:
@@ -251,10 +256,14 @@ def print_tables(fb: dict[str, list[Timing]], steps: list[StepResult], shape: tu
                 ratio = f"{row.wall_median / ours.wall_median:.1f}x"
                 ratio_cpu = f"{row.cpu_median / ours.cpu_median:.1f}x" if not device.startswith("cuda") else "-"
             cpu = f"{row.cpu_median:.3f}" if not device.startswith("cuda") else "-"
-            print(f"{device:<8} {row.name:<36} {row.wall_median:>9.3f} {cpu:>9} {row.value:>9.4f} {ratio:>16} {ratio_cpu:>15}")
+            print(
+                f"{device:<8} {row.name:<36} {row.wall_median:>9.3f} {cpu:>9} {row.value:>9.4f} {ratio:>16} {ratio_cpu:>15}"
+            )
     if steps:
         print("\nShare of one training step (median seconds)")
-        print(f"{'device':<8} {'model':<34} {'tokens':<16} {'step':>8} {'step+reg':>9} {'reg alone':>10} {'share':>7} {'share CPU':>10} {'alone/step':>11}")
+        print(
+            f"{'device':<8} {'model':<34} {'tokens':<16} {'step':>8} {'step+reg':>9} {'reg alone':>10} {'share':>7} {'share CPU':>10} {'alone/step':>11}"
+        )
         for s in steps:
             model = f"{s.arch}@{s.image_size}px b{s.batch}"
             tokens = "x".join(str(v) for v in s.tokens)
@@ -298,8 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     gpu = f", GPU {torch.cuda.get_device_name()}" if "cuda" in devices else ""
     wait = os.environ.get("OMP_WAIT_POLICY", "unset")
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"{args.threads} threads (OMP_WAIT_POLICY={wait}){gpu}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{args.threads} threads (OMP_WAIT_POLICY={wait}){gpu}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
     print(ref_note)
 
     shape = (args.batch, args.patches, args.dim)
@@ -311,7 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         fb[device] = bench_regulariser(x, ref_cls, args.repeats, args.ref_repeats, args.seed)
         if not args.no_train:
             steps.append(
-                bench_training_step(device, args.arch, args.image_size, args.train_batch, args.train_repeats, args.seed, args.beta)
+                bench_training_step(
+                    device, args.arch, args.image_size, args.train_batch, args.train_repeats, args.seed, args.beta
+                )
             )
     print_tables(fb, steps, shape)
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3

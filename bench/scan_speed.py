@@ -81,17 +81,22 @@ def write_run(folder: Path, n: int, image_size: int, seed: int = 0) -> list[Path
         teacher = {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in base.items()}
         student = {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in teacher.items()}
         head = {
-            "head.mlp.0.weight": 0.02 * torch.randn(2048, dim, generator=g), "head.mlp.0.bias": torch.zeros(2048),
-            "head.mlp.2.weight": 0.02 * torch.randn(2048, 2048, generator=g), "head.mlp.2.bias": torch.zeros(2048),
-            "head.mlp.4.weight": 0.02 * torch.randn(256, 2048, generator=g), "head.mlp.4.bias": torch.zeros(256),
+            "head.mlp.0.weight": 0.02 * torch.randn(2048, dim, generator=g),
+            "head.mlp.0.bias": torch.zeros(2048),
+            "head.mlp.2.weight": 0.02 * torch.randn(2048, 2048, generator=g),
+            "head.mlp.2.bias": torch.zeros(2048),
+            "head.mlp.4.weight": 0.02 * torch.randn(256, 2048, generator=g),
+            "head.mlp.4.bias": torch.zeros(256),
             "head.last_layer.weight_g": torch.ones(65536, 1),
             "head.last_layer.weight_v": 0.02 * torch.randn(65536, 256, generator=g),
         }
         epoch = 10 * (i + 1) - 1
         ckpt = {
             "teacher": {**{f"backbone.{k}": v for k, v in teacher.items()}, **head},
-            "student": {**{f"module.backbone.{k}": v for k, v in student.items()},
-                        **{f"module.{k}": v for k, v in head.items()}},
+            "student": {
+                **{f"module.backbone.{k}": v for k, v in student.items()},
+                **{f"module.{k}": v for k, v in head.items()},
+            },
             "epoch": epoch + 1,
             "args": _argparse.Namespace(arch="vit_small", patch_size=16, out_dim=65536, epochs=100),
             "dino_loss": {"center": torch.zeros(1, 65536)},
@@ -113,7 +118,7 @@ class DecodeCounter:
         self.seconds = 0.0
         self._saved: list[tuple[Any, str, Any]] = []
 
-    def __enter__(self) -> "DecodeCounter":
+    def __enter__(self) -> DecodeCounter:
         import dsekit.data.images as images_mod
         import dsekit.data.scenes as scenes_mod
 
@@ -135,8 +140,11 @@ class DecodeCounter:
             finally:
                 self.seconds += time.perf_counter() - t0
 
-        for mod, name, fn in ((images_mod, "_decode", counted_decode), (scenes_mod, "make_scenes", counted_scenes),
-                              (images_mod, "load_image_sample", timed_load)):
+        for mod, name, fn in (
+            (images_mod, "_decode", counted_decode),
+            (scenes_mod, "make_scenes", counted_scenes),
+            (images_mod, "load_image_sample", timed_load),
+        ):
             self._saved.append((mod, name, getattr(mod, name)))
             setattr(mod, name, fn)
         return self
@@ -171,8 +179,13 @@ def gpu_throughput(images: torch.Tensor, image_size: int, batch_size: int, devic
         return images.shape[0] / median_seconds(fn, device, repeats)
 
     r_timm, r_dsekit = rate(plain), rate(dsekit_extract)
-    return {"timm_images_per_s": r_timm, "dsekit_images_per_s": r_dsekit, "ratio": r_dsekit / r_timm,
-            "batch_size": batch_size, "device_name": torch.cuda.get_device_name(dev)}
+    return {
+        "timm_images_per_s": r_timm,
+        "dsekit_images_per_s": r_dsekit,
+        "ratio": r_dsekit / r_timm,
+        "batch_size": batch_size,
+        "device_name": torch.cuda.get_device_name(dev),
+    }
 
 
 # --------------------------------------------------------------------------- the layer map
@@ -188,8 +201,10 @@ def layer_map_cost(args: argparse.Namespace) -> int:
     from dsekit.scan import ScanConfig, scan
 
     torch.set_num_threads(args.threads)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{args.threads} thread(s); load average (1/5/15 min) {_load()}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{args.threads} thread(s); load average (1/5/15 min) {_load()}"
+    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="dsekit-layer-bench-", dir=args.workdir) as tmp:
         run = Path(tmp) / "run"
@@ -198,11 +213,21 @@ def layer_map_cost(args: argparse.Namespace) -> int:
         for n in args.layer_map_sizes:
             seconds: dict[str, list[float]] = {"one layer": [], "layer map": []}
             per: dict[str, float] = {}
-            for k, (name, layers) in enumerate((("one layer", ()), ("layer map", "all"), ("layer map", "all"),
-                                                ("one layer", ()))):  # alternated: drift hits both
+            for k, (name, layers) in enumerate(
+                (("one layer", ()), ("layer map", "all"), ("layer map", "all"), ("one layer", ()))
+            ):  # alternated: drift hits both
                 out = Path(tmp) / f"out-{n}-{k}"
-                cfg = ScanConfig(str(run), "dino", out=str(out), num_images=n, image_size=args.image_size,
-                                 batch_size=args.batch_size, intervals=args.intervals, layers=layers, device="cpu")
+                cfg = ScanConfig(
+                    str(run),
+                    "dino",
+                    out=str(out),
+                    num_images=n,
+                    image_size=args.image_size,
+                    batch_size=args.batch_size,
+                    intervals=args.intervals,
+                    layers=layers,
+                    device="cpu",
+                )
                 t0 = time.perf_counter()
                 result = scan(cfg, progress=False)
                 seconds[name].append(time.perf_counter() - t0)
@@ -211,19 +236,31 @@ def layer_map_cost(args: argparse.Namespace) -> int:
                     return 1
                 per[name] = per.get(name, 0.0) + _per_checkpoint_seconds(out) / 2
             one, full = statistics.mean(seconds["one layer"]), statistics.mean(seconds["layer map"])
-            rows.append({"num_images": n, "single_s": one, "map_s": full, "ratio": full / one,
-                         "single_per_checkpoint_s": per["one layer"] / args.checkpoints,
-                         "map_per_checkpoint_s": per["layer map"] / args.checkpoints})
-    print(f"\nlayer map (--layers all: 12 blocks of {ARCH}) vs one layer, {args.checkpoints} checkpoints, "
-          f"{args.image_size} px, intervals {args.intervals}; means of 2 alternated runs each")
+            rows.append(
+                {
+                    "num_images": n,
+                    "single_s": one,
+                    "map_s": full,
+                    "ratio": full / one,
+                    "single_per_checkpoint_s": per["one layer"] / args.checkpoints,
+                    "map_per_checkpoint_s": per["layer map"] / args.checkpoints,
+                }
+            )
+    print(
+        f"\nlayer map (--layers all: 12 blocks of {ARCH}) vs one layer, {args.checkpoints} checkpoints, "
+        f"{args.image_size} px, intervals {args.intervals}; means of 2 alternated runs each"
+    )
     print(f"{'images':>7} {'one layer s':>12} {'layer map s':>12} {'ratio':>7} {'per ckpt: one':>14} {'map':>8}")
     for r in rows:
-        print(f"{r['num_images']:>7} {r['single_s']:>12.1f} {r['map_s']:>12.1f} {r['ratio']:>6.2f}x "
-              f"{r['single_per_checkpoint_s']:>14.2f} {r['map_per_checkpoint_s']:>8.2f}")
+        print(
+            f"{r['num_images']:>7} {r['single_s']:>12.1f} {r['map_s']:>12.1f} {r['ratio']:>6.2f}x "
+            f"{r['single_per_checkpoint_s']:>14.2f} {r['map_per_checkpoint_s']:>8.2f}"
+        )
     print(f"load average now {_load()}")
     if args.json is not None:
-        args.json.write_text(json.dumps({"layer_map": rows, "settings": {k: str(v) for k, v in vars(args).items()}},
-                                        indent=2))
+        args.json.write_text(
+            json.dumps({"layer_map": rows, "settings": {k: str(v) for k, v in vars(args).items()}}, indent=2)
+        )
     return 0
 
 
@@ -244,8 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-images", type=int, default=256, help="images in the sample (default 256)")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--intervals", type=int, default=0,
-                   help="half-samples for the intervals (default 0: the DSE timing alone, as before; scan's default is 10)")
+    p.add_argument(
+        "--intervals",
+        type=int,
+        default=0,
+        help="half-samples for the intervals (default 0: the DSE timing alone, as before; scan's default is 10)",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats of the GPU throughput comparison")
@@ -267,20 +308,29 @@ def main(argv: list[str] | None = None) -> int:
     from dsekit.scan import ScanConfig, scan
 
     load_before = _load()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{args.threads} thread(s), device {device}; load average (1/5/15 min) {load_before}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{args.threads} thread(s), device {device}; load average (1/5/15 min) {load_before}"
+    )
     with tempfile.TemporaryDirectory(prefix="dsekit-scan-bench-", dir=args.workdir) as tmp:
         run = Path(tmp) / "run"
         run.mkdir()
         t0 = time.perf_counter()
         paths = write_run(run, args.checkpoints, args.image_size)
         size_mb = sum(q.stat().st_size for q in paths) / len(paths) / 2**20
-        print(f"wrote {len(paths)} DINO checkpoints of {ARCH} ({size_mb:.0f} MB each) in "
-              f"{time.perf_counter() - t0:.1f} s")
+        print(
+            f"wrote {len(paths)} DINO checkpoints of {ARCH} ({size_mb:.0f} MB each) in {time.perf_counter() - t0:.1f} s"
+        )
 
         cfg = ScanConfig(
-            str(run), "dino", out=str(Path(tmp) / "out"), images=None if args.images is None else str(args.images),
-            num_images=args.num_images, image_size=args.image_size, batch_size=args.batch_size, device=device,
+            str(run),
+            "dino",
+            out=str(Path(tmp) / "out"),
+            images=None if args.images is None else str(args.images),
+            num_images=args.num_images,
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            device=device,
             intervals=args.intervals,
         )
         with DecodeCounter() as counter:
@@ -305,56 +355,95 @@ def main(argv: list[str] | None = None) -> int:
     for r in result.results:
         t = r.timings
         per = t["load"] + t["extract"] + t["score"]
-        rows.append({"checkpoint": Path(r.checkpoint).name, "epoch": r.epoch, "load_s": t["load"],
-                     "extract_s": t["extract"], "score_s": t["score"], "total_s": per,
-                     "score_share": t["score"] / per})
+        rows.append(
+            {
+                "checkpoint": Path(r.checkpoint).name,
+                "epoch": r.epoch,
+                "load_s": t["load"],
+                "extract_s": t["extract"],
+                "score_s": t["score"],
+                "total_s": per,
+                "score_share": t["score"] / per,
+            }
+        )
 
-    head = (f"{'checkpoint':<20} {'epoch':>5} {'load s':>8} {'extract s':>10} {'score s':>8} {'total s':>8} "
-            f"{'score %':>8}")
+    head = (
+        f"{'checkpoint':<20} {'epoch':>5} {'load s':>8} {'extract s':>10} {'score s':>8} {'total s':>8} {'score %':>8}"
+    )
     print()
-    print(f"scan of {len(rows)} checkpoints, {n_images} images at {args.image_size} px, batch {args.batch_size}, "
-          f"{device}")
+    print(
+        f"scan of {len(rows)} checkpoints, {n_images} images at {args.image_size} px, batch {args.batch_size}, {device}"
+    )
     print(head)
     print("-" * len(head))
     for row in rows:
-        print(f"{row['checkpoint']:<20} {row['epoch']:>5} {row['load_s']:>8.2f} {row['extract_s']:>10.2f} "
-              f"{row['score_s']:>8.2f} {row['total_s']:>8.2f} {100 * row['score_share']:>7.1f}%")
+        print(
+            f"{row['checkpoint']:<20} {row['epoch']:>5} {row['load_s']:>8.2f} {row['extract_s']:>10.2f} "
+            f"{row['score_s']:>8.2f} {row['total_s']:>8.2f} {100 * row['score_share']:>7.1f}%"
+        )
     med = {k: statistics.median(r[k] for r in rows) for k in ("load_s", "extract_s", "score_s", "total_s")}
     share = sum(r["score_s"] for r in rows) / sum(r["total_s"] for r in rows)
     share_no_load = sum(r["score_s"] for r in rows) / sum(r["extract_s"] + r["score_s"] for r in rows)
     print("-" * len(head))
-    print(f"{'median':<20} {'':>5} {med['load_s']:>8.2f} {med['extract_s']:>10.2f} {med['score_s']:>8.2f} "
-          f"{med['total_s']:>8.2f} {100 * med['score_s'] / med['total_s']:>7.1f}%")
+    print(
+        f"{'median':<20} {'':>5} {med['load_s']:>8.2f} {med['extract_s']:>10.2f} {med['score_s']:>8.2f} "
+        f"{med['total_s']:>8.2f} {100 * med['score_s'] / med['total_s']:>7.1f}%"
+    )
     print()
     tried = n_images + int(sample_record["num_skipped"])  # every file tried once (unreadable ones too)
     once = counter.count == tried
     target_share = TARGET_SCORE_SHARE_CPU if device == "cpu" else None
-    print(f"image sample: {counter.count} image(s) decoded in total for {len(rows)} checkpoints "
-          f"({n_images} in the sample, {sample_record['num_skipped']} unreadable skipped, {counter.seconds:.2f} s) "
-          f"-> decoded once per scan: {'yes' if once else 'NO'}")
-    verdict = "" if target_share is None else f" (target <= {100 * target_share:.0f} % on CPU: " + (
-        "met)" if share <= target_share else "NOT met)")
-    print(f"DSE scoring share of the per-checkpoint time (all checkpoints): {100 * share:.1f} %{verdict}; "
-          f"of extract + score only (checkpoint loading left out): {100 * share_no_load:.1f} %")
+    print(
+        f"image sample: {counter.count} image(s) decoded in total for {len(rows)} checkpoints "
+        f"({n_images} in the sample, {sample_record['num_skipped']} unreadable skipped, {counter.seconds:.2f} s) "
+        f"-> decoded once per scan: {'yes' if once else 'NO'}"
+    )
+    verdict = (
+        ""
+        if target_share is None
+        else f" (target <= {100 * target_share:.0f} % on CPU: " + ("met)" if share <= target_share else "NOT met)")
+    )
+    print(
+        f"DSE scoring share of the per-checkpoint time (all checkpoints): {100 * share:.1f} %{verdict}; "
+        f"of extract + score only (checkpoint loading left out): {100 * share_no_load:.1f} %"
+    )
     print(f"whole scan: {total:.1f} s (incl. sample, model build, selection, plot); load average now {_load()}")
     if gpu is not None:
-        print(f"extraction throughput on {gpu['device_name']} at batch {gpu['batch_size']}: dsekit "
-              f"{gpu['dsekit_images_per_s']:.0f} img/s, timm model(x) {gpu['timm_images_per_s']:.0f} img/s, "
-              f"ratio {100 * gpu['ratio']:.1f} % (target >= {100 * GPU_EXTRACTION:.0f} %: "
-              f"{'met' if gpu['ratio'] >= GPU_EXTRACTION else 'NOT met'})")
+        print(
+            f"extraction throughput on {gpu['device_name']} at batch {gpu['batch_size']}: dsekit "
+            f"{gpu['dsekit_images_per_s']:.0f} img/s, timm model(x) {gpu['timm_images_per_s']:.0f} img/s, "
+            f"ratio {100 * gpu['ratio']:.1f} % (target >= {100 * GPU_EXTRACTION:.0f} %: "
+            f"{'met' if gpu['ratio'] >= GPU_EXTRACTION else 'NOT met'})"
+        )
     elif device == "cpu":
         print("extraction throughput vs timm: measured on CUDA only (run with --device cuda)")
 
     if args.json is not None:
-        args.json.write_text(json.dumps({
-            "settings": {**vars(args), "images": None if args.images is None else str(args.images),
-                         "json": str(args.json), "workdir": None if args.workdir is None else str(args.workdir)},
-            "device": device, "num_images": n_images, "checkpoints": rows,
-            "score_share": share, "score_share_without_load": share_no_load,
-            "images_decoded": counter.count, "decode_seconds": counter.seconds, "scan_seconds": total,
-            "load_average_before": load_before, "load_average_after": _load(), "gpu": gpu,
-            "torch": torch.__version__,
-        }, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "settings": {
+                        **vars(args),
+                        "images": None if args.images is None else str(args.images),
+                        "json": str(args.json),
+                        "workdir": None if args.workdir is None else str(args.workdir),
+                    },
+                    "device": device,
+                    "num_images": n_images,
+                    "checkpoints": rows,
+                    "score_share": share,
+                    "score_share_without_load": share_no_load,
+                    "images_decoded": counter.count,
+                    "decode_seconds": counter.seconds,
+                    "scan_seconds": total,
+                    "load_average_before": load_before,
+                    "load_average_after": _load(),
+                    "gpu": gpu,
+                    "torch": torch.__version__,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -59,12 +59,20 @@ def class_rows(path: Path) -> list[list[str]]:
     best, last = e["curve"]["best_index"], len(e["miou"]) - 1
     rows = []
     for name, k in (e.get("classes") or {}).items():
-        def cell(i: int) -> str:
+
+        def cell(i: int, k: dict = k) -> str:
             v = k["iou"][i]
             return "n/a" if v is None else f"{100 * v:.1f}"
 
-        rows.append([_run_name(path), name, "n/a" if k["untrained"] is None else f"{100 * k['untrained']:.1f}",
-                     cell(best), cell(last)])
+        rows.append(
+            [
+                _run_name(path),
+                name,
+                "n/a" if k["untrained"] is None else f"{100 * k['untrained']:.1f}",
+                cell(best),
+                cell(last),
+            ]
+        )
     return rows
 
 
@@ -79,8 +87,18 @@ def main(paths: list[str]) -> None:
     if not paths:
         sys.exit("usage: python examples/degradation_table.py RUN/run/dse/report.json [...]")
     _table(
-        ["run", "untrained", "first", "best", "last", "best − untrained", "best − first", "best − last",
-         *(f"τ {m}" for m in METRICS), "DSE pick, pick − last"],
+        [
+            "run",
+            "untrained",
+            "first",
+            "best",
+            "last",
+            "best − untrained",
+            "best − first",
+            "best − last",
+            *(f"τ {m}" for m in METRICS),
+            "DSE pick, pick − last",
+        ],
         [row(Path(p)) for p in paths],
     )
     print()

@@ -52,15 +52,23 @@ def dinov2_pos_embed(pos_embed: Tensor, rows: int, cols: int, offset: float, ant
         return pos_embed
     grid = pos_embed[:, 1:].float().reshape(1, m, m, -1).permute(0, 3, 1, 2)
     if offset:
-        grid = F.interpolate(grid, scale_factor=((rows + offset) / m, (cols + offset) / m), mode="bicubic",
-                             antialias=antialias)
+        grid = F.interpolate(
+            grid, scale_factor=((rows + offset) / m, (cols + offset) / m), mode="bicubic", antialias=antialias
+        )
     else:
         grid = F.interpolate(grid, size=(rows, cols), mode="bicubic", antialias=antialias)
     return torch.cat([pos_embed[:, :1], grid.permute(0, 2, 3, 1).reshape(1, rows * cols, -1)], dim=1)
 
 
-def dinov2_patch_tokens(sd: dict[str, Tensor], x: Tensor, heads: int, *, offset: float = 0.1,
-                        antialias: bool = False, block: int | None = None) -> Tensor:
+def dinov2_patch_tokens(
+    sd: dict[str, Tensor],
+    x: Tensor,
+    heads: int,
+    *,
+    offset: float = 0.1,
+    antialias: bool = False,
+    block: int | None = None,
+) -> Tensor:
     """``forward_features(x)["x_norm_patchtokens"]`` of an official DINOv2 backbone state dict
     (block chunks flattened by the caller); ``block``: read that block instead (after the final norm)."""
     B = x.shape[0]
@@ -116,8 +124,15 @@ def _rot(x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
     return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
 
 
-def dinov3_patch_tokens(sd: dict[str, Tensor], x: Tensor, heads: int, *, rope_dtype: torch.dtype = torch.float32,
-                        eps: float = 1e-5, block: int | None = None) -> Tensor:
+def dinov3_patch_tokens(
+    sd: dict[str, Tensor],
+    x: Tensor,
+    heads: int,
+    *,
+    rope_dtype: torch.dtype = torch.float32,
+    eps: float = 1e-5,
+    block: int | None = None,
+) -> Tensor:
     """``forward_features(x)["x_norm_patchtokens"]`` of an official DINOv3 backbone state dict."""
     B = x.shape[0]
     p = sd["patch_embed.proj.weight"].shape[-1]
@@ -143,7 +158,9 @@ def dinov3_patch_tokens(sd: dict[str, Tensor], x: Tensor, heads: int, *, rope_dt
         t = t + _linear(a, sd, f"{name}.attn.proj") * sd.get(f"{name}.ls1.gamma", 1.0)
         h = _ln(t, sd, f"{name}.norm2", eps)
         if f"{name}.mlp.w1.weight" in sd:
-            h = _linear(F.silu(_linear(h, sd, f"{name}.mlp.w1")) * _linear(h, sd, f"{name}.mlp.w2"), sd, f"{name}.mlp.w3")
+            h = _linear(
+                F.silu(_linear(h, sd, f"{name}.mlp.w1")) * _linear(h, sd, f"{name}.mlp.w2"), sd, f"{name}.mlp.w3"
+            )
         else:
             h = _linear(F.gelu(_linear(h, sd, f"{name}.mlp.fc1")), sd, f"{name}.mlp.fc2")
         t = t + h * sd.get(f"{name}.ls2.gamma", 1.0)

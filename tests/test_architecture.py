@@ -92,7 +92,7 @@ def test_no_import_cycle_between_modules():
         state[node] = 1
         for dep in sorted(graph.get(node, ())):
             if state.get(dep) == 1:
-                cycles.append(stack[stack.index(dep):] + [dep])
+                cycles.append(stack[stack.index(dep) :] + [dep])
             elif dep not in state:
                 visit(dep, [*stack, dep])
         state[node] = 2
@@ -112,7 +112,9 @@ def test_no_module_imports_a_private_name_from_another():
             if isinstance(node, ast.ImportFrom) and (node.level > 0 or (node.module or "").startswith("dsekit")):
                 for a in node.names:
                     if a.name.startswith("_") and not a.name.startswith("__"):
-                        bad.append(f"{path.relative_to(SRC)}:{node.lineno} imports {a.name} from {_resolve(path, node)}")
+                        bad.append(
+                            f"{path.relative_to(SRC)}:{node.lineno} imports {a.name} from {_resolve(path, node)}"
+                        )
     assert not bad, "\n".join(bad)
 
 
@@ -145,7 +147,9 @@ def test_sibling_modules_are_imported_at_module_top():
                 continue
             for node in ast.walk(fn):
                 if isinstance(node, ast.ImportFrom) and (node.level > 0 or (node.module or "").startswith("dsekit")):
-                    bad.append(f"{path.relative_to(SRC)}:{node.lineno} imports {_resolve(path, node)} inside {fn.name}()")
+                    bad.append(
+                        f"{path.relative_to(SRC)}:{node.lineno} imports {_resolve(path, node)} inside {fn.name}()"
+                    )
                 elif isinstance(node, ast.Import) and any(a.name.startswith("dsekit") for a in node.names):
                     bad.append(f"{path.relative_to(SRC)}:{node.lineno} imports dsekit inside {fn.name}()")
     assert not bad, "\n".join(bad)

@@ -125,8 +125,12 @@ def test_resnet50_last_stage_map() -> None:
 
 def test_swin_last_stage_after_norm() -> None:
     model = create_backbone(
-        "swin_tiny_patch4_window7_224", img_size=64, window_size=2, embed_dim=24,
-        depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4),
+        "swin_tiny_patch4_window7_224",
+        img_size=64,
+        window_size=2,
+        embed_dim=24,
+        depths=(1, 1, 1, 1),
+        num_heads=(1, 2, 3, 4),
     )
     x = _images(2, 64)
     with torch.no_grad():
@@ -242,8 +246,12 @@ def test_create_backbone_passes_none_kwargs_and_keeps_its_recipe() -> None:
     without = create_backbone("convnext_tiny", init_weights=False, ls_init_value=None, head_norm_first=True, **kw)
     assert "stages.0.blocks.0.gamma" in with_ls.state_dict()
     assert not any("gamma" in k for k in without.state_dict()) and "norm_pre.weight" in without.state_dict()
-    assert backbone_recipe(without) == {"arch": "convnext_tiny", "img_size": None, "init_weights": False,
-                                        "kwargs": {**kw, "ls_init_value": None, "head_norm_first": True}}
+    assert backbone_recipe(without) == {
+        "arch": "convnext_tiny",
+        "img_size": None,
+        "init_weights": False,
+        "kwargs": {**kw, "ls_init_value": None, "head_norm_first": True},
+    }
     assert backbone_recipe(nn.Linear(2, 2)) is None
 
 

@@ -30,8 +30,14 @@ def test_dse_speed_quick_without_reference(tmp_path):
     (row,) = report["timings"]
     assert row["device"] == "cpu" and row["B"] == 16 and row["input"] == "overlap-1.0"
     # the floor: bare kernel seconds per part, and dsekit's time over it
-    assert set(row["floor_parts"]) == {"k-means", "M_inter", "radii: Gram", "radii: eigenvalues", "M_dim: Gram",
-                                       "M_dim: eigenvalues"}
+    assert set(row["floor_parts"]) == {
+        "k-means",
+        "M_inter",
+        "radii: Gram",
+        "radii: eigenvalues",
+        "M_dim: Gram",
+        "M_dim: eigenvalues",
+    }
     assert row["floor_s"] == pytest.approx(sum(row["floor_parts"].values()))
     assert row["over_floor"] == pytest.approx(row["dsekit_s"] / row["floor_s"])
     assert all(v >= 1.0 for v in row["floor_iterations"].values())
@@ -66,8 +72,26 @@ def test_gpu_table_reads_what_the_benchmarks_write(tmp_path):
     rows relabelled as CUDA give a verdict. (The GPU run itself needs a GPU.)"""
     table = BENCH.parent / "gpu_table.py"
     out = tmp_path / "bench.json"
-    subprocess.run([sys.executable, str(BENCH), "--quick", "--sizes", "16", "--device", "cpu", "--parts", "timing",
-                    "--no-floor", "--json", str(out)], capture_output=True, text=True, timeout=120, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(BENCH),
+            "--quick",
+            "--sizes",
+            "16",
+            "--device",
+            "cpu",
+            "--parts",
+            "timing",
+            "--no-floor",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     gpu_dir = tmp_path / "gpu"
     gpu_dir.mkdir()
     shutil.copy(out, gpu_dir / "dse.json")

@@ -23,8 +23,6 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from _weights import randomize
-
 from dsekit.backbones import (
     BranchSpec,
     CheckpointError,
@@ -43,12 +41,38 @@ from dsekit.backbones import (
     register,
 )
 
+from _weights import randomize
+
 ALL_METHODS = {
-    "dino", "ibot", "mugs", "mocov3", "mae", "ijepa", "esvit", "swav", "densecl", "simsiam",
-    "mec", "resa", "byol", "vicreg", "vicregl", "barlowtwins", "generic", "dinov2", "dinov3", "hf", "timm",
+    "dino",
+    "ibot",
+    "mugs",
+    "mocov3",
+    "mae",
+    "ijepa",
+    "esvit",
+    "swav",
+    "densecl",
+    "simsiam",
+    "mec",
+    "resa",
+    "byol",
+    "vicreg",
+    "vicregl",
+    "barlowtwins",
+    "generic",
+    "dinov2",
+    "dinov3",
+    "hf",
+    "timm",
 }
 #: methods whose layouts (folders, runs counted in steps, their own reference forwards) have tests of their own
-TESTED_ELSEWHERE = {"dinov2": "test_dinov.py", "dinov3": "test_dinov.py", "hf": "test_hf.py", "timm": "test_timm_method.py"}
+TESTED_ELSEWHERE = {
+    "dinov2": "test_dinov.py",
+    "dinov3": "test_dinov.py",
+    "hf": "test_hf.py",
+    "timm": "test_timm_method.py",
+}
 
 # tiny versions of the default architectures (same layouts and key names)
 VIT_KW = {"img_size": 32, "depth": 2}
@@ -68,7 +92,11 @@ def _vit(seed: int, **kw: object) -> nn.Module:
 
 def _ijepa_vit(seed: int) -> nn.Module:
     model = create_backbone(
-        "vit_base_patch16_224", init_weights=False, class_token=False, global_pool="avg", fc_norm=False,
+        "vit_base_patch16_224",
+        init_weights=False,
+        class_token=False,
+        global_pool="avg",
+        fc_norm=False,
         **IJEPA_KW,
     )
     return randomize(model, seed)
@@ -76,7 +104,9 @@ def _ijepa_vit(seed: int) -> nn.Module:
 
 def _swin(seed: int) -> nn.Module:
     model = create_backbone(
-        "swin_tiny_patch4_window7_224", init_weights=False, norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        "swin_tiny_patch4_window7_224",
+        init_weights=False,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
         **SWIN_KW,
     )
     return randomize(model, seed)
@@ -105,7 +135,7 @@ def _sd(module: nn.Module, prefix: str = "") -> dict[str, Tensor]:
 
 def _mlp(*dims: int, bn: bool = False) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
         layers.append(nn.Linear(a, b))
         if i < len(dims) - 2:
             if bn:
@@ -127,8 +157,16 @@ def _optimizer_state() -> dict:
 
 
 def _args(**kw: object) -> argparse.Namespace:
-    base = {"arch": "vit_small", "patch_size": 16, "epochs": 100, "lr": 5e-4, "output_dir": "/runs/x",
-            "global_crops_scale": (0.4, 1.0), "local_crops_scale": (0.05, 0.4), "use_fp16": True}
+    base = {
+        "arch": "vit_small",
+        "patch_size": 16,
+        "epochs": 100,
+        "lr": 5e-4,
+        "output_dir": "/runs/x",
+        "global_crops_scale": (0.4, 1.0),
+        "local_crops_scale": (0.05, 0.4),
+        "use_fp16": True,
+    }
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -153,8 +191,12 @@ X64 = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
 Built = tuple[str, dict, dict[str | None, Tensor], dict, Tensor]
 
 
-def _dino_like(extra_backbone: Callable[[int], dict[str, Tensor]], heads: Callable[[str], dict[str, Tensor]],
-               loss_key: str, extra: dict | None = None) -> Built:
+def _dino_like(
+    extra_backbone: Callable[[int], dict[str, Tensor]],
+    heads: Callable[[str], dict[str, Tensor]],
+    loss_key: str,
+    extra: dict | None = None,
+) -> Built:
     teacher, student = _vit(10), _vit(11)
     emb = teacher.embed_dim
     ckpt = {
@@ -203,8 +245,12 @@ def build_mugs() -> Built:
         out[f"{p}group_head.last_layer.weight_v"] = torch.randn(64, 16)
         return out
 
-    mem = {"block.queue_q": torch.randn(8, 384), "block.queue_k": torch.randn(8, 384),
-           "block.queue_v": torch.randn(8, 384), "block.queue_ptr": torch.zeros(1, dtype=torch.long)}
+    mem = {
+        "block.queue_q": torch.randn(8, 384),
+        "block.queue_k": torch.randn(8, 384),
+        "block.queue_v": torch.randn(8, 384),
+        "block.queue_ptr": torch.zeros(1, dtype=torch.long),
+    }
     extra = {"student_mem": mem, "teacher_mem": dict(mem), "group_loss": {"center": torch.zeros(1, 64)}}
     return _dino_like(relation, heads, "instance_loss", extra=extra)
 
@@ -233,8 +279,7 @@ def build_esvit() -> Built:
     ckpt = {
         "teacher": {**t_sd, **_dino_head(dim, "head."), **_dino_head(dim, "head_dense.")},
         "student": {
-            f"module.{k}": v
-            for k, v in {**s_sd, **_dino_head(dim, "head."), **_dino_head(dim, "head_dense.")}.items()
+            f"module.{k}": v for k, v in {**s_sd, **_dino_head(dim, "head."), **_dino_head(dim, "head_dense.")}.items()
         },
         "optimizer": _optimizer_state(),
         "epoch": 101,
@@ -257,8 +302,13 @@ def build_mocov3() -> Built:
         **with_projector(momentum, "module.momentum_encoder."),
         **{f"module.predictor.{k}": v for k, v in _mlp(16, 32, 16, bn=True).state_dict().items()},
     }
-    ckpt = {"epoch": 100, "arch": "vit_small", "state_dict": state, "optimizer": _optimizer_state(),
-            "scaler": {"scale": 1024.0, "growth_factor": 2.0}}
+    ckpt = {
+        "epoch": 100,
+        "arch": "vit_small",
+        "state_dict": state,
+        "optimizer": _optimizer_state(),
+        "scaler": {"scale": 1024.0, "growth_factor": 2.0},
+    }
     refs = {None: _timm_features(momentum, X32), "base": _timm_features(base, X32)}
     return "checkpoint_0099.pth.tar", ckpt, refs, {"model_kwargs": VIT_KW}, X32
 
@@ -278,8 +328,13 @@ def build_mae() -> Built:
         "decoder_pred.weight": torch.randn(768, 64),
         "decoder_pred.bias": torch.zeros(768),
     }
-    ckpt = {"model": model, "optimizer": _optimizer_state(), "epoch": 100,
-            "scaler": {"scale": 65536.0}, "args": _args(model="mae_vit_small_patch16", mask_ratio=0.75)}
+    ckpt = {
+        "model": model,
+        "optimizer": _optimizer_state(),
+        "epoch": 100,
+        "scaler": {"scale": 65536.0},
+        "args": _args(model="mae_vit_small_patch16", mask_ratio=0.75),
+    }
     return "checkpoint-100.pth", ckpt, {None: _timm_features(enc, X32)}, {"model_kwargs": VIT_KW}, X32
 
 
@@ -287,15 +342,26 @@ def build_ijepa() -> Built:
     enc, target = _ijepa_vit(50), _ijepa_vit(51)
     assert "cls_token" not in enc.state_dict() and enc.state_dict()["pos_embed"].shape[1] == 4
     pred = {f"module.predictor_blocks.0.{k}": v for k, v in _vit(52, depth=1).blocks[0].state_dict().items()}
-    pred.update({
-        "module.predictor_embed.weight": torch.randn(384, 768),
-        "module.mask_token": torch.randn(1, 1, 384),
-        "module.predictor_pos_embed": torch.randn(1, 4, 384),
-        "module.predictor_proj.weight": torch.randn(768, 384),
-    })
-    ckpt = {"encoder": _sd(enc, "module."), "predictor": pred, "target_encoder": _sd(target, "module."),
-            "opt": _optimizer_state(), "scaler": None, "epoch": 100, "loss": 0.1234,
-            "batch_size": 128, "world_size": 16, "lr": 0.001}
+    pred.update(
+        {
+            "module.predictor_embed.weight": torch.randn(384, 768),
+            "module.mask_token": torch.randn(1, 1, 384),
+            "module.predictor_pos_embed": torch.randn(1, 4, 384),
+            "module.predictor_proj.weight": torch.randn(768, 384),
+        }
+    )
+    ckpt = {
+        "encoder": _sd(enc, "module."),
+        "predictor": pred,
+        "target_encoder": _sd(target, "module."),
+        "opt": _optimizer_state(),
+        "scaler": None,
+        "epoch": 100,
+        "loss": 0.1234,
+        "batch_size": 128,
+        "world_size": 16,
+        "lr": 0.001,
+    }
     refs = {None: _timm_features(enc, X32), "target": _timm_features(target, X32)}
     return "ijepa-ep100.pth.tar", ckpt, refs, {"model_kwargs": IJEPA_KW}, X32
 
@@ -303,11 +369,17 @@ def build_ijepa() -> Built:
 def build_swav() -> Built:
     net = _tv_resnet(60)
     net.fc = nn.Identity()
-    state = {**_sd(net, "module."),
-             **{f"module.projection_head.{k}": v for k, v in _mlp(2048, 32, 16, bn=True).state_dict().items()},
-             "module.prototypes.weight": torch.randn(30, 16)}
-    ckpt = {"epoch": 100, "state_dict": state, "optimizer": _optimizer_state(),
-            "amp": {"loss_scaler0": {"loss_scale": 1.0}}}
+    state = {
+        **_sd(net, "module."),
+        **{f"module.projection_head.{k}": v for k, v in _mlp(2048, 32, 16, bn=True).state_dict().items()},
+        "module.prototypes.weight": torch.randn(30, 16),
+    }
+    ckpt = {
+        "epoch": 100,
+        "state_dict": state,
+        "optimizer": _optimizer_state(),
+        "amp": {"loss_scaler0": {"loss_scale": 1.0}},
+    }
     return "ckp-99.pth", ckpt, {None: _tv_features(net, X64)}, {"model_kwargs": RESNET_KW}, X64
 
 
@@ -316,37 +388,57 @@ def build_densecl() -> Built:
     query.fc, key.fc = nn.Identity(), nn.Identity()
     neck = {f"mlp.{k}": v for k, v in _mlp(2048, 32, 16).state_dict().items()}
     state = {
-        "queue": torch.randn(16, 32), "queue_ptr": torch.zeros(1, dtype=torch.long),
-        "queue2": torch.randn(16, 32), "queue2_ptr": torch.zeros(1, dtype=torch.long),
-        **_sd(query, "encoder_q.0."), **{f"encoder_q.1.{k}": v for k, v in neck.items()},
-        **_sd(key, "encoder_k.0."), **{f"encoder_k.1.{k}": v for k, v in neck.items()},
+        "queue": torch.randn(16, 32),
+        "queue_ptr": torch.zeros(1, dtype=torch.long),
+        "queue2": torch.randn(16, 32),
+        "queue2_ptr": torch.zeros(1, dtype=torch.long),
+        **_sd(query, "encoder_q.0."),
+        **{f"encoder_q.1.{k}": v for k, v in neck.items()},
+        **_sd(key, "encoder_k.0."),
+        **{f"encoder_k.1.{k}": v for k, v in neck.items()},
         **_sd(query, "backbone."),  # the same module registered twice (self.backbone = encoder_q[0])
     }
-    ckpt = {"meta": {"mmcv_version": "0.6.2", "time": "Mon Jan  4 10:00:00 2021", "epoch": 200, "iter": 1000},
-            "state_dict": state, "optimizer": _optimizer_state()}
+    ckpt = {
+        "meta": {"mmcv_version": "0.6.2", "time": "Mon Jan  4 10:00:00 2021", "epoch": 200, "iter": 1000},
+        "state_dict": state,
+        "optimizer": _optimizer_state(),
+    }
     refs = {None: _tv_features(query, X64), "key": _tv_features(key, X64)}
     return "epoch_200.pth", ckpt, refs, {"model_kwargs": RESNET_KW}, X64
 
 
 def _simsiam_encoder(seed: int) -> ResNet:
     net = _tv_resnet(seed)
-    net.fc = randomize(nn.Sequential(nn.Linear(2048, 32, bias=False), nn.BatchNorm1d(32), nn.ReLU(),
-                                      nn.Linear(32, 16), nn.BatchNorm1d(16, affine=False)), seed + 1)
+    net.fc = randomize(
+        nn.Sequential(
+            nn.Linear(2048, 32, bias=False),
+            nn.BatchNorm1d(32),
+            nn.ReLU(),
+            nn.Linear(32, 16),
+            nn.BatchNorm1d(16, affine=False),
+        ),
+        seed + 1,
+    )
     return net
 
 
 def build_simsiam() -> Built:
     enc = _simsiam_encoder(80)
-    state = {**_sd(enc, "module.encoder."),
-             **{f"module.predictor.{k}": v for k, v in _mlp(16, 8, 16, bn=True).state_dict().items()}}
+    state = {
+        **_sd(enc, "module.encoder."),
+        **{f"module.predictor.{k}": v for k, v in _mlp(16, 8, 16, bn=True).state_dict().items()},
+    }
     ckpt = {"epoch": 100, "arch": "resnet50", "state_dict": state, "optimizer": _optimizer_state()}
     return "checkpoint_0099.pth.tar", ckpt, {None: _tv_features(enc, X64)}, {"model_kwargs": RESNET_KW}, X64
 
 
 def build_mec() -> Built:
     enc, teacher = _simsiam_encoder(90), _simsiam_encoder(92)
-    state = {**_sd(enc, "module.encoder."), **_sd(teacher, "module.teacher."),
-             **{f"module.predictor.{k}": v for k, v in _mlp(16, 8, 16, bn=True).state_dict().items()}}
+    state = {
+        **_sd(enc, "module.encoder."),
+        **_sd(teacher, "module.teacher."),
+        **{f"module.predictor.{k}": v for k, v in _mlp(16, 8, 16, bn=True).state_dict().items()},
+    }
     ckpt = {"epoch": 100, "arch": "resnet50", "state_dict": state, "optimizer": _optimizer_state()}
     refs = {None: _tv_features(enc, X64), "teacher": _tv_features(teacher, X64)}
     return "checkpoint_0099.pth.tar", ckpt, refs, {"model_kwargs": RESNET_KW}, X64
@@ -356,10 +448,13 @@ def build_resa() -> Built:
     enc, mom = _tv_resnet(100), _tv_resnet(101)
     enc.fc, mom.fc = nn.Identity(), nn.Identity()
     proj = _mlp(2048, 32, 16, bn=True).state_dict()
-    state = {**_sd(enc, "module.encoder."), **_sd(mom, "module.momentum_encoder."),
-             **{f"module.projector.{k}": v for k, v in proj.items()},
-             **{f"module.momentum_projector.{k}": v for k, v in proj.items()},
-             **{f"module.predictor.{k}": v for k, v in _mlp(16, 8, 16, bn=True).state_dict().items()}}
+    state = {
+        **_sd(enc, "module.encoder."),
+        **_sd(mom, "module.momentum_encoder."),
+        **{f"module.projector.{k}": v for k, v in proj.items()},
+        **{f"module.momentum_projector.{k}": v for k, v in proj.items()},
+        **{f"module.predictor.{k}": v for k, v in _mlp(16, 8, 16, bn=True).state_dict().items()},
+    }
     ckpt = {"epoch": 100, "state_dict": state, "optimizer": _optimizer_state()}
     refs = {None: _tv_features(enc, X64), "momentum": _tv_features(mom, X64)}
     return "checkpoint_0100.pth.tar", ckpt, refs, {"model_kwargs": RESNET_KW}, X64
@@ -380,8 +475,14 @@ def build_byol() -> Built:
         **{f"module.predictor.predictor.{k}": v for k, v in _mlp(16, 32, 16, bn=True).state_dict().items()},
     }
     assert "module.target_network.encoder.4.0.conv1.weight" in state
-    ckpt = {"config": {"model": {"base_momentum": 0.99, "backbone": {"type": "resnet50"}}}, "epoch": 100,
-            "steps": 5000, "model": state, "optimizer": _optimizer_state(), "amp": {}}
+    ckpt = {
+        "config": {"model": {"base_momentum": 0.99, "backbone": {"type": "resnet50"}}},
+        "epoch": 100,
+        "steps": 5000,
+        "model": state,
+        "optimizer": _optimizer_state(),
+        "amp": {},
+    }
     refs = {None: _tv_features(target.resnet, X64), "online": _tv_features(online.resnet, X64)}
     return "resnet50_100.pth.tar", ckpt, refs, {"model_kwargs": RESNET_KW}, X64
 
@@ -408,8 +509,11 @@ def build_vicregl() -> Built:
 
 
 def build_barlowtwins() -> Built:
-    extra = {"module.bn.running_mean": torch.zeros(16), "module.bn.running_var": torch.ones(16),
-             "module.bn.num_batches_tracked": torch.tensor(5)}
+    extra = {
+        "module.bn.running_mean": torch.zeros(16),
+        "module.bn.running_var": torch.ones(16),
+        "module.bn.num_batches_tracked": torch.tensor(5),
+    }
     state, net = _backbone_projector(140, extra)
     ckpt = {"epoch": 100, "model": state, "optimizer": _optimizer_state()}
     return "checkpoint_100.pth", ckpt, {None: _tv_features(net, X64)}, {"model_kwargs": RESNET_KW}, X64
@@ -421,11 +525,23 @@ def build_generic() -> Built:
 
 
 BUILDERS: dict[str, Callable[[], Built]] = {
-    "dino": build_dino, "ibot": build_ibot, "mugs": build_mugs, "esvit": build_esvit,
-    "mocov3": build_mocov3, "mae": build_mae, "ijepa": build_ijepa, "swav": build_swav,
-    "densecl": build_densecl, "simsiam": build_simsiam, "mec": build_mec, "resa": build_resa,
-    "byol": build_byol, "vicreg": build_vicreg, "vicregl": build_vicregl,
-    "barlowtwins": build_barlowtwins, "generic": build_generic,
+    "dino": build_dino,
+    "ibot": build_ibot,
+    "mugs": build_mugs,
+    "esvit": build_esvit,
+    "mocov3": build_mocov3,
+    "mae": build_mae,
+    "ijepa": build_ijepa,
+    "swav": build_swav,
+    "densecl": build_densecl,
+    "simsiam": build_simsiam,
+    "mec": build_mec,
+    "resa": build_resa,
+    "byol": build_byol,
+    "vicreg": build_vicreg,
+    "vicregl": build_vicregl,
+    "barlowtwins": build_barlowtwins,
+    "generic": build_generic,
 }
 
 
@@ -518,8 +634,11 @@ def test_generic_with_prefix_and_safetensors(tmp_path: Path) -> None:
 
     model = _vit(160)
     ref = _timm_features(model, X32)
-    lightning = {"state_dict": {**_sd(model, "backbone."), "projection_head.layer.weight": torch.randn(4, 384)},
-                 "epoch": 3, "global_step": 300}
+    lightning = {
+        "state_dict": {**_sd(model, "backbone."), "projection_head.layer.weight": torch.randn(4, 384)},
+        "epoch": 3,
+        "global_step": 300,
+    }
     path = _save(tmp_path, "epoch=3-step=300.ckpt", lightning)
     assert epoch_from_filename(path, "generic") == 300
     loaded = load_backbone(path, "generic", "vit_small_patch16_224", prefix="backbone.", model_kwargs=VIT_KW)
@@ -643,8 +762,21 @@ def test_hostile_pickle_is_refused_with_the_trust_hint_through_the_cli(tmp_path:
     with pytest.raises(UnsafeCheckpointError, match="--trust-checkpoints") as err:
         read_checkpoint(path)
     assert any("getpid" in g for g in err.value.globals) and "corrupt" not in str(err.value)
-    main(["scan", str(run), "--method", "dino", "--num-images", "8", "--intervals", "0", "--quiet",
-          "--out", str(tmp_path / "out")])
+    main(
+        [
+            "scan",
+            str(run),
+            "--method",
+            "dino",
+            "--num-images",
+            "8",
+            "--intervals",
+            "0",
+            "--quiet",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     out = capsys.readouterr()
     assert "--trust-checkpoints" in out.out + out.err and "truncated" not in out.out + out.err
 
@@ -696,9 +828,12 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_register_custom_method(tmp_path: Path) -> None:
     adapter = MethodAdapter(
-        name="mymethod_test", title="Mine", arch="vit_small_patch16_224",
+        name="mymethod_test",
+        title="Mine",
+        arch="vit_small_patch16_224",
         branches={"ema": BranchSpec(("ema_model",), select="net.", drop=(r"^proj\.",))},
-        default_branch="ema", file_patterns=("snap-{epoch}.pt",),
+        default_branch="ema",
+        file_patterns=("snap-{epoch}.pt",),
     )
     register(adapter)
     try:
@@ -721,21 +856,43 @@ def test_register_custom_method(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------------
 
 EPOCH_CASES = [
-    ("dino", "checkpoint0100.pth", 100), ("ibot", "checkpoint0300.pth", 300), ("mugs", "checkpoint0020.pth", 20),
-    ("esvit", "checkpoint0010.pth", 10), ("mocov3", "checkpoint_0100.pth.tar", 100),
-    ("simsiam", "checkpoint_0099.pth.tar", 99), ("mec", "checkpoint_0001.pth.tar", 1),
-    ("resa", "checkpoint_0200.pth.tar", 200), ("mae", "checkpoint-100.pth", 100), ("mae", "checkpoint-1599.pth", 1599),
-    ("ijepa", "ijepa-ep100.pth.tar", 100), ("ijepa", "jepa-ep300.pth.tar", 300), ("swav", "ckp-100.pth", 100),
-    ("densecl", "epoch_100.pth", 100), ("byol", "resnet50_100.pth.tar", 100), ("vicreg", "model_100.pth", 100),
-    ("vicregl", "model_25.pth", 25), ("barlowtwins", "checkpoint_100.pth", 100),
-    ("generic", "step-000123.ckpt", 123), ("generic", "weights_7.safetensors", 7), ("generic", "model.e5.pt", 5),
-    ("dino", "/runs/exp42/checkpoint0100.pth", 100), ("dino", "checkpoint12000.pth", 12000),
+    ("dino", "checkpoint0100.pth", 100),
+    ("ibot", "checkpoint0300.pth", 300),
+    ("mugs", "checkpoint0020.pth", 20),
+    ("esvit", "checkpoint0010.pth", 10),
+    ("mocov3", "checkpoint_0100.pth.tar", 100),
+    ("simsiam", "checkpoint_0099.pth.tar", 99),
+    ("mec", "checkpoint_0001.pth.tar", 1),
+    ("resa", "checkpoint_0200.pth.tar", 200),
+    ("mae", "checkpoint-100.pth", 100),
+    ("mae", "checkpoint-1599.pth", 1599),
+    ("ijepa", "ijepa-ep100.pth.tar", 100),
+    ("ijepa", "jepa-ep300.pth.tar", 300),
+    ("swav", "ckp-100.pth", 100),
+    ("densecl", "epoch_100.pth", 100),
+    ("byol", "resnet50_100.pth.tar", 100),
+    ("vicreg", "model_100.pth", 100),
+    ("vicregl", "model_25.pth", 25),
+    ("barlowtwins", "checkpoint_100.pth", 100),
+    ("generic", "step-000123.ckpt", 123),
+    ("generic", "weights_7.safetensors", 7),
+    ("generic", "model.e5.pt", 5),
+    ("dino", "/runs/exp42/checkpoint0100.pth", 100),
+    ("dino", "checkpoint12000.pth", 12000),
 ]
 NO_EPOCH_CASES = [
-    ("dino", "checkpoint.pth"), ("dino", "checkpoint_0100.pth.tar"), ("mocov3", "checkpoint0100.pth"),
-    ("mae", "checkpoint0100.pth"), ("ijepa", "jepa-latest.pth.tar"), ("swav", "checkpoint.pth.tar"),
-    ("barlowtwins", "checkpoint.pth"), ("vicreg", "model.pth"), ("byol", "checkpoint_0100.pth.tar"),
-    ("generic", "notes.txt"), ("generic", "final.pth"), ("densecl", "latest.pth"),
+    ("dino", "checkpoint.pth"),
+    ("dino", "checkpoint_0100.pth.tar"),
+    ("mocov3", "checkpoint0100.pth"),
+    ("mae", "checkpoint0100.pth"),
+    ("ijepa", "jepa-latest.pth.tar"),
+    ("swav", "checkpoint.pth.tar"),
+    ("barlowtwins", "checkpoint.pth"),
+    ("vicreg", "model.pth"),
+    ("byol", "checkpoint_0100.pth.tar"),
+    ("generic", "notes.txt"),
+    ("generic", "final.pth"),
+    ("densecl", "latest.pth"),
 ]
 
 
@@ -750,13 +907,22 @@ def test_epoch_from_filename_no_match(method: str, name: str) -> None:
 
 
 def test_discover_sorts_by_epoch_and_ignores_other_files(tmp_path: Path) -> None:
-    for n in ("checkpoint0100.pth", "checkpoint0010.pth", "checkpoint0002.pth", "checkpoint.pth", "log.txt",
-              "checkpoint_0050.pth.tar"):
+    for n in (
+        "checkpoint0100.pth",
+        "checkpoint0010.pth",
+        "checkpoint0002.pth",
+        "checkpoint.pth",
+        "log.txt",
+        "checkpoint_0050.pth.tar",
+    ):
         (tmp_path / n).write_bytes(b"x")
     (tmp_path / "checkpoint0500.pth").mkdir()  # a folder, not a checkpoint
     found = discover_checkpoints(tmp_path, "dino")
     assert [(p.name, e) for p, e in found] == [
-        ("checkpoint0002.pth", 2), ("checkpoint0010.pth", 10), ("checkpoint0100.pth", 100)]
+        ("checkpoint0002.pth", 2),
+        ("checkpoint0010.pth", 10),
+        ("checkpoint0100.pth", 100),
+    ]
     assert [e for _, e in discover_checkpoints(tmp_path, "mocov3")] == [50]
 
 
@@ -767,7 +933,11 @@ def test_discover_with_glob(tmp_path: Path) -> None:
         (sub / n).write_bytes(b"x")
     found = discover_checkpoints(tmp_path, "dino", glob="**/*.pth")
     assert [(p.name, e) for p, e in found] == [
-        ("snapshot_e3.pth", 3), ("checkpoint0007.pth", 7), ("snapshot_e20.pth", 20), ("checkpoint.pth", None)]
+        ("snapshot_e3.pth", 3),
+        ("checkpoint0007.pth", 7),
+        ("snapshot_e20.pth", 20),
+        ("checkpoint.pth", None),
+    ]
 
 
 def test_discover_errors_name_folder_and_patterns(tmp_path: Path) -> None:
@@ -825,8 +995,11 @@ def test_mocov3_resnet_projector_fc_is_dropped(tmp_path: Path) -> None:
 
     enc = timm.create_model("resnet18", num_classes=0)
     proj = torch.nn.Sequential(
-        torch.nn.Linear(512, 64, bias=False), torch.nn.BatchNorm1d(64), torch.nn.ReLU(),
-        torch.nn.Linear(64, 32, bias=False), torch.nn.BatchNorm1d(32, affine=False),
+        torch.nn.Linear(512, 64, bias=False),
+        torch.nn.BatchNorm1d(64),
+        torch.nn.ReLU(),
+        torch.nn.Linear(64, 32, bias=False),
+        torch.nn.BatchNorm1d(32, affine=False),
     )
     sd = {}
     for branch in ("base_encoder", "momentum_encoder"):
@@ -872,11 +1045,34 @@ def test_release_file_through_the_cli_says_which_layout_was_read(tmp_path: Path,
 
     run = tmp_path / "run"
     run.mkdir()
-    torch.save(create_backbone("vit_small_patch16_224", img_size=32, depth=1).state_dict(),
-               run / "dino_deitsmall16_pretrain.pth")
-    rc = main(["scan", str(run), "--method", "dino", "--glob", "*.pth", "--model-kwarg", "depth=1", "--image-size", "32",
-               "--num-images", "8", "--global-clusters", "4", "--images-per-group", "4", "--intervals", "0",
-               "--out", str(tmp_path / "out")])
+    torch.save(
+        create_backbone("vit_small_patch16_224", img_size=32, depth=1).state_dict(),
+        run / "dino_deitsmall16_pretrain.pth",
+    )
+    rc = main(
+        [
+            "scan",
+            str(run),
+            "--method",
+            "dino",
+            "--glob",
+            "*.pth",
+            "--model-kwarg",
+            "depth=1",
+            "--image-size",
+            "32",
+            "--num-images",
+            "8",
+            "--global-clusters",
+            "4",
+            "--images-per-group",
+            "4",
+            "--intervals",
+            "0",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     out = capsys.readouterr()
     assert rc == 0, out.err
     assert "read as: release file" in out.out + out.err
@@ -900,8 +1096,13 @@ def test_one_file_runs_copied_per_epoch_are_discovered(tmp_path: Path) -> None:
         found = discover_checkpoints(run, "vicreg")
     by_name = {p.relative_to(run).as_posix(): e for p, e in found}
     # epochs from the path where it has one, else from the checkpoint's own epoch field
-    assert by_name == {"ep10/model.pth": 10, "model.pth.20": 20, "model-ep30.pth": 30, "later/model.pth": 40,
-                       "latest/model.pth": 40}
+    assert by_name == {
+        "ep10/model.pth": 10,
+        "model.pth.20": 20,
+        "model-ep30.pth": 30,
+        "later/model.pth": 40,
+        "latest/model.pth": 40,
+    }
     dup = [str(w.message) for w in caught if "claim epoch 40" in str(w.message)]
     assert len(dup) == 1 and "later/model.pth" in dup[0] and "latest/model.pth" in dup[0]
 
@@ -923,8 +1124,27 @@ def test_method_auto_through_the_cli(tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
     run.mkdir()
     _save(run, name, ckpt)
-    rc = main(["scan", str(run), "--method", "auto", "--image-size", "32", "--num-images", "8", "--global-clusters",
-               "4", "--images-per-group", "4", "--intervals", "0", "--quiet", "--out", str(tmp_path / "out")])
+    rc = main(
+        [
+            "scan",
+            str(run),
+            "--method",
+            "auto",
+            "--image-size",
+            "32",
+            "--num-images",
+            "8",
+            "--global-clusters",
+            "4",
+            "--images-per-group",
+            "4",
+            "--intervals",
+            "0",
+            "--quiet",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     out = capsys.readouterr()
     assert rc == 0, out.err
     said = " ".join((out.out + out.err).split())  # the console wraps long lines
@@ -999,8 +1219,10 @@ class _OfficialConvNeXt(nn.Module):
         d = CONVNEXT_DIMS
         self.downsample_layers = nn.ModuleList(
             [nn.Sequential(nn.Conv2d(3, d[0], kernel_size=4, stride=4), _OfficialLayerNorm(d[0], True))]
-            + [nn.Sequential(_OfficialLayerNorm(d[i], True), nn.Conv2d(d[i], d[i + 1], kernel_size=2, stride=2))
-               for i in range(3)]
+            + [
+                nn.Sequential(_OfficialLayerNorm(d[i], True), nn.Conv2d(d[i], d[i + 1], kernel_size=2, stride=2))
+                for i in range(3)
+            ]
         )
         self.stages = nn.ModuleList(
             nn.Sequential(*[_OfficialBlock(d[i], layer_scale) for _ in range(CONVNEXT_DEPTHS[i])]) for i in range(4)
@@ -1024,10 +1246,12 @@ def _official_vicregl_convnext(seed: int, layer_scale: float = 0.0) -> tuple[nn.
             super().__init__()
             self.backbone = _OfficialConvNeXt(layer_scale)
             dim = CONVNEXT_DIMS[-1]
-            self.maps_projector = nn.Sequential(nn.Linear(dim, 16), nn.LayerNorm(16), nn.ReLU(True),
-                                                nn.Linear(16, 8, bias=False))
-            self.projector = nn.Sequential(nn.Linear(dim, 16), nn.LayerNorm(16), nn.ReLU(True),
-                                           nn.Linear(16, 8, bias=False))
+            self.maps_projector = nn.Sequential(
+                nn.Linear(dim, 16), nn.LayerNorm(16), nn.ReLU(True), nn.Linear(16, 8, bias=False)
+            )
+            self.projector = nn.Sequential(
+                nn.Linear(dim, 16), nn.LayerNorm(16), nn.ReLU(True), nn.Linear(16, 8, bias=False)
+            )
             self.classifier = nn.Linear(dim, 10)
 
     class DDP(nn.Module):
@@ -1053,15 +1277,25 @@ def _relative(a: Tensor, b: Tensor) -> float:
 
 def test_official_convnext_key_names_are_what_vicregl_writes() -> None:
     _, ckpt, release = _vicregl_convnext_files()
-    assert {"downsample_layers.0.0.weight", "downsample_layers.3.0.bias", "stages.2.1.dwconv.weight",
-            "stages.3.0.pwconv2.weight", "norm.weight"} <= set(release)
+    assert {
+        "downsample_layers.0.0.weight",
+        "downsample_layers.3.0.bias",
+        "stages.2.1.dwconv.weight",
+        "stages.3.0.pwconv2.weight",
+        "norm.weight",
+    } <= set(release)
     assert not any("gamma" in k or k.startswith("head.") for k in release)  # layer_scale_init_value=0, no head
-    assert {"module.backbone.norm.bias", "module.maps_projector.3.weight", "module.classifier.weight"} <= set(ckpt["model"])
+    assert {"module.backbone.norm.bias", "module.maps_projector.3.weight", "module.classifier.weight"} <= set(
+        ckpt["model"]
+    )
 
 
-@pytest.mark.parametrize("layout, name", [("training checkpoint, backbone", "model.pth"),
-                                          ("release file", "convnext_small_alpha0.9.pth")])
-def test_vicregl_convnext_loads_strictly_with_the_official_dense_features(layout: str, name: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "layout, name", [("training checkpoint, backbone", "model.pth"), ("release file", "convnext_small_alpha0.9.pth")]
+)
+def test_vicregl_convnext_loads_strictly_with_the_official_dense_features(
+    layout: str, name: str, tmp_path: Path
+) -> None:
     official, ckpt, release = _vicregl_convnext_files()
     path = _save(tmp_path, name, ckpt if name == "model.pth" else release)
     seen: list[str] = []
@@ -1072,14 +1306,16 @@ def test_vicregl_convnext_loads_strictly_with_the_official_dense_features(layout
     sd = model.state_dict()
     assert not any("gamma" in k for k in sd)  # built without layer scale, as VICRegL trains it
     for timm_key, official_key in [
-        ("stem.0.weight", "downsample_layers.0.0.weight"), ("stem.1.bias", "downsample_layers.0.1.bias"),
+        ("stem.0.weight", "downsample_layers.0.0.weight"),
+        ("stem.1.bias", "downsample_layers.0.1.bias"),
         ("stages.1.downsample.0.weight", "downsample_layers.1.0.weight"),
         ("stages.3.downsample.1.weight", "downsample_layers.3.1.weight"),
         ("stages.2.blocks.1.conv_dw.weight", "stages.2.1.dwconv.weight"),
         ("stages.2.blocks.1.norm.weight", "stages.2.1.norm.weight"),
         ("stages.0.blocks.0.mlp.fc1.weight", "stages.0.0.pwconv1.weight"),
         ("stages.3.blocks.0.mlp.fc2.bias", "stages.3.0.pwconv2.bias"),
-        ("norm_pre.weight", "norm.weight"), ("norm_pre.bias", "norm.bias"),
+        ("norm_pre.weight", "norm.weight"),
+        ("norm_pre.bias", "norm.bias"),
     ]:
         assert torch.equal(sd[timm_key], release[official_key]), timm_key
     got = _timm_features(model, X64)
@@ -1101,8 +1337,9 @@ def test_vicregl_convnext_into_a_backbone_built_without_its_settings(tmp_path: P
 
     official, ckpt, _ = _vicregl_convnext_files()
     path = _save(tmp_path, "model.pth", ckpt)
-    cfg = RunSettings(run_dir=str(tmp_path), method="vicregl", arch="convnext_tiny", model_kwargs=CONVNEXT_KW,
-                      image_size=64)
+    cfg = RunSettings(
+        run_dir=str(tmp_path), method="vicregl", arch="convnext_tiny", model_kwargs=CONVNEXT_KW, image_size=64
+    )
     built = build_model(cfg)
     partial_msgs: list[str] = []
     model = load_backbone_as(cfg, path, built, partial=partial_msgs)
@@ -1128,10 +1365,33 @@ def test_vicregl_convnext_through_the_cli(tmp_path: Path, capsys) -> None:
     for epoch in (1, 2):
         (run / f"ep{epoch}").mkdir(parents=True)
         torch.save({**ckpt, "epoch": epoch}, run / f"ep{epoch}" / "model.pth")
-    rc = main(["scan", str(run), "--method", "vicregl", "--arch", "convnext_tiny",
-               "--model-kwarg", "depths=[1,1,2,1]", "--model-kwarg", "dims=[8,16,24,32]", "--image-size", "64",
-               "--num-images", "8", "--global-clusters", "4", "--images-per-group", "4", "--intervals", "0",
-               "--quiet", "--out", str(tmp_path / "out")])
+    rc = main(
+        [
+            "scan",
+            str(run),
+            "--method",
+            "vicregl",
+            "--arch",
+            "convnext_tiny",
+            "--model-kwarg",
+            "depths=[1,1,2,1]",
+            "--model-kwarg",
+            "dims=[8,16,24,32]",
+            "--image-size",
+            "64",
+            "--num-images",
+            "8",
+            "--global-clusters",
+            "4",
+            "--images-per-group",
+            "4",
+            "--intervals",
+            "0",
+            "--quiet",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     out = capsys.readouterr()
     assert rc == 0, out.err
     rows = (tmp_path / "out" / "dse.csv").read_text().splitlines()
@@ -1146,18 +1406,45 @@ def test_method_auto_detects_vicregl_convnext(tmp_path: Path, capsys) -> None:
 
     official, ckpt, release = _vicregl_convnext_files()
     kw = {"depths": CONVNEXT_DEPTHS, "dims": CONVNEXT_DIMS, "ls_init_value": None, "head_norm_first": True}
-    for name, obj, layout in (("model.pth", ckpt, "training checkpoint"),
-                              ("convnext_small_alpha0.9.pth", release, "release file")):
+    for name, obj, layout in (
+        ("model.pth", ckpt, "training checkpoint"),
+        ("convnext_small_alpha0.9.pth", release, "release file"),
+    ):
         det = detect_checkpoint(_save(tmp_path, name, obj))
         assert (det.method, det.branch, det.arch, det.model_kwargs, det.layout) == (
-            "vicregl", "backbone", "convnext_tiny", kw, layout)
+            "vicregl",
+            "backbone",
+            "convnext_tiny",
+            kw,
+            layout,
+        )
 
     run = tmp_path / "run"
     run.mkdir()
     _save(run, "model.pth", ckpt)
-    rc = main(["scan", str(run), "--method", "auto", "--glob", "model.pth", "--image-size", "64", "--num-images",
-               "8", "--global-clusters", "4", "--images-per-group", "4", "--intervals", "0", "--quiet",
-               "--out", str(tmp_path / "out")])
+    rc = main(
+        [
+            "scan",
+            str(run),
+            "--method",
+            "auto",
+            "--glob",
+            "model.pth",
+            "--image-size",
+            "64",
+            "--num-images",
+            "8",
+            "--global-clusters",
+            "4",
+            "--images-per-group",
+            "4",
+            "--intervals",
+            "0",
+            "--quiet",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     out = capsys.readouterr()
     assert rc == 0, out.err
     said = " ".join((out.out + out.err).split())
@@ -1172,7 +1459,7 @@ def test_convnext_standard_sizes_are_named() -> None:
 
     def timm_keys(depths: tuple[int, ...], dims: tuple[int, ...], gamma: bool) -> dict[str, Tensor]:
         sd = {"stem.0.weight": torch.empty(dims[0], 3, 4, 4), "norm_pre.weight": torch.empty(dims[-1])}
-        for i, (n, d) in enumerate(zip(depths, dims)):
+        for i, (n, d) in enumerate(zip(depths, dims, strict=True)):
             for j in range(n):
                 sd[f"stages.{i}.blocks.{j}.conv_dw.weight"] = torch.empty(d, 1, 7, 7)
                 if gamma:

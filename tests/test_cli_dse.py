@@ -46,8 +46,21 @@ def test_table_output_and_labels(tmp_path, feats, capsys):
     assert "effective_dimensionality" in capsys.readouterr().out
     np.save(tmp_path / "l.npy", np.zeros((8, 49), dtype=np.int64))
     np.save(tmp_path / "g.npy", (np.arange(8 * 49).reshape(8, 49) % 8).astype(np.int64))
-    assert main(["dse", str(tmp_path / "f.npy"), "--local-labels", str(tmp_path / "l.npy"),
-                 "--global-labels", str(tmp_path / "g.npy"), "--json", *ARGS]) == 0
+    assert (
+        main(
+            [
+                "dse",
+                str(tmp_path / "f.npy"),
+                "--local-labels",
+                str(tmp_path / "l.npy"),
+                "--global-labels",
+                str(tmp_path / "g.npy"),
+                "--json",
+                *ARGS,
+            ]
+        )
+        == 0
+    )
     assert set(json.loads(capsys.readouterr().out)) == set(TERMS)
 
 
@@ -67,8 +80,12 @@ def test_errors_name_the_file(tmp_path, capsys):
 
 def test_module_entry_point(tmp_path, feats):
     np.save(tmp_path / "f.npy", feats)
-    out = subprocess.run([sys.executable, "-m", "dsekit", "dse", str(tmp_path / "f.npy"), "--json", *ARGS],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "dsekit", "dse", str(tmp_path / "f.npy"), "--json", *ARGS],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert set(json.loads(out.stdout)) == set(TERMS)
 
 
@@ -101,8 +118,20 @@ def test_float128_and_big_endian_arrays_are_accepted(tmp_path):
     outs = []
     for name, arr in (("native", x), ("big", x.astype(">f4")), ("wide", x.astype(np.longdouble))):
         np.save(tmp_path / f"{name}.npy", arr)
-        out = subprocess.run([sys.executable, "-m", "dsekit.cli", "dse", str(tmp_path / f"{name}.npy"),
-                              "--global-clusters", "4", "--json"], capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dsekit.cli",
+                "dse",
+                str(tmp_path / f"{name}.npy"),
+                "--global-clusters",
+                "4",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert out.returncode == 0 and "Traceback" not in out.stderr, (name, out.stderr)
         outs.append(json.loads(out.stdout))
     assert outs[0] == outs[1]
@@ -117,8 +146,19 @@ def test_unsigned_and_big_endian_label_arrays_are_accepted(tmp_path, capsys):
     np.save(tmp_path / "f.npy", x)
 
     def run(local_path, global_path):
-        rc = main(["dse", str(tmp_path / "f.npy"), "--local-labels", str(local_path), "--global-labels",
-                   str(global_path), "--global-clusters", "4", "--json"])
+        rc = main(
+            [
+                "dse",
+                str(tmp_path / "f.npy"),
+                "--local-labels",
+                str(local_path),
+                "--global-labels",
+                str(global_path),
+                "--global-clusters",
+                "4",
+                "--json",
+            ]
+        )
         out = capsys.readouterr()
         assert "Traceback" not in out.err
         return rc, out

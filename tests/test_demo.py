@@ -9,8 +9,17 @@ import torch
 
 from dsekit.demo import DemoConfig, demo
 
-TINY = dict(train_images=16, epochs=2, save_every=1, batch_size=8, warmup_epochs=0,
-            scan_images=16, probe_train=8, probe_val=4, probe_epochs=1)
+TINY = dict(
+    train_images=16,
+    epochs=2,
+    save_every=1,
+    batch_size=8,
+    warmup_epochs=0,
+    scan_images=16,
+    probe_train=8,
+    probe_val=4,
+    probe_epochs=1,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +55,9 @@ def test_demo_trains_scans_probes_and_reports(tmp_path, capsys):
     assert "IoU per class" in text and "best − untrained" in text
     assert (out_dir / "classes_scenes.png").is_file() and (out_dir / "curves_scenes.png").is_file()
     # the image-level curve (the scenes' digit identities) and the verdict
-    assert len(entry["knn"]) == 2 and all(lo <= k <= hi for lo, k, hi in zip(entry["knn_low"], entry["knn"], entry["knn_high"]))
+    assert len(entry["knn"]) == 2 and all(
+        lo <= k <= hi for lo, k, hi in zip(entry["knn_low"], entry["knn"], entry["knn_high"], strict=True)
+    )
     stored = json.loads((out_dir / "report.json").read_text())
     assert stored["verdict"] in ("dense degradation", "collapse", "no degradation") and stored["verdict_reasons"]
     assert "### Verdict" in text
@@ -57,4 +68,3 @@ def test_demo_trains_scans_probes_and_reports(tmp_path, capsys):
     # a rerun reuses everything already computed
     again = demo(DemoConfig(out=str(tmp_path / "demo")), progress=False, settings=TINY)
     assert again["datasets"]["scenes"]["miou"] == entry["miou"]
-

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from _reference_vit import dinov2_patch_tokens, dinov3_patch_tokens
 
 from dsekit.backbones import CheckpointError, FeatureExtractor, discover_checkpoints, load_backbone
 from dsekit.backbones.detect import detect_checkpoint
 from dsekit.backbones.dinov2 import official_pos_embed, unchunk_blocks
 from dsekit.backbones.dinov3_vit import rope_periods
+
+from _reference_vit import dinov2_patch_tokens, dinov3_patch_tokens
 
 DIM, HEADS = 64, 2  #: DINOv3 networks here (head width 32, read off the RoPE periods)
 V2_DIM, V2_HEADS = 128, 2  #: DINOv2 networks here (head width 64, as every DINOv2 network has)
@@ -29,8 +30,16 @@ def _rand(g: torch.Generator, *shape: int, scale: float = 0.05) -> torch.Tensor:
     return torch.randn(*shape, generator=g) * scale
 
 
-def dinov2_sd(seed: int = 0, *, depth: int = 2, patch: int = 14, grid: int = 4, regs: int = 0, swiglu: bool = False,
-              chunks: int = 0) -> dict[str, torch.Tensor]:
+def dinov2_sd(
+    seed: int = 0,
+    *,
+    depth: int = 2,
+    patch: int = 14,
+    grid: int = 4,
+    regs: int = 0,
+    swiglu: bool = False,
+    chunks: int = 0,
+) -> dict[str, torch.Tensor]:
     """An official DINOv2 backbone state dict (``DinoVisionTransformer`` names), random weights."""
     g = torch.Generator().manual_seed(seed)
     sd = {
@@ -39,7 +48,8 @@ def dinov2_sd(seed: int = 0, *, depth: int = 2, patch: int = 14, grid: int = 4, 
         "mask_token": torch.zeros(1, V2_DIM),
         "patch_embed.proj.weight": _rand(g, V2_DIM, 3, patch, patch),
         "patch_embed.proj.bias": _rand(g, V2_DIM),
-        "norm.weight": 1 + _rand(g, V2_DIM), "norm.bias": _rand(g, V2_DIM),
+        "norm.weight": 1 + _rand(g, V2_DIM),
+        "norm.bias": _rand(g, V2_DIM),
     }
     if regs:
         sd["register_tokens"] = _rand(g, 1, regs, V2_DIM, scale=1.0)
@@ -47,25 +57,51 @@ def dinov2_sd(seed: int = 0, *, depth: int = 2, patch: int = 14, grid: int = 4, 
     for i in range(depth):
         c = f"{i // max(1, depth // chunks)}." if chunks else ""
         b = f"blocks.{c}{i}."
-        sd.update({
-            b + "norm1.weight": 1 + _rand(g, V2_DIM), b + "norm1.bias": _rand(g, V2_DIM),
-            b + "attn.qkv.weight": _rand(g, 3 * V2_DIM, V2_DIM, scale=0.2), b + "attn.qkv.bias": _rand(g, 3 * V2_DIM),
-            b + "attn.proj.weight": _rand(g, V2_DIM, V2_DIM, scale=0.2), b + "attn.proj.bias": _rand(g, V2_DIM),
-            b + "ls1.gamma": 0.5 + _rand(g, V2_DIM), b + "ls2.gamma": 0.5 + _rand(g, V2_DIM),
-            b + "norm2.weight": 1 + _rand(g, V2_DIM), b + "norm2.bias": _rand(g, V2_DIM),
-        })
+        sd.update(
+            {
+                b + "norm1.weight": 1 + _rand(g, V2_DIM),
+                b + "norm1.bias": _rand(g, V2_DIM),
+                b + "attn.qkv.weight": _rand(g, 3 * V2_DIM, V2_DIM, scale=0.2),
+                b + "attn.qkv.bias": _rand(g, 3 * V2_DIM),
+                b + "attn.proj.weight": _rand(g, V2_DIM, V2_DIM, scale=0.2),
+                b + "attn.proj.bias": _rand(g, V2_DIM),
+                b + "ls1.gamma": 0.5 + _rand(g, V2_DIM),
+                b + "ls2.gamma": 0.5 + _rand(g, V2_DIM),
+                b + "norm2.weight": 1 + _rand(g, V2_DIM),
+                b + "norm2.bias": _rand(g, V2_DIM),
+            }
+        )
         if swiglu:
             h = (int(hidden * 2 / 3) + 7) // 8 * 8
-            sd.update({b + "mlp.w12.weight": _rand(g, 2 * h, V2_DIM, scale=0.2), b + "mlp.w12.bias": _rand(g, 2 * h),
-                       b + "mlp.w3.weight": _rand(g, V2_DIM, h, scale=0.2), b + "mlp.w3.bias": _rand(g, V2_DIM)})
+            sd.update(
+                {
+                    b + "mlp.w12.weight": _rand(g, 2 * h, V2_DIM, scale=0.2),
+                    b + "mlp.w12.bias": _rand(g, 2 * h),
+                    b + "mlp.w3.weight": _rand(g, V2_DIM, h, scale=0.2),
+                    b + "mlp.w3.bias": _rand(g, V2_DIM),
+                }
+            )
         else:
-            sd.update({b + "mlp.fc1.weight": _rand(g, hidden, V2_DIM, scale=0.2), b + "mlp.fc1.bias": _rand(g, hidden),
-                       b + "mlp.fc2.weight": _rand(g, V2_DIM, hidden, scale=0.2), b + "mlp.fc2.bias": _rand(g, V2_DIM)})
+            sd.update(
+                {
+                    b + "mlp.fc1.weight": _rand(g, hidden, V2_DIM, scale=0.2),
+                    b + "mlp.fc1.bias": _rand(g, hidden),
+                    b + "mlp.fc2.weight": _rand(g, V2_DIM, hidden, scale=0.2),
+                    b + "mlp.fc2.bias": _rand(g, V2_DIM),
+                }
+            )
     return sd
 
 
-def dinov3_sd(seed: int = 0, *, depth: int = 2, storage: int = 4, mask_k_bias: bool = True, swiglu: bool = False,
-              periods_dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
+def dinov3_sd(
+    seed: int = 0,
+    *,
+    depth: int = 2,
+    storage: int = 4,
+    mask_k_bias: bool = True,
+    swiglu: bool = False,
+    periods_dtype: torch.dtype = torch.bfloat16,
+) -> dict[str, torch.Tensor]:
     """An official DINOv3 backbone state dict (names of ``dinov3.models.vision_transformer``)."""
     g = torch.Generator().manual_seed(seed)
     sd = {
@@ -74,19 +110,27 @@ def dinov3_sd(seed: int = 0, *, depth: int = 2, storage: int = 4, mask_k_bias: b
         "patch_embed.proj.weight": _rand(g, DIM, 3, 16, 16),
         "patch_embed.proj.bias": _rand(g, DIM),
         "rope_embed.periods": rope_periods(DIM // HEADS, base=100.0, dtype=periods_dtype),
-        "norm.weight": 1 + _rand(g, DIM), "norm.bias": _rand(g, DIM),
+        "norm.weight": 1 + _rand(g, DIM),
+        "norm.bias": _rand(g, DIM),
     }
     if storage:
         sd["storage_tokens"] = _rand(g, 1, storage, DIM, scale=1.0)
     for i in range(depth):
         b = f"blocks.{i}."
-        sd.update({
-            b + "norm1.weight": 1 + _rand(g, DIM), b + "norm1.bias": _rand(g, DIM),
-            b + "attn.qkv.weight": _rand(g, 3 * DIM, DIM, scale=0.3), b + "attn.qkv.bias": _rand(g, 3 * DIM, scale=0.5),
-            b + "attn.proj.weight": _rand(g, DIM, DIM, scale=0.2), b + "attn.proj.bias": _rand(g, DIM),
-            b + "ls1.gamma": 0.5 + _rand(g, DIM), b + "ls2.gamma": 0.5 + _rand(g, DIM),
-            b + "norm2.weight": 1 + _rand(g, DIM), b + "norm2.bias": _rand(g, DIM),
-        })
+        sd.update(
+            {
+                b + "norm1.weight": 1 + _rand(g, DIM),
+                b + "norm1.bias": _rand(g, DIM),
+                b + "attn.qkv.weight": _rand(g, 3 * DIM, DIM, scale=0.3),
+                b + "attn.qkv.bias": _rand(g, 3 * DIM, scale=0.5),
+                b + "attn.proj.weight": _rand(g, DIM, DIM, scale=0.2),
+                b + "attn.proj.bias": _rand(g, DIM),
+                b + "ls1.gamma": 0.5 + _rand(g, DIM),
+                b + "ls2.gamma": 0.5 + _rand(g, DIM),
+                b + "norm2.weight": 1 + _rand(g, DIM),
+                b + "norm2.bias": _rand(g, DIM),
+            }
+        )
         if mask_k_bias:
             sd[b + "attn.qkv.bias_mask"] = torch.cat([torch.ones(DIM), torch.zeros(DIM), torch.ones(DIM)])
         if swiglu:
@@ -95,21 +139,34 @@ def dinov3_sd(seed: int = 0, *, depth: int = 2, storage: int = 4, mask_k_bias: b
             sd.update({b + f"mlp.{w}.bias": _rand(g, h) for w in ("w1", "w2")})
             sd.update({b + "mlp.w3.weight": _rand(g, DIM, h, scale=0.2), b + "mlp.w3.bias": _rand(g, DIM)})
         else:
-            sd.update({b + "mlp.fc1.weight": _rand(g, 4 * DIM, DIM, scale=0.2), b + "mlp.fc1.bias": _rand(g, 4 * DIM),
-                       b + "mlp.fc2.weight": _rand(g, DIM, 4 * DIM, scale=0.2), b + "mlp.fc2.bias": _rand(g, DIM)})
+            sd.update(
+                {
+                    b + "mlp.fc1.weight": _rand(g, 4 * DIM, DIM, scale=0.2),
+                    b + "mlp.fc1.bias": _rand(g, 4 * DIM),
+                    b + "mlp.fc2.weight": _rand(g, DIM, 4 * DIM, scale=0.2),
+                    b + "mlp.fc2.bias": _rand(g, DIM),
+                }
+            )
     return sd
 
 
 def _head(prefix: str, g: torch.Generator, dim: int = DIM) -> dict[str, torch.Tensor]:
     """A DINOHead: mlp + the old weight-normed last layer (weight_g / weight_v)."""
-    return {f"{prefix}mlp.0.weight": _rand(g, 32, dim), f"{prefix}mlp.0.bias": _rand(g, 32),
-            f"{prefix}mlp.2.weight": _rand(g, 16, 32), f"{prefix}mlp.2.bias": _rand(g, 16),
-            f"{prefix}last_layer.weight_g": torch.ones(50, 1), f"{prefix}last_layer.weight_v": _rand(g, 50, 16)}
+    return {
+        f"{prefix}mlp.0.weight": _rand(g, 32, dim),
+        f"{prefix}mlp.0.bias": _rand(g, 32),
+        f"{prefix}mlp.2.weight": _rand(g, 16, 32),
+        f"{prefix}mlp.2.bias": _rand(g, 16),
+        f"{prefix}last_layer.weight_g": torch.ones(50, 1),
+        f"{prefix}last_layer.weight_v": _rand(g, 50, 16),
+    }
 
 
 def _teacher(sd: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(7)
-    return {"teacher": {**{f"backbone.{k}": v for k, v in sd.items()}, **_head("dino_head.", g), **_head("ibot_head.", g)}}
+    return {
+        "teacher": {**{f"backbone.{k}": v for k, v in sd.items()}, **_head("dino_head.", g), **_head("ibot_head.", g)}
+    }
 
 
 def _rel(got: torch.Tensor, ref: torch.Tensor) -> float:
@@ -159,8 +216,10 @@ def test_auto_reads_each_layout(tmp_path, layout):
     if layout == "dinov2 release":
         torch.save(dinov2_sd(regs=4), tmp_path / "dinov2_vits14_reg4_pretrain.pth")
     elif layout == "dinov2 periodic":
-        torch.save({"model": {f"teacher.backbone.{k}": v for k, v in dinov2_sd().items()}, "optimizer": {}, "iteration": 9},
-                   tmp_path / "model_0000009.rank_0.pth")
+        torch.save(
+            {"model": {f"teacher.backbone.{k}": v for k, v in dinov2_sd().items()}, "optimizer": {}, "iteration": 9},
+            tmp_path / "model_0000009.rank_0.pth",
+        )
     elif layout == "dinov3 release":
         torch.save(dinov3_sd(), tmp_path / "dinov3_vits16_pretrain_lvd1689m-08c60483.pth")
     else:
@@ -232,10 +291,15 @@ def test_dinov2_periodic_file_of_a_single_rank_run(tmp_path):
     """model_<iter:07d>.rank_0.pth = {model: {student.*, teacher.*, loss centres}, optimizer,
     iteration}: teacher and student branches, the step from the name (model_final: stored)."""
     teacher, student = dinov2_sd(1), dinov2_sd(2)
-    model = {**{f"teacher.backbone.{k}": v for k, v in teacher.items()},
-             **{f"student.backbone.{k}": v for k, v in student.items()}, "dino_loss.center": torch.zeros(1, 50)}
-    torch.save({"model": model, "optimizer": {"state": {}, "param_groups": []}, "iteration": 3749},
-               tmp_path / "model_0003749.rank_0.pth")
+    model = {
+        **{f"teacher.backbone.{k}": v for k, v in teacher.items()},
+        **{f"student.backbone.{k}": v for k, v in student.items()},
+        "dino_loss.center": torch.zeros(1, 50),
+    }
+    torch.save(
+        {"model": model, "optimizer": {"state": {}, "param_groups": []}, "iteration": 3749},
+        tmp_path / "model_0003749.rank_0.pth",
+    )
     torch.save({"model": model, "optimizer": {}, "iteration": 4999}, tmp_path / "model_final.rank_0.pth")
     assert [s for _, s in discover_checkpoints(tmp_path, "dinov2")] == [3749, 4999]
     x = torch.randn(1, 3, 56, 56)
@@ -290,7 +354,7 @@ def test_dinov3_training_teacher_uses_bfloat16_rope_and_the_run_config(tmp_path)
     d = tmp_path / "eval" / "training_1249"
     d.mkdir(parents=True)
     torch.save(_teacher(sd), d / "teacher_checkpoint.pth")
-    (path, step), = discover_checkpoints(tmp_path, "dinov3")
+    ((path, step),) = discover_checkpoints(tmp_path, "dinov3")
     assert step == 1249
     got, x = _features(path, "dinov3", 64)
     ref = dinov3_patch_tokens(sd, x, HEADS, rope_dtype=torch.bfloat16, eps=1e-6)
@@ -302,13 +366,18 @@ def test_dinov3_training_teacher_uses_bfloat16_rope_and_the_run_config(tmp_path)
 def _dcp(folder: Path, sd: dict[str, torch.Tensor], iteration: int) -> None:
     import torch.distributed.checkpoint as dcp
 
-    model = {**{f"teacher.backbone.{k}": v for k, v in sd.items()},
-             **{f"student.backbone.{k}": v + 1 for k, v in sd.items() if v.is_floating_point()},
-             "dino_loss.center": torch.zeros(1, 50)}
+    model = {
+        **{f"teacher.backbone.{k}": v for k, v in sd.items()},
+        **{f"student.backbone.{k}": v + 1 for k, v in sd.items() if v.is_floating_point()},
+        "dino_loss.center": torch.zeros(1, 50),
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dcp.save({"iteration": iteration, "model": model, "optimizer": {"state": {"0": {"exp_avg": torch.zeros(3)}}}},
-                 storage_writer=dcp.FileSystemWriter(str(folder)), no_dist=True)
+        dcp.save(
+            {"iteration": iteration, "model": model, "optimizer": {"state": {"0": {"exp_avg": torch.zeros(3)}}}},
+            storage_writer=dcp.FileSystemWriter(str(folder)),
+            no_dist=True,
+        )
 
 
 def test_dinov3_dcp_folders_read_on_one_process(tmp_path):
@@ -319,7 +388,10 @@ def test_dinov3_dcp_folders_read_on_one_process(tmp_path):
     _dcp(tmp_path / "ckpt" / "3749_keep", sd, 3749)
     _dcp(tmp_path / "ckpt" / "7499_keep", dinov3_sd(5, mask_k_bias=False, storage=0), 7499)
     found = discover_checkpoints(tmp_path, "dinov3")
-    assert [(p.relative_to(tmp_path).as_posix(), s) for p, s in found] == [("ckpt/3749", 3749), ("ckpt/7499_keep", 7499)]
+    assert [(p.relative_to(tmp_path).as_posix(), s) for p, s in found] == [
+        ("ckpt/3749", 3749),
+        ("ckpt/7499_keep", 7499),
+    ]
     got, x = _features(found[0][0], "dinov3", 64)
     assert _rel(got, dinov3_patch_tokens(sd, x, HEADS, rope_dtype=torch.bfloat16, eps=1e-6)) < 1e-4
     det = detect_checkpoint(found[0][0])
@@ -332,7 +404,9 @@ def test_a_dcp_folder_without_metadata_is_named(tmp_path):
     sd = dinov3_sd()
     _dcp(tmp_path / "ckpt" / "99", sd, 99)
     (tmp_path / "ckpt" / "99" / ".metadata").unlink()
-    with pytest.raises(CheckpointError, match=r"ckpt/99 is a torch.distributed.checkpoint folder without its .metadata"):
+    with pytest.raises(
+        CheckpointError, match=r"ckpt/99 is a torch.distributed.checkpoint folder without its .metadata"
+    ):
         load_backbone(tmp_path / "ckpt" / "99", "dinov3", img_size=64)
 
 
@@ -352,7 +426,7 @@ def test_dinov3_layers_read_from_one_pass(tmp_path):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         feats = FeatureExtractor(model, layers=[2, 0, 1])(x)
-    for b, f in zip([2, 0, 1], feats):
+    for b, f in zip([2, 0, 1], feats, strict=True):
         assert _rel(f, dinov3_patch_tokens(sd, x, HEADS, block=b)) < 1e-4
 
 
@@ -362,7 +436,9 @@ def test_dinov3_layers_read_from_one_pass(tmp_path):
 OFFICIAL = os.environ.get("DSEKIT_OFFICIAL_CODE")  # a folder holding the dinov2/ and dinov3/ packages
 
 
-@pytest.mark.skipif(not OFFICIAL, reason="set DSEKIT_OFFICIAL_CODE to a folder with the official dinov2/ and dinov3/ packages")
+@pytest.mark.skipif(
+    not OFFICIAL, reason="set DSEKIT_OFFICIAL_CODE to a folder with the official dinov2/ and dinov3/ packages"
+)
 def test_against_the_official_packages(tmp_path):
     """With the official packages importable: dsekit's features equal theirs bit for bit
     (checked on release-layout state dicts of random weights, at sizes other than trained)."""
@@ -376,16 +452,36 @@ def test_against_the_official_packages(tmp_path):
     from dinov3.models.vision_transformer import DinoVisionTransformer as V3
 
     for reg, aa, off in ((0, False, 0.1), (4, True, 0.0)):
-        m = V2(img_size=56, patch_size=14, embed_dim=V2_DIM, depth=2, num_heads=V2_HEADS, init_values=1.0,
-               block_fn=partial(NestedTensorBlock, attn_class=MemEffAttention), num_register_tokens=reg, block_chunks=0,
-               interpolate_antialias=aa, interpolate_offset=off).eval()
+        m = V2(
+            img_size=56,
+            patch_size=14,
+            embed_dim=V2_DIM,
+            depth=2,
+            num_heads=V2_HEADS,
+            init_values=1.0,
+            block_fn=partial(NestedTensorBlock, attn_class=MemEffAttention),
+            num_register_tokens=reg,
+            block_chunks=0,
+            interpolate_antialias=aa,
+            interpolate_offset=off,
+        ).eval()
         m.load_state_dict({k: v for k, v in dinov2_sd(regs=reg).items()})
         torch.save(m.state_dict(), tmp_path / "v2.pth")
         got, x = _features(tmp_path / "v2.pth", "dinov2", 84)
         with torch.no_grad():
             assert torch.equal(got, m.forward_features(x)["x_norm_patchtokens"])
-    m = V3(img_size=64, patch_size=16, embed_dim=DIM, depth=2, num_heads=HEADS, layerscale_init=1e-5,
-           norm_layer="layernormbf16", n_storage_tokens=4, mask_k_bias=True, pos_embed_rope_dtype="fp32").eval()
+    m = V3(
+        img_size=64,
+        patch_size=16,
+        embed_dim=DIM,
+        depth=2,
+        num_heads=HEADS,
+        layerscale_init=1e-5,
+        norm_layer="layernormbf16",
+        n_storage_tokens=4,
+        mask_k_bias=True,
+        pos_embed_rope_dtype="fp32",
+    ).eval()
     m.load_state_dict(dinov3_sd())
     torch.save(m.state_dict(), tmp_path / "v3.pth")
     got, x = _features(tmp_path / "v3.pth", "dinov3", 96)
@@ -396,4 +492,7 @@ def test_against_the_official_packages(tmp_path):
 def test_reference_rope_periods_are_the_official_formula():
     p = rope_periods(32, base=100.0)
     assert math.isclose(float(p[0]), 1.0) and math.isclose(float(p[-1]), 100 ** (2 * 7 / 16), rel_tol=1e-6)
-    assert json.dumps([round(float(v), 4) for v in rope_periods(16, min_period=1.0, max_period=8.0)]) == "[1.0, 2.0, 4.0, 8.0]"
+    assert (
+        json.dumps([round(float(v), 4) for v in rope_periods(16, min_period=1.0, max_period=8.0)])
+        == "[1.0, 2.0, 4.0, 8.0]"
+    )

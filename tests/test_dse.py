@@ -15,7 +15,9 @@ def test_result_fields_and_raw_formula():
     d = r.as_dict()
     assert list(d) == list(TERMS)
     assert d["dse_raw"] == pytest.approx(
-        d["inter_class_distance"] + d["effective_dimensionality"] - (d["intra_class_batch"] + d["intra_class_image"]) / 2
+        d["inter_class_distance"]
+        + d["effective_dimensionality"]
+        - (d["intra_class_batch"] + d["intra_class_image"]) / 2
     )
     assert r.settings["local_clusters"] == 3 and r.num_images == 8 and not r.degenerate
 
@@ -87,7 +89,9 @@ def test_accumulator_partial_last_batch_and_empty():
 
 
 def test_oracle_labels_match_kmeans_on_separated_clusters():
-    z, cls = clustered_features(8, 49, 32, classes=8, classes_per_image=2, noise=0.02, image_shift=0.0, seed=3, return_labels=True)
+    z, cls = clustered_features(
+        8, 49, 32, classes=8, classes_per_image=2, noise=0.02, image_shift=0.0, seed=3, return_labels=True
+    )
     local = torch.stack([torch.unique(c, return_inverse=True)[1] for c in cls])
     glob = torch.cat([torch.unique(cls[i : i + 4], return_inverse=True)[1] for i in (0, 4)])
     oracle = dse_from_labels(z, local, glob, local_clusters=2, global_clusters=8, images_per_group=4)

@@ -60,7 +60,12 @@ def test_same_seed_identical(seed, dse_seed):
 @given(seed=st.integers(0, 10_000), normalize=st.booleans())
 def test_float32_and_float64_agree(seed, normalize):
     z = _features(seed)
-    _close(dse(z, normalize=normalize, seed=4, **KW), dse(z.float(), normalize=normalize, seed=4, **KW), rel=1e-4, abs_=1e-5)
+    _close(
+        dse(z, normalize=normalize, seed=4, **KW),
+        dse(z.float(), normalize=normalize, seed=4, **KW),
+        rel=1e-4,
+        abs_=1e-5,
+    )
 
 
 def test_numpy_and_torch_inputs_agree():

@@ -14,12 +14,16 @@ from dsekit.train.gram import parse_gram_teacher
 
 def _direct(student, teacher, clamp=True, image_level=True):
     """One Gram matrix at a time, with explicit loops: mean over entries of the squared difference."""
+
     def gram(x):
         x = x / x.norm(dim=-1, keepdim=True)
         return x @ x.T
 
-    pairs = [(student[b], teacher[b]) for b in range(student.shape[0])] if image_level else \
-        [(student.reshape(-1, student.shape[-1]), teacher.reshape(-1, teacher.shape[-1]))]
+    pairs = (
+        [(student[b], teacher[b]) for b in range(student.shape[0])]
+        if image_level
+        else [(student.reshape(-1, student.shape[-1]), teacher.reshape(-1, teacher.shape[-1]))]
+    )
     total, count = 0.0, 0
     for s, t in pairs:
         gs, gt = gram(s), gram(t)
@@ -87,8 +91,17 @@ def _train(out, **kw):
     from dsekit.train.config import TrainConfig
     from dsekit.train.ssl import train
 
-    cfg = dict(method="mocov3", out=str(out), num_images=32, epochs=2, save_every=1, batch_size=16,
-               arch="vit_tiny_scenes", model_kwargs={"depth": 1}, seed=0)
+    cfg = dict(
+        method="mocov3",
+        out=str(out),
+        num_images=32,
+        epochs=2,
+        save_every=1,
+        batch_size=16,
+        arch="vit_tiny_scenes",
+        model_kwargs={"depth": 1},
+        seed=0,
+    )
     cfg.update(kw)
     return train(TrainConfig(**cfg), progress=False)
 
@@ -108,8 +121,10 @@ def test_train_with_a_step_teacher_logs_the_term_and_resumes_bit_for_bit(tmp_pat
     part = tmp_path / "part"
     _train(part, gram_weight=w, gram_teacher=1, gram_every=2, stop_after=1)
     _train(part, gram_weight=w, gram_teacher=1, gram_every=2)
-    assert _log(part) == [{**e, "seconds": _log(part)[i]["seconds"], "images_per_s": _log(part)[i]["images_per_s"]}
-                          for i, e in enumerate(log)]
+    assert _log(part) == [
+        {**e, "seconds": _log(part)[i]["seconds"], "images_per_s": _log(part)[i]["images_per_s"]}
+        for i, e in enumerate(log)
+    ]
 
 
 def test_init_from_and_a_file_teacher(tmp_path):

@@ -20,14 +20,20 @@ from dsekit.backbones.hf import MODEL_TYPES  # noqa: E402
 SMALL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 TYPES = {
     "dinov2": (transformers.Dinov2Config, {"image_size": 56, "patch_size": 14}),
-    "dinov2_with_registers": (transformers.Dinov2WithRegistersConfig,
-                              {"image_size": 56, "patch_size": 14, "num_register_tokens": 4}),
+    "dinov2_with_registers": (
+        transformers.Dinov2WithRegistersConfig,
+        {"image_size": 56, "patch_size": 14, "num_register_tokens": 4},
+    ),
     "dinov3_vit": (transformers.DINOv3ViTConfig, {"image_size": 64, "patch_size": 16, "num_register_tokens": 4}),
     "vit": (transformers.ViTConfig, {"image_size": 64, "patch_size": 16}),
     "vit_mae": (transformers.ViTMAEConfig, {"image_size": 64, "patch_size": 16, "mask_ratio": 0.0}),
     "ijepa": (transformers.IJepaConfig, {"image_size": 64, "patch_size": 16}),
 }
-TASKS = {"dinov2": "Dinov2ForImageClassification", "vit": "ViTForImageClassification", "vit_mae": "ViTMAEForPreTraining"}
+TASKS = {
+    "dinov2": "Dinov2ForImageClassification",
+    "vit": "ViTForImageClassification",
+    "vit_mae": "ViTMAEForPreTraining",
+}
 
 
 def _save(folder: Path, model_type: str, task: str | None = None, seed: int = 0) -> Path:
@@ -53,8 +59,11 @@ def _reference(folder: Path, model_type: str, x: torch.Tensor, hidden_layer: int
         kw["interpolate_pos_encoding"] = True
     with torch.no_grad():
         out = model(pixel_values=x, output_hidden_states=hidden_layer is not None, **kw)
-        t = out.last_hidden_state if hidden_layer is None else getattr(model, MODEL_TYPES[model_type].norm)(
-            out.hidden_states[hidden_layer + 1])
+        t = (
+            out.last_hidden_state
+            if hidden_layer is None
+            else getattr(model, MODEL_TYPES[model_type].norm)(out.hidden_states[hidden_layer + 1])
+        )
     prefix = (0 if model_type == "ijepa" else 1) + int(getattr(cfg, "num_register_tokens", 0) or 0)
     return t[:, prefix:]
 
@@ -73,6 +82,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch):
     """Nothing here may reach a hub: any connection attempt fails the test."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("a network connection was attempted")
 
@@ -155,7 +165,9 @@ def test_a_folder_with_a_task_head_only_is_refused(tmp_path):
     from safetensors.torch import save_file
 
     folder = _save(tmp_path / "m", "vit", "ViTForImageClassification")
-    save_file({"classifier.weight": torch.zeros(2, 32), "classifier.bias": torch.zeros(2)}, str(folder / "model.safetensors"))
+    save_file(
+        {"classifier.weight": torch.zeros(2, 32), "classifier.bias": torch.zeros(2)}, str(folder / "model.safetensors")
+    )
     with pytest.raises(CheckpointError, match="task head only"):
         load_backbone(folder, "hf", img_size=64)
     with pytest.raises(CheckpointError, match="task head only"):

@@ -267,11 +267,38 @@ def test_dangling_link_link_loop_and_fifo_are_skipped_and_counted_by_the_scan(tm
     sd = {"backbone." + k: v for k, v in m.state_dict().items()}
     torch.save({"teacher": sd, "student": sd, "epoch": 1}, run / "checkpoint0001.pth")
     rc: list[int] = []
-    t = threading.Thread(target=lambda: rc.append(main([
-        "scan", str(run), "--method", "dino", "--model-kwarg", "depth=1", "--image-size", "32", "--images", str(images),
-        "--num-images", "9", "--local-clusters", "2", "--global-clusters", "4", "--images-per-group", "2",
-        "--intervals", "0", "--quiet", "--out", str(tmp_path / "out"),
-    ])), daemon=True)
+    t = threading.Thread(
+        target=lambda: rc.append(
+            main(
+                [
+                    "scan",
+                    str(run),
+                    "--method",
+                    "dino",
+                    "--model-kwarg",
+                    "depth=1",
+                    "--image-size",
+                    "32",
+                    "--images",
+                    str(images),
+                    "--num-images",
+                    "9",
+                    "--local-clusters",
+                    "2",
+                    "--global-clusters",
+                    "4",
+                    "--images-per-group",
+                    "2",
+                    "--intervals",
+                    "0",
+                    "--quiet",
+                    "--out",
+                    str(tmp_path / "out"),
+                ]
+            )
+        ),
+        daemon=True,
+    )
     t.start()
     t.join(timeout=120)
     assert not t.is_alive(), "the scan hung"

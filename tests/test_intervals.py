@@ -95,10 +95,12 @@ def test_dse_half_sample_interval_coverage(one_thread):
     centres = rng.normal(size=(6, 8))
     n, N, R = 32, 16, 10
     # the truth: expected DSE_raw of n images, over images and seeds (Monte Carlo, 300 draws)
-    truth = np.mean([
-        dse(_patch_sample(rng, centres, n, N), seed=s, global_clusters=6, images_per_group=8).dse_raw
-        for s in range(300)
-    ])
+    truth = np.mean(
+        [
+            dse(_patch_sample(rng, centres, n, N), seed=s, global_clusters=6, images_per_group=8).dse_raw
+            for s in range(300)
+        ]
+    )
 
     def score(sub: torch.Tensor, seed: int) -> dict[str, float]:
         return {"dse_raw": dse(sub, seed=seed, global_clusters=6, images_per_group=8).dse_raw}

@@ -17,7 +17,7 @@ def _blobs(P=4, k=5, per=30, d=8, spread=0.05, seed=0):
 
 def _same_partition(a, b):
     # a relabelling of one another
-    pairs = set(zip(a.tolist(), b.tolist()))
+    pairs = set(zip(a.tolist(), b.tolist(), strict=True))
     return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
 
 

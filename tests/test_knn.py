@@ -60,7 +60,10 @@ def test_scene_image_labels_are_the_largest_digit():
     s = generate_scenes(12, "val", image_size=64, seed=3, config=SceneConfig(image_size=64, digits_per_scene=(1, 3)))
     labels = s.image_labels()
     for i in range(12):
-        sizes = [(b[2] - b[0]) * (b[3] - b[1]) if l >= 0 else -1 for b, l in zip(s.digit_boxes[i], s.digit_labels[i])]
+        sizes = [
+            (b[2] - b[0]) * (b[3] - b[1]) if lab >= 0 else -1
+            for b, lab in zip(s.digit_boxes[i], s.digit_labels[i], strict=True)
+        ]
         assert labels[i] == s.digit_labels[i][int(np.argmax(sizes))]
 
 
@@ -81,8 +84,9 @@ def test_folder_image_labels_from_a_file_and_from_folder_names(tmp_path):
     ds = get_dataset("folder", root, "all", image_size=8)
     got = image_labels(ds)
     assert got.names == ["cat", "dog"] and got.labels == [0, 0, 0, 1, 1, 1] and "folder names" in got.source
-    (tmp_path / "labels.csv").write_text("name,label\n" + "".join(f"{c}/{i},{'x' if i else 'y'}\n" for c in ("cat", "dog")
-                                                                     for i in range(3)))
+    (tmp_path / "labels.csv").write_text(
+        "name,label\n" + "".join(f"{c}/{i},{'x' if i else 'y'}\n" for c in ("cat", "dog") for i in range(3))
+    )
     got = image_labels(ds, str(tmp_path / "labels.csv"))
     assert got.names == ["x", "y"] and got.labels == [1, 0, 0, 1, 0, 0]
     (tmp_path / "short.csv").write_text("cat/0,x\n")

@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_dinov import _teacher, dinov2_sd
 
 from dsekit.probe import ProbeConfig, probe
 from dsekit.report import write_report
 from dsekit.scan import ScanConfig, scan
 from dsekit.select import calibrate
+
+from test_dinov import _teacher, dinov2_sd
 
 STEPS = (1249, 2499, 3749)
 COMMON = {"num_images": 16, "image_size": 56, "intervals": 4, "seed": 0}
@@ -54,8 +55,12 @@ def test_scan_layer_map(run, tmp_path):
     record = json.loads((out / "layers.json").read_text())
     for b in range(3):  # λ of each block: calibrated on that block's curve
         mine = [r for r in rows if r["layer"] == str(b)]
-        lam = calibrate(*[[float(r[t]) for r in mine] for t in
-                          ("inter_class_distance", "intra_class_image", "intra_class_batch", "effective_dimensionality")]).lam
+        lam = calibrate(
+            *[
+                [float(r[t]) for r in mine]
+                for t in ("inter_class_distance", "intra_class_image", "intra_class_batch", "effective_dimensionality")
+            ]
+        ).lam
         assert record["lambda"][str(b)] == pytest.approx(lam)
     for best in record["best_layer"]:  # the best block: the largest DSE on the map's one scale
         cells = {int(r["layer"]): float(r["dse_map"]) for r in rows if r["checkpoint"] == best["checkpoint"]}
@@ -69,14 +74,17 @@ def test_scan_layer_map(run, tmp_path):
 
     plain = tmp_path / "plain"
     scan(ScanConfig(str(run), "dinov2", out=str(plain), **COMMON), progress=False)
-    assert [r["dse"] for r in _rows(plain / "dse.csv")] == [main[r["checkpoint"]]["dse"] for r in _rows(plain / "dse.csv")]
+    assert [r["dse"] for r in _rows(plain / "dse.csv")] == [
+        main[r["checkpoint"]]["dse"] for r in _rows(plain / "dse.csv")
+    ]
 
 
 def test_probe_layers_and_the_report_per_block(run, tmp_path):
     out = tmp_path / "map"
     scan(ScanConfig(str(run), "dinov2", out=str(out), layers=(0, -1), **COMMON), progress=False)
-    cfg = ProbeConfig(str(run), "dinov2", out=str(out), image_size=56, num_train=12, num_val=8, epochs=2,
-                      layers=(0, -1))
+    cfg = ProbeConfig(
+        str(run), "dinov2", out=str(out), image_size=56, num_train=12, num_val=8, epochs=2, layers=(0, -1)
+    )
     res = probe(cfg, progress=False)
     assert res.ok
     layer_rows = _rows(out / "probe_layers.csv")
@@ -99,12 +107,34 @@ def test_probe_layers_and_the_report_per_block(run, tmp_path):
 
 
 def test_cli_layer_errors(run, tmp_path):
-    bad = subprocess.run([sys.executable, "-m", "dsekit", "scan", str(run), "--method", "dinov2", "--layers", "banana"],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "dsekit", "scan", str(run), "--method", "dinov2", "--layers", "banana"],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "--layers" in bad.stderr and "Traceback" not in bad.stderr
-    out = subprocess.run([sys.executable, "-m", "dsekit", "scan", str(run), "--method", "dinov2", "--layers", "7",
-                          "--image-size", "56", "--num-images", "8", "--out", str(tmp_path / "o"), "--quiet"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dsekit",
+            "scan",
+            str(run),
+            "--method",
+            "dinov2",
+            "--layers",
+            "7",
+            "--image-size",
+            "56",
+            "--num-images",
+            "8",
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode != 0 and "out of range" in out.stderr and "Traceback" not in out.stderr
 
 
@@ -115,5 +145,5 @@ def test_multi_layer_extraction_is_one_pass_of_the_single_layers(run):
     x = torch.randn(3, 3, 56, 56)
     with torch.no_grad():
         many = FeatureExtractor(model, layers=[2, 0])(x)
-        for f, b in zip(many, [2, 0]):
+        for f, b in zip(many, [2, 0], strict=True):
             np.testing.assert_array_equal(f.numpy(), FeatureExtractor(model, b)(x).numpy())

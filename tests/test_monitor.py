@@ -99,8 +99,14 @@ def test_lightning_callback_drives_model_checkpoint(tmp_path):
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images), batch_size=8)
     mon = DSEMonitor(images, local_clusters=2, global_clusters=4, images_per_group=4)
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, monitor="dse", mode="max", save_top_k=1)
-    trainer = pl.Trainer(max_epochs=3, callbacks=[DSEMonitorCallback(mon), ckpt], logger=False,
-                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer = pl.Trainer(
+        max_epochs=3,
+        callbacks=[DSEMonitorCallback(mon), ckpt],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     trainer.fit(Module(), data)
     assert "dse" in trainer.callback_metrics and "effective_dimensionality" in trainer.callback_metrics
     assert len(mon.history) == 3

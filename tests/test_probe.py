@@ -21,9 +21,9 @@ from PIL import Image
 from torch import nn
 
 from dsekit.backbones import FeatureExtractor, create_backbone, extract_features, load_backbone
+from dsekit.cli.probe import add_probe_parser, run_probe
 from dsekit.data.images import IMAGENET_MEAN, IMAGENET_STD
 from dsekit.data.segmentation import get_dataset
-from dsekit.cli.probe import add_probe_parser, run_probe
 from dsekit.feature_cache import FeatureCache, spill_prefix
 from dsekit.io import read_confusion_table
 from dsekit.linear_head import LinearHead, bilinear_matrix, linear_probe, upsampled_cross_entropy
@@ -281,8 +281,16 @@ def vit_run(tmp_path_factory) -> Path:
 
 def _cfg(run: Path, out: Path, **kw) -> ProbeConfig:
     base = dict(
-        dataset="scenes", out=str(out), image_size=IMG, num_train=N_TRAIN, num_val=N_VAL, epochs=3,
-        head_batch_size=8, lr=1e-2, model_kwargs=VIT_KW, device="cpu",
+        dataset="scenes",
+        out=str(out),
+        image_size=IMG,
+        num_train=N_TRAIN,
+        num_val=N_VAL,
+        epochs=3,
+        head_batch_size=8,
+        lr=1e-2,
+        model_kwargs=VIT_KW,
+        device="cpu",
     )
     return ProbeConfig(str(run), "generic", **{**base, **kw})
 
@@ -334,8 +342,16 @@ def test_probe_numbers_equal_a_direct_computation(probed, vit_run):
     model = load_backbone(path, "generic", "vit_small_patch16_224", model_kwargs=VIT_KW, img_size=IMG)
     feats = {s: extract_features(FeatureExtractor(model), data[s][0]).half() for s in data}
     direct = linear_probe(
-        feats["train"], data["train"][1], feats["val"], data["val"][1], 15,
-        epochs=cfg.epochs, batch_size=cfg.head_batch_size, lr=cfg.lr, seed=cfg.seed, device="cpu",
+        feats["train"],
+        data["train"][1],
+        feats["val"],
+        data["val"][1],
+        15,
+        epochs=cfg.epochs,
+        batch_size=cfg.head_batch_size,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        device="cpu",
     )
     got = next(r for r in probed.results if r.epoch == EPOCHS[1])
     assert got.miou == pytest.approx(direct.miou, abs=1e-9)
@@ -408,7 +424,7 @@ def test_feature_cache_bound_and_spill(tmp_path):
     b[:] = [1, 2, 3]
     assert cache.in_memory_bytes == 1000 and cache.on_disk_bytes == 12
     cache.release("a")
-    c = cache.allocate("c", (100,), np.uint8)
+    cache.allocate("c", (100,), np.uint8)
     assert not cache.is_spilled("c") and cache.peak_in_memory_bytes == 1000
     a[:] = 1  # still usable by whoever holds it
     cache.close()
@@ -424,8 +440,17 @@ def test_other_datasets_rows_are_kept_in_probe_csv(vit_run, tmp_path):
     res = probe(_cfg(vit_run, out, epochs=1), progress=False)
     rows = _rows(out / "probe.csv")
     assert rows[0] == {
-        "checkpoint": "/x/a.pth", "epoch": "1", "dataset": "voc", "miou": "0.5", "pixel_accuracy": "0.9",
-        "miou_low": "", "miou_high": "", "heads": "", "knn_top1": "", "knn_low": "", "knn_high": "",
+        "checkpoint": "/x/a.pth",
+        "epoch": "1",
+        "dataset": "voc",
+        "miou": "0.5",
+        "pixel_accuracy": "0.9",
+        "miou_low": "",
+        "miou_high": "",
+        "heads": "",
+        "knn_top1": "",
+        "knn_low": "",
+        "knn_high": "",
     }
     assert [r["checkpoint"] for r in rows[1:]] == [r.checkpoint for r in res.results]  # old scenes rows replaced
 
@@ -441,8 +466,17 @@ def test_bad_mask_in_a_folder_dataset_names_the_file(vit_run, tmp_path):
         if i == 1:
             m[5:9, 5:9] = 7
         Image.fromarray(m).save(root / "masks" / f"s{i}.png")
-    cfg = _cfg(vit_run, tmp_path / "out", dataset="folder", root=str(root), train_split="all", val_split="all",
-               num_train=None, num_val=None, workers=0)
+    cfg = _cfg(
+        vit_run,
+        tmp_path / "out",
+        dataset="folder",
+        root=str(root),
+        train_split="all",
+        val_split="all",
+        num_train=None,
+        num_val=None,
+        workers=0,
+    )
     with pytest.raises(ValueError, match=r"s1\.png.*7"):
         probe(cfg, progress=False)
 
@@ -455,12 +489,32 @@ def test_a_corrupt_checkpoint_is_recorded_and_the_rest_probed(vit_run, tmp_path,
     (run / "model_ep999.pth").write_bytes(b"not a checkpoint")
     parser = argparse.ArgumentParser(prog="dsekit")
     add_probe_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args([
-        "probe", str(run), "--dataset", "scenes", "--method", "generic", "--out", str(tmp_path / "out"),
-        "--image-size", str(IMG), "--num-train", str(N_TRAIN), "--num-val", str(N_VAL), "--epochs", "1",
-        "--head-batch-size", "8", "--device", "cpu", "--quiet",
-        *[a for k, v in VIT_KW.items() for a in ("--model-kwarg", f"{k}={v}")],
-    ])
+    args = parser.parse_args(
+        [
+            "probe",
+            str(run),
+            "--dataset",
+            "scenes",
+            "--method",
+            "generic",
+            "--out",
+            str(tmp_path / "out"),
+            "--image-size",
+            str(IMG),
+            "--num-train",
+            str(N_TRAIN),
+            "--num-val",
+            str(N_VAL),
+            "--epochs",
+            "1",
+            "--head-batch-size",
+            "8",
+            "--device",
+            "cpu",
+            "--quiet",
+            *[a for k, v in VIT_KW.items() for a in ("--model-kwarg", f"{k}={v}")],
+        ]
+    )
     assert args.func is run_probe
     assert run_probe(args) == 1
     assert "model_ep999.pth" in capsys.readouterr().err
@@ -502,9 +556,23 @@ def test_two_gloo_processes_give_the_single_process_probe_csv(probed, vit_run, t
     env.pop("WORLD_SIZE", None)
     logs = tmp_path / "logs"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(port), "--log_dir", str(logs), "--redirects", "3",
-        str(script), json.dumps(asdict(cfg)),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        "--log_dir",
+        str(logs),
+        "--redirects",
+        "3",
+        str(script),
+        json.dumps(asdict(cfg)),
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     rank_logs = {int(p.parent.name): p.read_text() for p in logs.rglob("stderr.log")}
@@ -619,19 +687,58 @@ def test_plain_image_mask_folder_probes_with_inferred_classes_and_split(vit_run,
         m[: IMG // 2] = 1 + k % 2
         Image.fromarray(m).save(root / "masks" / f"s{k:02d}.png")
     out = tmp_path / "out"
-    rc = main(["probe", str(vit_run), "--method", "generic", "--dataset", "folder", "--root", str(root),
-               "--image-size", str(IMG), *sum((["--model-kwarg", f"{k}={v}"] for k, v in VIT_KW.items()), []),
-               "--epochs", "1", "--glob", "model_ep5.pth", "--quiet", "--out", str(out)])
+    rc = main(
+        [
+            "probe",
+            str(vit_run),
+            "--method",
+            "generic",
+            "--dataset",
+            "folder",
+            "--root",
+            str(root),
+            "--image-size",
+            str(IMG),
+            *sum((["--model-kwarg", f"{k}={v}"] for k, v in VIT_KW.items()), []),
+            "--epochs",
+            "1",
+            "--glob",
+            "model_ep5.pth",
+            "--quiet",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     record = json.loads((out / "probe_folder_data.json").read_text())  # label: folder:<root name>
     assert record["data"]["class_names"] == ["class_0", "class_1", "class_2"]
     assert record["data"]["train"]["classes_from"] == "masks"
     assert record["data"]["val"]["split_from"].startswith("sha256(name)")
     assert record["data"]["train"]["num_samples"] + record["data"]["val"]["num_samples"] == 30
-    rc = main(["probe", str(vit_run), "--method", "generic", "--dataset", "folder", "--root", str(root),
-               "--num-classes", "4", "--image-size", str(IMG),
-               *sum((["--model-kwarg", f"{k}={v}"] for k, v in VIT_KW.items()), []),
-               "--epochs", "1", "--glob", "model_ep5.pth", "--quiet", "--out", str(tmp_path / "out4")])
+    rc = main(
+        [
+            "probe",
+            str(vit_run),
+            "--method",
+            "generic",
+            "--dataset",
+            "folder",
+            "--root",
+            str(root),
+            "--num-classes",
+            "4",
+            "--image-size",
+            str(IMG),
+            *sum((["--model-kwarg", f"{k}={v}"] for k, v in VIT_KW.items()), []),
+            "--epochs",
+            "1",
+            "--glob",
+            "model_ep5.pth",
+            "--quiet",
+            "--out",
+            str(tmp_path / "out4"),
+        ]
+    )
     assert rc == 0
     assert len(json.loads((tmp_path / "out4" / "probe_folder_data.json").read_text())["data"]["class_names"]) == 4
 
@@ -648,8 +755,16 @@ def test_replaced_images_are_probed_anew(vit_run, tmp_path):
         m = np.zeros((IMG, IMG), np.uint8)
         m[: IMG // 2] = 1
         Image.fromarray(m).save(root / "masks" / f"s{k:02d}.png")
-    cfg = _cfg(vit_run, tmp_path / "out", dataset="folder", root=str(root), num_train=None, num_val=None, epochs=1,
-               glob="model_ep5.pth")
+    cfg = _cfg(
+        vit_run,
+        tmp_path / "out",
+        dataset="folder",
+        root=str(root),
+        num_train=None,
+        num_val=None,
+        epochs=1,
+        glob="model_ep5.pth",
+    )
     assert probe(cfg, progress=False).computed == 1
     assert probe(cfg, progress=False).computed == 0
     # every image replaced by another of the same size: not the same data, not the same mIoU
@@ -674,10 +789,32 @@ def test_a_bad_mask_read_in_a_worker_is_named_without_the_workers_traceback(vit_
     bad = np.zeros((IMG, IMG), np.uint8)
     bad[0, 0] = 7  # not a class of classes.txt
     Image.fromarray(bad).save(root / "masks" / "s03.png")
-    rc = main(["probe", str(vit_run), "--method", "generic", "--dataset", "folder", "--root", str(root),
-               "--val-split", "all", "--image-size", str(IMG), "--workers", "2",
-               *sum((["--model-kwarg", f"{k}={v}"] for k, v in VIT_KW.items()), []),
-               "--epochs", "1", "--glob", "model_ep5.pth", "--quiet", "--out", str(tmp_path / "out")])
+    rc = main(
+        [
+            "probe",
+            str(vit_run),
+            "--method",
+            "generic",
+            "--dataset",
+            "folder",
+            "--root",
+            str(root),
+            "--val-split",
+            "all",
+            "--image-size",
+            str(IMG),
+            "--workers",
+            "2",
+            *sum((["--model-kwarg", f"{k}={v}"] for k, v in VIT_KW.items()), []),
+            "--epochs",
+            "1",
+            "--glob",
+            "model_ep5.pth",
+            "--quiet",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "s03.png" in err and "7" in err
     assert "Traceback" not in err and "worker" not in err

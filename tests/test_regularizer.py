@@ -42,7 +42,11 @@ def test_lam_weights_m_dim_and_loss_is_minus_beta_dse():
     reg = DSERegularizer(lam=2.5, seed=3, **KW)
     value = reg(z)
     t = reg.last_terms
-    expected = t["inter_class_distance"] - (t["intra_class_image"] + t["intra_class_batch"]) / 2 + 2.5 * t["effective_dimensionality"]
+    expected = (
+        t["inter_class_distance"]
+        - (t["intra_class_image"] + t["intra_class_batch"]) / 2
+        + 2.5 * t["effective_dimensionality"]
+    )
     assert value.item() == pytest.approx(expected, rel=1e-5)
     loss = DSERegularizer(beta=0.01, lam=2.5, seed=3, **KW).loss(z)
     assert loss.item() == pytest.approx(-0.01 * value.item(), rel=1e-6)
@@ -84,7 +88,9 @@ def _fixed_assignment_dse(z0, *, normalize, seed=0):
     assignments = cluster_assignments(base, generator=make_generator(seed), **TINY)
 
     def fn(z):
-        terms = dse_with_grad(z, normalize=normalize, assignments=assignments, generator=make_generator(seed + 1), **TINY)
+        terms = dse_with_grad(
+            z, normalize=normalize, assignments=assignments, generator=make_generator(seed + 1), **TINY
+        )
         return terms.dse(1.0)
 
     return fn
@@ -310,8 +316,28 @@ def test_regularizer_speed_bench_runs(tmp_path, capsys, monkeypatch):
     spec.loader.exec_module(bench)
     threads = torch.get_num_threads()
     out = tmp_path / "bench.json"
-    args = ["--device", "cpu", "--threads", str(threads), "--batch", "8", "--patches", "16", "--dim", "64",
-            "--repeats", "1", "--train-repeats", "1", "--image-size", "32", "--train-batch", "8", "--json", str(out)]
+    args = [
+        "--device",
+        "cpu",
+        "--threads",
+        str(threads),
+        "--batch",
+        "8",
+        "--patches",
+        "16",
+        "--dim",
+        "64",
+        "--repeats",
+        "1",
+        "--train-repeats",
+        "1",
+        "--image-size",
+        "32",
+        "--train-batch",
+        "8",
+        "--json",
+        str(out),
+    ]
     try:
         assert bench.main(args) == 0
     finally:

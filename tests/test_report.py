@@ -50,12 +50,12 @@ def _write(tmp_path):
     with open(tmp_path / "dse.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["checkpoint", "epoch", "dse_raw", "dse", "rankme"])
-        for e, d, r in zip(EPOCHS, DSE, RANKME):
+        for e, d, r in zip(EPOCHS, DSE, RANKME, strict=True):
             w.writerow([f"ckpt{e}.pth", e, d - 1, d, r])
     with open(tmp_path / "probe.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["checkpoint", "epoch", "dataset", "miou", "pixel_accuracy"])
-        for e, m in zip(EPOCHS, MIOU):
+        for e, m in zip(EPOCHS, MIOU, strict=True):
             w.writerow([f"ckpt{e}.pth", e, "scenes", m, 0.9])
             w.writerow([f"ckpt{e}.pth", e, "voc", 100 - m, 0.9])
 
@@ -102,19 +102,19 @@ def _write_with_replicates(tmp_path, accuracy, n_images, noise, seed=0):
     with open(tmp_path / "dse.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["checkpoint", "epoch", *TERMS4, "dse_raw", "dse"])
-        for n, e, v in zip(names, EPOCHS, inter):
+        for n, e, v in zip(names, EPOCHS, inter, strict=True):
             w.writerow([n, e, v, 0.5, 0.5, 0.3 + 0.05 * v, v - 0.5 + 0.3, v])
     with open(tmp_path / "dse_replicates.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["checkpoint", "replicate", *TERMS4, "dse_raw"])
-        for n, v in zip(names, inter):
+        for n, v in zip(names, inter, strict=True):
             for k in range(10):
                 w.writerow([n, k, v + noise * rng.normal(), 0.5, 0.5, 0.3 + 0.05 * v + 0.05 * noise * rng.normal(), v])
     cols = {k: [] for k in ("checkpoint", "head", "image", "cell", "count")}
     with open(tmp_path / "probe.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["checkpoint", "epoch", "dataset", "miou", "pixel_accuracy"])
-        for t, (n, e, p) in enumerate(zip(names, EPOCHS, accuracy)):
+        for t, (n, e, p) in enumerate(zip(names, EPOCHS, accuracy, strict=True)):
             conf = np.zeros((n_images, 2, 2), np.int64)
             right = rng.binomial(20, p, size=(n_images, 2))
             conf[:, 0, 0], conf[:, 0, 1] = right[:, 0], 20 - right[:, 0]
@@ -124,11 +124,20 @@ def _write_with_replicates(tmp_path, accuracy, n_images, noise, seed=0):
             w.writerow([n, e, "scenes", float(np.mean(iou)), 0.5])
             flat = conf.reshape(n_images, 4)
             img, cell = np.nonzero(flat)
-            for k, v in (("checkpoint", np.full(img.size, t)), ("head", np.zeros(img.size)), ("image", img),
-                         ("cell", cell), ("count", flat[img, cell])):
+            for k, v in (
+                ("checkpoint", np.full(img.size, t)),
+                ("head", np.zeros(img.size)),
+                ("image", img),
+                ("cell", cell),
+                ("count", flat[img, cell]),
+            ):
                 cols[k].append(v)
-    np.savez(tmp_path / "probe_scenes_confusion.npz", **{k: np.concatenate(v).astype(np.int64) for k, v in cols.items()},
-             shape=np.array([1, n_images, 4]), checkpoints=np.array(names))
+    np.savez(
+        tmp_path / "probe_scenes_confusion.npz",
+        **{k: np.concatenate(v).astype(np.int64) for k, v in cols.items()},
+        shape=np.array([1, n_images, 4]),
+        checkpoints=np.array(names),
+    )
 
 
 def test_report_intervals_separate_a_clear_gain_from_noise(tmp_path):
@@ -165,12 +174,18 @@ def test_report_without_replicates_says_so(tmp_path):
 @pytest.mark.parametrize(
     "which, text, message",
     [
-        ("dse.csv", "checkpoint,epoch,dse\nckpt10.pth,10,1.0\nckpt20.pth,20,high\n",
-         "dse.csv, line 3, column 'dse': expected a number, got 'high'"),
+        (
+            "dse.csv",
+            "checkpoint,epoch,dse\nckpt10.pth,10,1.0\nckpt20.pth,20,high\n",
+            "dse.csv, line 3, column 'dse': expected a number, got 'high'",
+        ),
         ("dse.csv", "checkpoint,dse\nckpt10.pth,1.0\n", "dse.csv: missing column(s) epoch"),
         ("probe.csv", "checkpoint,epoch,dataset\nckpt10.pth,10,scenes\n", "probe.csv: missing column(s) miou"),
-        ("probe.csv", "checkpoint,epoch,dataset,miou,pixel_accuracy\nckpt10.pth,10,scenes,0.5,x\n",
-         "probe.csv, line 2, column 'pixel_accuracy': expected a number, got 'x'"),
+        (
+            "probe.csv",
+            "checkpoint,epoch,dataset,miou,pixel_accuracy\nckpt10.pth,10,scenes,0.5,x\n",
+            "probe.csv, line 2, column 'pixel_accuracy': expected a number, got 'x'",
+        ),
     ],
 )
 def test_malformed_tables_name_the_file_line_and_column(which, text, message, tmp_path, capsys):

@@ -29,8 +29,8 @@ from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
 import dsekit.data.images as images_mod
-import dsekit.scan as scan_mod
 import dsekit.data.scenes as scenes_mod
+import dsekit.scan as scan_mod
 from dsekit.backbones import FeatureExtractor, create_backbone, extract_features, list_methods
 from dsekit.cli import main
 from dsekit.data.images import ImageSampleWarning, load_image_sample
@@ -38,6 +38,7 @@ from dsekit.metrics.baselines import BASELINE_METRICS
 from dsekit.metrics.dse import TERMS, DSEAccumulator
 from dsekit.scan import CSV_COLUMNS, ScanConfig, scan
 from dsekit.select import calibrate, select_checkpoints
+
 from _weights import randomize
 
 ARCH = "vit_small_patch16_224"
@@ -47,8 +48,14 @@ NUM_IMAGES = 32
 GLOBAL_K = 4
 METRICS = ("rankme", "dense_rankme")
 EXPECTED_COLUMNS = [
-    "checkpoint", "epoch", "inter_class_distance", "intra_class_image", "intra_class_batch",
-    "effective_dimensionality", "dse_raw", "dse",
+    "checkpoint",
+    "epoch",
+    "inter_class_distance",
+    "intra_class_image",
+    "intra_class_batch",
+    "effective_dimensionality",
+    "dse_raw",
+    "dse",
 ]
 # epochs written in a scrambled order, with unpadded names so that the file-name order (1200, 300,
 # 40, 5) differs from the epoch order
@@ -69,8 +76,10 @@ def _vit(seed: int) -> nn.Module:
 def _head(dim: int, seed: int) -> dict[str, Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {
-        "head.mlp.0.weight": torch.randn(16, dim, generator=g), "head.mlp.0.bias": torch.zeros(16),
-        "head.last_layer.weight_g": torch.ones(32, 1), "head.last_layer.weight_v": torch.randn(32, 16, generator=g),
+        "head.mlp.0.weight": torch.randn(16, dim, generator=g),
+        "head.mlp.0.bias": torch.zeros(16),
+        "head.last_layer.weight_g": torch.ones(32, 1),
+        "head.last_layer.weight_v": torch.randn(32, 16, generator=g),
     }
 
 
@@ -97,7 +106,7 @@ def _write_dino(run: Path, epoch: int, seed: int) -> Path:
 def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
-    return rows[0], [dict(zip(rows[0], r)) for r in rows[1:]]
+    return rows[0], [dict(zip(rows[0], r, strict=True)) for r in rows[1:]]
 
 
 def _reference_terms(model: nn.Module, images: Tensor, **dse_kwargs: object) -> tuple[dict[str, float], Tensor]:
@@ -110,8 +119,21 @@ def _reference_terms(model: nn.Module, images: Tensor, **dse_kwargs: object) -> 
 
 def _cli_args(run: Path, out: Path, *extra: str) -> list[str]:
     return [
-        "scan", str(run), "--method", "dino", "--model-kwarg", f"depth={DEPTH}", "--num-images", str(NUM_IMAGES),
-        "--image-size", str(IMG), "--global-clusters", str(GLOBAL_K), "--out", str(out), *extra,
+        "scan",
+        str(run),
+        "--method",
+        "dino",
+        "--model-kwarg",
+        f"depth={DEPTH}",
+        "--num-images",
+        str(NUM_IMAGES),
+        "--image-size",
+        str(IMG),
+        "--global-clusters",
+        str(GLOBAL_K),
+        "--out",
+        str(out),
+        *extra,
     ]
 
 
@@ -135,8 +157,14 @@ def dino_scan(dino_run, tmp_path_factory):
     """The reference scan (with baseline metrics), counting image-sample loads and scene generations."""
     out = tmp_path_factory.mktemp("dino_out")
     cfg = ScanConfig(
-        str(dino_run), "dino", out=str(out), model_kwargs={"depth": DEPTH}, num_images=NUM_IMAGES,
-        image_size=IMG, global_clusters=GLOBAL_K, metrics=METRICS,
+        str(dino_run),
+        "dino",
+        out=str(out),
+        model_kwargs={"depth": DEPTH},
+        num_images=NUM_IMAGES,
+        image_size=IMG,
+        global_clusters=GLOBAL_K,
+        metrics=METRICS,
     )
     calls = {"load_image_sample": 0, "make_scenes": 0}
 
@@ -324,7 +352,7 @@ def test_corrupt_checkpoints_are_recorded_and_the_rest_scored(dino_run, dino_sca
     assert [int(r["epoch"]) for r in rows] == sorted(EPOCHS)
     # the good checkpoints got the same numbers as in the clean scan
     _, ref_rows = _read_csv(cfg.out_dir / "dse.csv")
-    for r, ref in zip(rows, ref_rows):
+    for r, ref in zip(rows, ref_rows, strict=True):
         assert [r[c] for c in EXPECTED_COLUMNS[1:]] == [ref[c] for c in EXPECTED_COLUMNS[1:]]
 
     record = json.loads((out / "run.json").read_text())
@@ -364,8 +392,14 @@ def test_unreadable_and_missing_images_are_skipped_counted_and_reported(dino_run
 
     monkeypatch.setattr(images_mod, "_decode", counting_decode)
     cfg = ScanConfig(
-        str(dino_run), "dino", out=str(tmp_path / "out"), model_kwargs={"depth": DEPTH}, images=str(folder),
-        num_images=20, image_size=IMG, global_clusters=GLOBAL_K,
+        str(dino_run),
+        "dino",
+        out=str(tmp_path / "out"),
+        model_kwargs={"depth": DEPTH},
+        images=str(folder),
+        num_images=20,
+        image_size=IMG,
+        global_clusters=GLOBAL_K,
     )
     with pytest.warns(UserWarning) as record:
         result = scan(cfg, progress=False)
@@ -393,8 +427,15 @@ def test_fewer_images_than_asked_warns(dino_run, tmp_path):
     for i in range(10):
         Image.fromarray(np.full((50, 50, 3), 20 * i, dtype=np.uint8)).save(folder / f"{i}.png")
     cfg = ScanConfig(
-        str(dino_run), "dino", out=str(tmp_path / "out"), model_kwargs={"depth": DEPTH}, images=str(folder),
-        num_images=12, image_size=IMG, global_clusters=GLOBAL_K, glob="checkpoint[45]*.pth",
+        str(dino_run),
+        "dino",
+        out=str(tmp_path / "out"),
+        model_kwargs={"depth": DEPTH},
+        images=str(folder),
+        num_images=12,
+        image_size=IMG,
+        global_clusters=GLOBAL_K,
+        glob="checkpoint[45]*.pth",
     )
     with pytest.warns(UserWarning) as record:
         result = scan(cfg, progress=False)
@@ -440,14 +481,14 @@ def test_rerun_skips_finished_checkpoints_and_a_changed_setting_recomputes(dino_
     assert changed.computed == 1 and len(loads) == 1
     _, rows = _read_csv(out / "dse.csv")
     _, ref_rows = _read_csv(cfg.out_dir / "dse.csv")
-    differs = [int(r["epoch"]) for r, ref in zip(rows, ref_rows) if r["dse_raw"] != ref["dse_raw"]]
+    differs = [int(r["epoch"]) for r, ref in zip(rows, ref_rows, strict=True) if r["dse_raw"] != ref["dse_raw"]]
     assert differs == [300]
 
     # a setting that changes the numbers recomputes everything
     other = scan(replace(moved, global_clusters=GLOBAL_K - 1), progress=False)
     assert other.computed == len(EPOCHS)
     _, rows = _read_csv(out / "dse.csv")
-    assert all(r["inter_class_distance"] != ref["inter_class_distance"] for r, ref in zip(rows, ref_rows))
+    assert all(r["inter_class_distance"] != ref["inter_class_distance"] for r, ref in zip(rows, ref_rows, strict=True))
     assert json.loads((out / "run.json").read_text())["settings"]["global_clusters"] == GLOBAL_K - 1
     # so does another image sample; run.json describes the sample each scan was scored on
     fewer = scan(replace(moved, num_images=NUM_IMAGES // 2), progress=False)
@@ -533,8 +574,13 @@ SMALL_IMG = 64  # ResNet and Swin: 2 x 2 tokens in the last stage
 def _simsiam_encoder(seed: int) -> ResNet:
     """torchvision ResNet-50 layout (one block per stage) with SimSiam's projector as ``fc``."""
     net = ResNet(Bottleneck, [1, 1, 1, 1], width_per_group=16)
-    net.fc = nn.Sequential(nn.Linear(2048, 32, bias=False), nn.BatchNorm1d(32), nn.ReLU(),
-                           nn.Linear(32, 16), nn.BatchNorm1d(16, affine=False))
+    net.fc = nn.Sequential(
+        nn.Linear(2048, 32, bias=False),
+        nn.BatchNorm1d(32),
+        nn.ReLU(),
+        nn.Linear(32, 16),
+        nn.BatchNorm1d(16, affine=False),
+    )
     return randomize(net, seed)
 
 
@@ -546,8 +592,15 @@ def _tv_features(net: ResNet, x: Tensor) -> Tensor:
 
 
 def _small_scan(run: Path, out: Path, method: str, kwargs: dict) -> tuple:
-    cfg = ScanConfig(str(run), method, out=str(out), model_kwargs=kwargs, num_images=NUM_IMAGES,
-                     image_size=SMALL_IMG, global_clusters=GLOBAL_K)
+    cfg = ScanConfig(
+        str(run),
+        method,
+        out=str(out),
+        model_kwargs=kwargs,
+        num_images=NUM_IMAGES,
+        image_size=SMALL_IMG,
+        global_clusters=GLOBAL_K,
+    )
     result = scan(cfg, progress=False)
     _, rows = _read_csv(out / "dse.csv")
     return result, rows
@@ -560,10 +613,16 @@ def test_resnet_method_scan(tmp_path):
     for ep, seed in ((9, 10), (19, 11), (29, 12)):
         enc = encoders[ep] = _simsiam_encoder(seed)
         predictor = nn.Sequential(nn.Linear(16, 8, bias=False), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 16))
-        state = {**{f"module.encoder.{k}": v for k, v in enc.state_dict().items()},
-                 **{f"module.predictor.{k}": v for k, v in predictor.state_dict().items()}}
-        ckpt = {"epoch": ep + 1, "arch": "resnet50", "state_dict": state,
-                "optimizer": {"state": {}, "param_groups": [{"lr": 0.05, "params": [0]}]}}
+        state = {
+            **{f"module.encoder.{k}": v for k, v in enc.state_dict().items()},
+            **{f"module.predictor.{k}": v for k, v in predictor.state_dict().items()},
+        }
+        ckpt = {
+            "epoch": ep + 1,
+            "arch": "resnet50",
+            "state_dict": state,
+            "optimizer": {"state": {}, "param_groups": [{"lr": 0.05, "params": [0]}]},
+        }
         torch.save(ckpt, run / f"checkpoint_{ep:04d}.pth.tar")  # SimSiam's official name
     result, rows = _small_scan(run, tmp_path / "out", "simsiam", RESNET_KW)
     assert result.ok and result.computed == 3
@@ -601,13 +660,20 @@ def test_swin_method_scan(tmp_path):
     teachers = {}
     for ep, seed in ((0, 20), (10, 21), (20, 22)):
         teacher = teachers[ep] = randomize(
-            create_backbone("swin_tiny_patch4_window7_224", img_size=SMALL_IMG, init_weights=False,
-                            norm_layer=partial(nn.LayerNorm, eps=1e-6), **SWIN_KW),
+            create_backbone(
+                "swin_tiny_patch4_window7_224",
+                img_size=SMALL_IMG,
+                init_weights=False,
+                norm_layer=partial(nn.LayerNorm, eps=1e-6),
+                **SWIN_KW,
+            ),
             seed,
         )
         sd = _to_original_swin(teacher.state_dict(), SWIN_KW["window_size"])
-        heads = {**_head(teacher.num_features, seed), **{k.replace("head.", "head_dense."): v
-                                                          for k, v in _head(teacher.num_features, seed).items()}}
+        heads = {
+            **_head(teacher.num_features, seed),
+            **{k.replace("head.", "head_dense."): v for k, v in _head(teacher.num_features, seed).items()},
+        }
         ckpt = {
             "teacher": {**sd, **heads},
             "student": {f"module.{k}": v for k, v in {**sd, **heads}.items()},
@@ -644,8 +710,21 @@ def test_building_loading_and_scanning_leave_the_global_rng_alone(tmp_path):
     assert torch.equal(torch.random.get_rng_state(), state)
     load_backbone(run / "checkpoint0001.pth", "dino", img_size=32, model_kwargs={"depth": 1})
     assert torch.equal(torch.random.get_rng_state(), state)
-    scan(ScanConfig(str(run), "dino", model_kwargs={"depth": 1}, num_images=8, image_size=32, local_clusters=2,
-                    global_clusters=4, images_per_group=4, out=str(tmp_path / "out"), intervals=2), progress=False)
+    scan(
+        ScanConfig(
+            str(run),
+            "dino",
+            model_kwargs={"depth": 1},
+            num_images=8,
+            image_size=32,
+            local_clusters=2,
+            global_clusters=4,
+            images_per_group=4,
+            out=str(tmp_path / "out"),
+            intervals=2,
+        ),
+        progress=False,
+    )
     assert torch.equal(torch.random.get_rng_state(), state)
     assert np.array_equal(np.random.get_state()[1], np_state)
 
@@ -668,7 +747,9 @@ def test_settings_that_can_only_fail_fail_before_any_checkpoint_is_read(args, me
     (run / "checkpoint0001.pth").write_bytes(b"not read")
     reads = []
     monkeypatch.setattr(ck, "read_checkpoint", lambda *a, **k: reads.append(a) or {})
-    rc = main(["scan", str(run), "--method", "dino", "--image-size", "32", "--quiet", "--out", str(tmp_path / "o"), *args])
+    rc = main(
+        ["scan", str(run), "--method", "dino", "--image-size", "32", "--quiet", "--out", str(tmp_path / "o"), *args]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and message in err and "Traceback" not in err
     assert reads == []
@@ -741,9 +822,13 @@ def test_report_names_the_file_it_cannot_write(dino_scan, tmp_path, capsys):
     cfg, _, _ = dino_scan
     out = tmp_path / "out"
     shutil.copytree(cfg.out_dir, out)
-    (out / "probe.csv").write_text("checkpoint,epoch,dataset,miou\n" + "".join(
-        f"{r['checkpoint']},{r['epoch']},scenes,0.{i + 1}\n" for i, r in enumerate(csv.DictReader(open(out / "dse.csv")))
-    ))
+    (out / "probe.csv").write_text(
+        "checkpoint,epoch,dataset,miou\n"
+        + "".join(
+            f"{r['checkpoint']},{r['epoch']},scenes,0.{i + 1}\n"
+            for i, r in enumerate(csv.DictReader(open(out / "dse.csv")))
+        )
+    )
     (out / "report.json").mkdir()  # something in the way of the report
     rc = main(["report", str(out)])
     err = capsys.readouterr().err
@@ -764,14 +849,58 @@ def test_partial_weights_are_marked_in_dse_csv_probe_csv_and_the_report(tmp_path
             del sd["backbone.blocks.0.mlp.fc2.weight"]
         torch.save({"teacher": sd, "student": sd, "epoch": ep}, run / f"checkpoint{ep:04d}.pth")
     out = tmp_path / "out"
-    common = ["--method", "dino", "--model-kwarg", "depth=1", "--image-size", "32", "--allow-partial", "--quiet",
-              "--out", str(out)]
+    common = [
+        "--method",
+        "dino",
+        "--model-kwarg",
+        "depth=1",
+        "--image-size",
+        "32",
+        "--allow-partial",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     with pytest.warns(UserWarning, match="missing keys"):
-        assert main(["scan", str(run), *common, "--num-images", "8", "--local-clusters", "2", "--global-clusters", "4",
-                     "--images-per-group", "2", "--intervals", "2"]) == 0
+        assert (
+            main(
+                [
+                    "scan",
+                    str(run),
+                    *common,
+                    "--num-images",
+                    "8",
+                    "--local-clusters",
+                    "2",
+                    "--global-clusters",
+                    "4",
+                    "--images-per-group",
+                    "2",
+                    "--intervals",
+                    "2",
+                ]
+            )
+            == 0
+        )
     with pytest.warns(UserWarning, match="missing keys"):
-        assert main(["probe", str(run), *common, "--dataset", "scenes", "--num-train", "4", "--num-val", "4",
-                     "--epochs", "1"]) == 0
+        assert (
+            main(
+                [
+                    "probe",
+                    str(run),
+                    *common,
+                    "--dataset",
+                    "scenes",
+                    "--num-train",
+                    "4",
+                    "--num-val",
+                    "4",
+                    "--epochs",
+                    "1",
+                ]
+            )
+            == 0
+        )
     for name in ("dse.csv", "probe.csv"):
         _, rows = _read_csv(out / name)
         assert [r["partial"] for r in rows] == ["", "yes"], name
@@ -796,8 +925,19 @@ def test_changed_content_is_never_served_from_the_cache(tmp_path):
     m = create_backbone("vit_small_patch16_224", img_size=32, depth=1)
     sd = {"backbone." + k: v for k, v in m.state_dict().items()}
     torch.save({"teacher": sd, "student": sd, "epoch": 1}, run / "checkpoint0001.pth")
-    cfg = ScanConfig(str(run), "dino", model_kwargs={"depth": 1}, num_images=8, image_size=32, local_clusters=2,
-                     global_clusters=4, images_per_group=4, images=str(images), out=str(tmp_path / "out"), intervals=0)
+    cfg = ScanConfig(
+        str(run),
+        "dino",
+        model_kwargs={"depth": 1},
+        num_images=8,
+        image_size=32,
+        local_clusters=2,
+        global_clusters=4,
+        images_per_group=4,
+        images=str(images),
+        out=str(tmp_path / "out"),
+        intervals=0,
+    )
     first = scan(cfg, progress=False)
     assert first.computed == 1 and scan(cfg, progress=False).computed == 0  # unchanged: reused
     # an image rewritten in place: same name, same size (BMP), other pixels

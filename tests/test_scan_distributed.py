@@ -49,16 +49,36 @@ def run(tmp_path_factory) -> Path:
     for i, ep in enumerate(EPOCHS):
         backbone = {f"backbone.{k}": v for k, v in _vit(i).state_dict().items()}
         torch.save(
-            {"teacher": backbone, "student": {f"module.{k}": v for k, v in backbone.items()}, "epoch": ep + 1,
-             "args": argparse.Namespace(arch="vit_small", patch_size=16)},
+            {
+                "teacher": backbone,
+                "student": {f"module.{k}": v for k, v in backbone.items()},
+                "epoch": ep + 1,
+                "args": argparse.Namespace(arch="vit_small", patch_size=16),
+            },
             root / f"checkpoint{ep:04d}.pth",
         )
     return root
 
 
 def _scan_args(run: Path, out: Path) -> list[str]:
-    return ["scan", str(run), "--method", "dino", "--model-kwarg", f"depth={DEPTH}", "--num-images", str(NUM_IMAGES),
-            "--image-size", str(IMG), "--global-clusters", str(GLOBAL_K), "--metrics", "rankme", "--out", str(out)]
+    return [
+        "scan",
+        str(run),
+        "--method",
+        "dino",
+        "--model-kwarg",
+        f"depth={DEPTH}",
+        "--num-images",
+        str(NUM_IMAGES),
+        "--image-size",
+        str(IMG),
+        "--global-clusters",
+        str(GLOBAL_K),
+        "--metrics",
+        "rankme",
+        "--out",
+        str(out),
+    ]
 
 
 def test_two_gloo_processes_give_the_single_process_outputs(run, tmp_path):
@@ -67,8 +87,16 @@ def test_two_gloo_processes_give_the_single_process_outputs(run, tmp_path):
     torch.set_num_threads(1)
     try:
         single = scan(
-            ScanConfig(str(run), "dino", out=str(tmp_path / "single"), model_kwargs={"depth": DEPTH},
-                       num_images=NUM_IMAGES, image_size=IMG, global_clusters=GLOBAL_K, metrics=("rankme",)),
+            ScanConfig(
+                str(run),
+                "dino",
+                out=str(tmp_path / "single"),
+                model_kwargs={"depth": DEPTH},
+                num_images=NUM_IMAGES,
+                image_size=IMG,
+                global_clusters=GLOBAL_K,
+                metrics=("rankme",),
+            ),
             progress=False,
         )
     finally:
@@ -82,9 +110,26 @@ def test_two_gloo_processes_give_the_single_process_outputs(run, tmp_path):
     port = _free_port()
     env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(port), "--log_dir", str(logs), "--redirects", "3",
-        "-m", "dsekit", *_scan_args(run, out), "--device", "cpu",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        "--log_dir",
+        str(logs),
+        "--redirects",
+        "3",
+        "-m",
+        "dsekit",
+        *_scan_args(run, out),
+        "--device",
+        "cpu",
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     rank_logs = {int(p.parent.name): p.read_text() for p in logs.rglob("stderr.log")}

@@ -28,9 +28,23 @@ def test_scan_lidar_column(tmp_path):
     for ep in (1, 2, 3):
         m = create_backbone("vit_small_patch16_224", img_size=32, depth=1)
         sd = {"module.backbone." + k: v for k, v in m.state_dict().items()}
-        torch.save({"teacher": sd, "student": sd, "epoch": ep, "args": argparse.Namespace(a=1)}, run / f"checkpoint{ep:04d}.pth")
-    cfg = ScanConfig(str(run), "dino", model_kwargs={"depth": 1}, num_images=16, image_size=32, local_clusters=2,
-                     global_clusters=4, images_per_group=4, metrics=("rankme", "lidar"), lidar_images=8, lidar_views=3)
+        torch.save(
+            {"teacher": sd, "student": sd, "epoch": ep, "args": argparse.Namespace(a=1)},
+            run / f"checkpoint{ep:04d}.pth",
+        )
+    cfg = ScanConfig(
+        str(run),
+        "dino",
+        model_kwargs={"depth": 1},
+        num_images=16,
+        image_size=32,
+        local_clusters=2,
+        global_clusters=4,
+        images_per_group=4,
+        metrics=("rankme", "lidar"),
+        lidar_images=8,
+        lidar_views=3,
+    )
     res = scan(cfg, progress=False)
     assert res.ok
     rows = list(csv.DictReader(open(res.out_dir / "dse.csv")))

@@ -73,7 +73,7 @@ def test_every_scene_has_textures_and_digits(train64):
         assert tex and dig, f"scene {i} lacks texture or digit pixels: {present}"
         # the classes present are exactly those the metadata says were drawn
         assert tex <= set(train64.texture_ids[i][train64.texture_ids[i] >= 0].tolist())
-        assert dig <= {T + l for l in train64.digit_labels[i][train64.digit_labels[i] >= 0].tolist()}
+        assert dig <= {T + lab for lab in train64.digit_labels[i][train64.digit_labels[i] >= 0].tolist()}
         n_regions = int((train64.texture_ids[i] >= 0).sum())
         assert SceneConfig().regions_per_scene[0] <= n_regions <= SceneConfig().regions_per_scene[1]
         n_digits = int((train64.digit_indices[i] >= 0).sum())
@@ -89,7 +89,7 @@ def test_digit_pixels_lie_inside_their_boxes(train64):
     for i in range(len(train64)):
         m = train64.masks[i]
         allowed = np.zeros((S, S), dtype=bool)
-        for label, box in zip(train64.digit_labels[i], train64.digit_boxes[i]):
+        for label, box in zip(train64.digit_labels[i], train64.digit_boxes[i], strict=True):
             if label < 0:
                 continue
             y0, x0, y1, x1 = box
@@ -97,7 +97,7 @@ def test_digit_pixels_lie_inside_their_boxes(train64):
             region[y0:y1, x0:x1] = True
             allowed |= region
         for c in range(T, T + 10):  # a digit class only appears inside boxes of digits with that label
-            boxes = [b for l, b in zip(train64.digit_labels[i], train64.digit_boxes[i]) if l == c - T]
+            boxes = [b for lab, b in zip(train64.digit_labels[i], train64.digit_boxes[i], strict=True) if lab == c - T]
             inside = np.zeros((S, S), dtype=bool)
             for y0, x0, y1, x1 in boxes:
                 inside[y0:y1, x0:x1] = True
@@ -183,8 +183,8 @@ def test_texture_crops_stay_in_their_half(train64, val64):
         tr, va = texture_split_bounds(name, "train"), texture_split_bounds(name, "val")
         assert tr[3] <= va[1]  # train columns end where val columns begin
     for scenes, split in ((train64, "train"), (val64, "val")):
-        for tid_row, box_row in zip(scenes.texture_ids, scenes.texture_boxes):
-            for tid, (y0, x0, y1, x1) in zip(tid_row, box_row):
+        for tid_row, box_row in zip(scenes.texture_ids, scenes.texture_boxes, strict=True):
+            for tid, (y0, x0, y1, x1) in zip(tid_row, box_row, strict=True):
                 if tid < 0:
                     continue
                 by0, bx0, by1, bx1 = texture_split_bounds(names[tid], split)
@@ -337,8 +337,9 @@ def test_textures_are_read_from_the_installed_package():
 
 
 def test_merged_digits_and_thicker_strokes():
-    base = sc.SceneConfig(image_size=64, textures=("gravel", "tissue", "stars"), digits_per_scene=(1, 1),
-                          digit_size=(0.6, 0.9))
+    base = sc.SceneConfig(
+        image_size=64, textures=("gravel", "tissue", "stars"), digits_per_scene=(1, 1), digit_size=(0.6, 0.9)
+    )
     merged = sc.SceneConfig(**{**base.__dict__, "merge_digits": True})
     thick = sc.SceneConfig(**{**base.__dict__, "merge_digits": True, "digit_threshold": 0.2})
     assert merged.class_names() == ["gravel", "tissue", "stars", "digit"] and merged.num_classes == 4

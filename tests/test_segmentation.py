@@ -168,7 +168,7 @@ def _cityscapes(root: Path, values=(7, 26, 0, 33, 24), train_ids: bool = False) 
                     rgba[ids == v] = (*colour.get(int(v), (0, 0, 0)), 255)
                 Image.fromarray(rgba).save(gt / f"{stem}_gtFine_color.png")
                 _mask(gt / f"{stem}_gtFine_instanceIds.png", ids.astype(np.int64) * 1000 + 1000)  # 16-bit
-                polygons = '{"imgHeight": %d, "imgWidth": %d, "objects": []}' % (H, W)
+                polygons = f'{{"imgHeight": {H}, "imgWidth": {W}, "objects": []}}'
                 (gt / f"{stem}_gtFine_polygons.json").write_text(polygons)
                 if train_ids:
                     _mask(gt / f"{stem}_gtFine_labelTrainIds.png", _stripes([3, 255]))
@@ -744,7 +744,7 @@ def test_train_transform_seeded_aligned_and_private(rng_state_guard):
     a, b = TrainTransform(image_size=S, seed=5), TrainTransform(image_size=S, seed=5)
     outs_a = [a(image, mask) for _ in range(6)]
     outs_b = [b(image, mask) for _ in range(6)]
-    for (ia, ma), (ib, mb) in zip(outs_a, outs_b):
+    for (ia, ma), (ib, mb) in zip(outs_a, outs_b, strict=True):
         assert torch.equal(ia, ib) and torch.equal(ma, mb)
         assert ia.shape == (3, S, S) and set(ma.unique().tolist()) <= {0, 1, 2, IGNORE_INDEX}
         assert _agreement(ia, ma, colours) > 0.97
@@ -753,7 +753,7 @@ def test_train_transform_seeded_aligned_and_private(rng_state_guard):
     assert any(not torch.equal(c(image, mask)[1], m) for _, m in outs_a)
     a.set_epoch(1)
     epoch1 = [a(image, mask)[1] for _ in range(6)]
-    assert any(not torch.equal(m1, m0) for m1, (_, m0) in zip(epoch1, outs_a))
+    assert any(not torch.equal(m1, m0) for m1, (_, m0) in zip(epoch1, outs_a, strict=True))
     a.set_epoch(0)
     assert all(torch.equal(a(image, mask)[1], m0) for _, m0 in outs_a)  # epoch 0 replays
     with pytest.raises(ValueError, match="scale"):

@@ -144,7 +144,7 @@ def test_eigvalsh_stacks_equal_one_call_per_stack():
         finally:
             torch.set_num_threads(before)
         assert torch.get_num_threads() == before
-        for s, e in zip(stacks, got):
+        for s, e in zip(stacks, got, strict=True):
             torch.testing.assert_close(e, torch.linalg.eigvalsh(s))
     assert eigvalsh_stacks([]) == []
 
@@ -154,12 +154,16 @@ def test_centered_nuclear_norms_stacks_equal_one_stack_at_a_time(dtype):
     from dsekit.metrics.spectra import centered_nuclear_norms_stacks
 
     g = torch.Generator().manual_seed(1)
-    stacks = [(torch.randn(6, m, 30, generator=g).to(dtype), torch.randint(1, m + 1, (6,), generator=g)) for m in (4, 17, 45)]
+    stacks = [
+        (torch.randn(6, m, 30, generator=g).to(dtype), torch.randint(1, m + 1, (6,), generator=g)) for m in (4, 17, 45)
+    ]
     got = centered_nuclear_norms_stacks((r.clone(), c) for r, c in stacks)  # centred in place
-    for (rows, counts), v in zip(stacks, got):
+    for (rows, counts), v in zip(stacks, got, strict=True):
         assert v.dtype == torch.float64  # like centered_nuclear_norms, whatever the input's precision
         torch.testing.assert_close(v, centered_nuclear_norms(rows, counts), rtol=1e-6, atol=1e-6)
-        ref = torch.stack([torch.linalg.svdvals((r[:n] - r[:n].mean(0)).double()).sum() for r, n in zip(rows, counts)])
+        ref = torch.stack(
+            [torch.linalg.svdvals((r[:n] - r[:n].mean(0)).double()).sum() for r, n in zip(rows, counts, strict=True)]
+        )
         torch.testing.assert_close(v.double(), ref, rtol=1e-5, atol=1e-5)
 
 

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from _weights import randomize
 
 from dsekit.backbones import FeatureExtractor, create_backbone, load_backbone
-from dsekit.sweep import build_model
 from dsekit.scan import ScanConfig
+from dsekit.sweep import build_model
+
+from _weights import randomize
 
 KW = {"depth": 2}
 SIZES = {"vit_small_patch14_reg4_dinov2": 56, "eva02_tiny_patch14_224": 56, "vit_small_patch16_dinov3_qkvb": 64}
@@ -23,7 +24,9 @@ def _features(model: torch.nn.Module, size: int) -> torch.Tensor:
         return FeatureExtractor(model)(x)
 
 
-@pytest.mark.parametrize("arch", ["vit_small_patch14_reg4_dinov2", "eva02_tiny_patch14_224", "vit_small_patch16_dinov3_qkvb"])
+@pytest.mark.parametrize(
+    "arch", ["vit_small_patch14_reg4_dinov2", "eva02_tiny_patch14_224", "vit_small_patch16_dinov3_qkvb"]
+)
 def test_timm_layout_loads_as_it_is(tmp_path, arch):
     size = SIZES[arch]
     src = randomize(create_backbone(arch, img_size=size, init_weights=False, **KW), 3)
@@ -37,6 +40,7 @@ def test_official_layout_goes_through_the_family_filter(tmp_path):
     """An official DINOv2 release file under --method timm: timm's filter maps it (timm's own
     position-embedding resampling; --method dinov2 reads it as the official code does)."""
     from timm.models.vision_transformer import checkpoint_filter_fn
+
     from test_dinov import dinov2_sd
 
     sd = dinov2_sd(regs=4)

@@ -43,10 +43,25 @@ TINY = dict(
     local_crop_size=16,
 )
 TINY_ARGS = [
-    "--arch", "vit_tiny_patch16_224",
+    "--arch",
+    "vit_tiny_patch16_224",
     *[a for k, v in KWARGS.items() for a in ("--model-kwarg", f"{k}={v}")],
-    "--image-size", "32", "--num-images", "16", "--batch-size", "8", "--out-dim", "64",
-    "--hidden-dim", "32", "--bottleneck-dim", "16", "--local-crops", "2", "--local-crop-size", "16",
+    "--image-size",
+    "32",
+    "--num-images",
+    "16",
+    "--batch-size",
+    "8",
+    "--out-dim",
+    "64",
+    "--hidden-dim",
+    "32",
+    "--bottleneck-dim",
+    "16",
+    "--local-crops",
+    "2",
+    "--local-crop-size",
+    "16",
 ]
 
 
@@ -69,8 +84,9 @@ def dino_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("dino")
     parser = argparse.ArgumentParser()
     add_train_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["train", "--method", "dino", "--out", str(out), "--epochs", "2",
-                              "--save-every", "1", "--quiet", *TINY_ARGS])
+    args = parser.parse_args(
+        ["train", "--method", "dino", "--out", str(out), "--epochs", "2", "--save-every", "1", "--quiet", *TINY_ARGS]
+    )
     assert args.func(args) == 0
     return out
 
@@ -86,7 +102,9 @@ def mocov3_run(tmp_path_factory):
 def _method_from(path: Path, method: str):
     """The trainer's own model, restored from a checkpoint by its resume path."""
     ckpt = read_checkpoint(path)
-    run = resolve_config(TrainConfig(**{k: v for k, v in vars(ckpt["args"]).items() if k in TrainConfig.__dataclass_fields__}))
+    run = resolve_config(
+        TrainConfig(**{k: v for k, v in vars(ckpt["args"]).items() if k in TrainConfig.__dataclass_fields__})
+    )
     assert run.cfg.method == method
     m = build_method(run)
     m.load(ckpt)
@@ -122,8 +140,9 @@ def test_dino_checkpoints_are_official_and_load_unchanged(dino_run):
     m = _method_from(path, "dino")
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     for branch, own in (("teacher", m.teacher_backbone()), ("student", m.student_backbone())):
-        loaded = load_backbone(path, "dino", info["arch"], branch=branch, model_kwargs=info["model_kwargs"],
-                               img_size=info["image_size"])
+        loaded = load_backbone(
+            path, "dino", info["arch"], branch=branch, model_kwargs=info["model_kwargs"], img_size=info["image_size"]
+        )
         with torch.no_grad():
             got = FeatureExtractor(loaded)(x)
         assert torch.equal(got, _patches(own, x)), branch
@@ -147,8 +166,9 @@ def test_mocov3_checkpoints_are_official_and_load_unchanged(mocov3_run):
     m = _method_from(path, "mocov3")
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     for branch, own in (("momentum", m.teacher_backbone()), ("base", m.student_backbone())):
-        loaded = load_backbone(path, "mocov3", info["arch"], branch=branch, model_kwargs=info["model_kwargs"],
-                               img_size=info["image_size"])
+        loaded = load_backbone(
+            path, "mocov3", info["arch"], branch=branch, model_kwargs=info["model_kwargs"], img_size=info["image_size"]
+        )
         with torch.no_grad():
             got = FeatureExtractor(loaded)(x)
         assert torch.equal(got, _patches(own, x)), branch
@@ -158,9 +178,20 @@ def test_mocov3_checkpoints_are_official_and_load_unchanged(mocov3_run):
 def test_run_info_and_log(dino_run):
     info = read_run_info(dino_run)
     assert info["scan_args"] == [
-        "--method", "dino", "--arch", "vit_tiny_patch16_224",
-        "--model-kwarg", "patch_size=8", "--model-kwarg", "embed_dim=32", "--model-kwarg", "depth=1",
-        "--model-kwarg", "num_heads=2", "--image-size", "32",
+        "--method",
+        "dino",
+        "--arch",
+        "vit_tiny_patch16_224",
+        "--model-kwarg",
+        "patch_size=8",
+        "--model-kwarg",
+        "embed_dim=32",
+        "--model-kwarg",
+        "depth=1",
+        "--model-kwarg",
+        "num_heads=2",
+        "--image-size",
+        "32",
     ]
     lines = [json.loads(s) for s in (dino_run / "log.txt").read_text().splitlines()]
     assert [h["epoch"] for h in lines] == [0, 1]
@@ -172,8 +203,15 @@ def test_scan_reads_the_checkpoints(dino_run, mocov3_run, tmp_path):
 
     for run_dir in (dino_run, mocov3_run):
         kw = read_run_info(run_dir)["scan_config"]
-        cfg = ScanConfig(run_dir=str(run_dir), out=str(tmp_path / run_dir.name), num_images=16, batch_size=16,
-                         dse_batch_size=16, global_clusters=8, **kw)
+        cfg = ScanConfig(
+            run_dir=str(run_dir),
+            out=str(tmp_path / run_dir.name),
+            num_images=16,
+            batch_size=16,
+            dse_batch_size=16,
+            global_clusters=8,
+            **kw,
+        )
         res = scan(cfg, progress=False)
         assert res.ok and not res.failed
         assert [r.epoch for r in res.results] == [-1, 0, 1]  # the initial weights first
@@ -207,14 +245,16 @@ def _assert_same(a: Path, b: Path) -> None:
 def test_resume_continues_exactly(method, tmp_path, rng_state_guard):
     np_before, py_before = np.random.get_state()[1].copy(), random.getstate()
     full = train(_tiny(method, tmp_path / "full", epochs=3, save_every=1, dse_weight=1e-3), progress=False)
-    part = train(_tiny(method, tmp_path / "part", epochs=3, save_every=1, dse_weight=1e-3, stop_after=1),
-                 progress=False)
+    part = train(
+        _tiny(method, tmp_path / "part", epochs=3, save_every=1, dse_weight=1e-3, stop_after=1), progress=False
+    )
     last = checkpoint_name(method, 2)
     assert part.end_epoch == 1 and not (tmp_path / "part" / last).exists()
     first = (tmp_path / "part" / checkpoint_name(method, 0)).read_bytes()
     lines: list[str] = []
-    rest = train(_tiny(method, tmp_path / "part", epochs=3, save_every=1, dse_weight=1e-3), progress=False,
-                 log=lines.append)
+    rest = train(
+        _tiny(method, tmp_path / "part", epochs=3, save_every=1, dse_weight=1e-3), progress=False, log=lines.append
+    )
     assert rest.start_epoch == 1 and rest.end_epoch == 3
     assert any("resuming" in s for s in lines)
     assert (tmp_path / "part" / checkpoint_name(method, 0)).read_bytes() == first  # not redone
@@ -236,8 +276,22 @@ def test_regulariser_changes_training(tmp_path):
 
 def test_kill_and_resume_in_a_subprocess(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "dsekit", "train", "--method", "dino", "--out", str(out), "--epochs", "6",
-           "--save-every", "1", "--quiet", *TINY_ARGS]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dsekit",
+        "train",
+        "--method",
+        "dino",
+        "--out",
+        str(out),
+        "--epochs",
+        "6",
+        "--save-every",
+        "1",
+        "--quiet",
+        *TINY_ARGS,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     first = out / "checkpoint0000.pth"
@@ -273,8 +327,9 @@ def test_trains_on_an_image_folder(tmp_path):
         sub = tmp_path / "imgs" / f"class{i % 2}"
         sub.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(sub / f"{i}.png")
-    res = train(_tiny("mocov3", tmp_path / "run", images=str(tmp_path / "imgs"), num_images=10, epochs=1),
-                progress=False)
+    res = train(
+        _tiny("mocov3", tmp_path / "run", images=str(tmp_path / "imgs"), num_images=10, epochs=1), progress=False
+    )
     assert res.images["source"] == str((tmp_path / "imgs").resolve()) and res.images["num_images"] == 10
     assert read_run_info(tmp_path / "run")["images"]["image_hash"] == res.images["image_hash"]
     assert [p.name for p, _ in res.checkpoints] == ["checkpoint_0000.pth.tar"]
@@ -310,9 +365,29 @@ def test_probe_cli_reads_the_run_info(dino_run, tmp_path):
     from dsekit.cli import main
 
     out = tmp_path / "probe"
-    rc = main(["probe", str(dino_run), "--method", "dino", "--dataset", "scenes", "--num-train", "8",
-               "--num-val", "4", "--epochs", "1", "--batch-size", "8", "--workers", "0", "--out", str(out),
-               "--quiet"])
+    rc = main(
+        [
+            "probe",
+            str(dino_run),
+            "--method",
+            "dino",
+            "--dataset",
+            "scenes",
+            "--num-train",
+            "8",
+            "--num-val",
+            "4",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--workers",
+            "0",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     rows = (out / "probe.csv").read_text().splitlines()
     assert len(rows) == 4 and rows[0].startswith("checkpoint,epoch,dataset,miou")  # header, init, epochs 0 and 1
@@ -336,14 +411,60 @@ def test_scan_and_probe_cli_read_the_scenes_a_run_was_trained_on(tmp_path):
 
     scenes = {"textures": ["gravel", "tissue", "stars"], "digits_per_scene": [1, 1], "merge_digits": True}
     run = tmp_path / "run"
-    train(TrainConfig(method="mocov3", out=str(run), scenes=scenes, num_images=8, epochs=1, batch_size=4,
-                      model_kwargs={"depth": 1}), progress=False)
+    train(
+        TrainConfig(
+            method="mocov3",
+            out=str(run),
+            scenes=scenes,
+            num_images=8,
+            epochs=1,
+            batch_size=4,
+            model_kwargs={"depth": 1},
+        ),
+        progress=False,
+    )
     assert read_run_info(run)["scan_config"]["scenes"] == scenes
-    assert main(["scan", str(run), "--method", "mocov3", "--num-images", "8", "--global-clusters", "4",
-                 "--images-per-group", "4", "--intervals", "0", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "scan",
+                str(run),
+                "--method",
+                "mocov3",
+                "--num-images",
+                "8",
+                "--global-clusters",
+                "4",
+                "--images-per-group",
+                "4",
+                "--intervals",
+                "0",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     run_json = json.loads((run / "dse" / "run.json").read_text())
     assert run_json["settings"]["scenes"] == scenes
-    assert main(["probe", str(run), "--method", "mocov3", "--dataset", "scenes", "--num-train", "4",
-                 "--num-val", "4", "--epochs", "1", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "probe",
+                str(run),
+                "--method",
+                "mocov3",
+                "--dataset",
+                "scenes",
+                "--num-train",
+                "4",
+                "--num-val",
+                "4",
+                "--epochs",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     record = json.loads((run / "dse" / "probe_scenes.json").read_text())
     assert record["data"]["class_names"] == ["gravel", "tissue", "stars", "digit"]

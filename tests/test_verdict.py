@@ -21,8 +21,16 @@ def _draws(curve, noise, seed=0, r=400):
 
 def test_dense_degradation_when_miou_falls_and_image_accuracy_rises():
     knn = [0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.62, 0.65]
-    v = degradation_verdict(POS, RISE_FALL, knn, miou_draws=_draws(RISE_FALL, 0.01), knn_draws=_draws(knn, 0.02),
-                            loss=[3.0, 2.0, 1.5], collapse_loss=math.log(4096), min_fall=0.02)
+    v = degradation_verdict(
+        POS,
+        RISE_FALL,
+        knn,
+        miou_draws=_draws(RISE_FALL, 0.01),
+        knn_draws=_draws(knn, 0.02),
+        loss=[3.0, 2.0, 1.5],
+        collapse_loss=math.log(4096),
+        min_fall=0.02,
+    )
     assert v["verdict"] == "dense degradation"
     assert v["peak"] == 3 and v["miou_fall"] == pytest.approx(0.10) and v["miou_fall_low"] > 0
     assert v["knn_change"] > 0 and any("holds or rises" in r for r in v["reasons"])
@@ -36,8 +44,15 @@ def test_collapse_when_both_fall():
 
 def test_collapse_when_the_loss_reaches_its_uniform_value():
     knn = [0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.62, 0.65]
-    v = degradation_verdict(POS, RISE_FALL, knn, miou_draws=_draws(RISE_FALL, 0.01), knn_draws=_draws(knn, 0.01),
-                            loss=[7.0, 8.0, 8.317], collapse_loss=math.log(4096))
+    v = degradation_verdict(
+        POS,
+        RISE_FALL,
+        knn,
+        miou_draws=_draws(RISE_FALL, 0.01),
+        knn_draws=_draws(knn, 0.01),
+        loss=[7.0, 8.0, 8.317],
+        collapse_loss=math.log(4096),
+    )
     assert v["verdict"] == "collapse" and any("collapse value" in r and "uniform" in r for r in v["reasons"])
 
 

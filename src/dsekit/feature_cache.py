@@ -7,8 +7,9 @@ import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,7 @@ def remove_stale_spills(parent: str | os.PathLike) -> list[Path]:
     removed = []
     prefix = spill_prefix()
     for d in Path(parent).glob(f"{prefix}*"):
-        pid = d.name[len(prefix):].split("-", 1)[0]
+        pid = d.name[len(prefix) :].split("-", 1)[0]
         if d.is_dir() and pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d)
@@ -122,7 +123,7 @@ class FeatureCache:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
 
-    def __enter__(self) -> "FeatureCache":
+    def __enter__(self) -> FeatureCache:
         return self
 
     def __exit__(self, *exc: Any) -> None:

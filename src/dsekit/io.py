@@ -4,11 +4,10 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import os
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -16,8 +15,14 @@ from scipy import sparse
 
 from .runtime import atomic_path
 
-__all__ = ["load_array", "FEATURE_SUFFIXES", "read_confusion_table", "read_knn_table", "write_confusion_table",
-           "write_knn_table"]
+__all__ = [
+    "load_array",
+    "FEATURE_SUFFIXES",
+    "read_confusion_table",
+    "read_knn_table",
+    "write_confusion_table",
+    "write_knn_table",
+]
 
 FEATURE_SUFFIXES = (".npy", ".npz", ".pt", ".pth", ".safetensors")
 
@@ -31,9 +36,7 @@ def _pick(mapping: dict[str, Any], path: Path, key: str | None) -> Any:
         return next(iter(mapping.values()))
     if "features" in mapping:
         return mapping["features"]
-    raise ValueError(
-        f"{path}: holds several arrays {sorted(mapping)}; expected one array or one named 'features'"
-    )
+    raise ValueError(f"{path}: holds several arrays {sorted(mapping)}; expected one array or one named 'features'")
 
 
 def load_array(path: str | Path, key: str | None = None) -> np.ndarray | torch.Tensor:
@@ -84,8 +87,13 @@ def write_confusion_table(path: Path, names: Sequence[str], confusions: Sequence
         for h, m in enumerate(heads):
             coo = m.tocoo()
             shape = np.array([len(heads), *coo.shape], np.int64)
-            for k, v in (("checkpoint", np.full(coo.nnz, t)), ("head", np.full(coo.nnz, h)), ("image", coo.row),
-                         ("cell", coo.col), ("count", coo.data)):
+            for k, v in (
+                ("checkpoint", np.full(coo.nnz, t)),
+                ("head", np.full(coo.nnz, h)),
+                ("image", coo.row),
+                ("cell", coo.col),
+                ("count", coo.data),
+            ):
                 cols[k].append(np.asarray(v))
     arrays = {k: (np.concatenate(v) if v else np.zeros(0)).astype(np.int64) for k, v in cols.items()}
     with atomic_path(path, ".tmp.npz") as tmp:
@@ -101,10 +109,12 @@ def read_confusion_table(path: str | os.PathLike) -> tuple[list[str], list[list[
     out = []
     for k in range(len(names)):
         sel_t = t == k
-        out.append([
-            sparse.csr_matrix((v[sel_t & (h == j)], (i[sel_t & (h == j)], c[sel_t & (h == j)])), shape=(n, cc))
-            for j in range(H)
-        ])
+        out.append(
+            [
+                sparse.csr_matrix((v[sel_t & (h == j)], (i[sel_t & (h == j)], c[sel_t & (h == j)])), shape=(n, cc))
+                for j in range(H)
+            ]
+        )
     return names, out
 
 
@@ -112,8 +122,11 @@ def write_knn_table(path: Path, names: Sequence[str], correct: Sequence[Sequence
     """Checkpoints' per-image k-NN correctness (``correct[t][i]``: 1 when image ``i`` got its
     label), written atomically: arrays ``correct`` (T, n) uint8 and ``checkpoints``."""
     with atomic_path(path, ".tmp.npz") as tmp:
-        np.savez(tmp, correct=np.asarray(correct, dtype=np.uint8).reshape(len(names), -1),
-                 checkpoints=np.array(list(names), dtype=str))
+        np.savez(
+            tmp,
+            correct=np.asarray(correct, dtype=np.uint8).reshape(len(names), -1),
+            checkpoints=np.array(list(names), dtype=str),
+        )
 
 
 def read_knn_table(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:

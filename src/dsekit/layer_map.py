@@ -35,14 +35,21 @@ import numpy as np
 from torch import nn
 
 from .backbones import num_feature_layers
-from .metrics.dse import TERMS, calibrated_dse
 from .io import write_confusion_table
+from .metrics.dse import TERMS, calibrated_dse
 from .metrics.intervals import half_sample_interval, miou_bootstrap
 from .plots import plot_layer_map
 from .runtime import write_csv_atomic, write_json_atomic
 from .select import calibrate
 
-__all__ = ["LAYER_COLUMNS", "PROBE_LAYER_COLUMNS", "check_layers", "resolve_layers", "write_layer_map", "write_probe_layers"]
+__all__ = [
+    "LAYER_COLUMNS",
+    "PROBE_LAYER_COLUMNS",
+    "check_layers",
+    "resolve_layers",
+    "write_layer_map",
+    "write_probe_layers",
+]
 
 LAYER_COLUMNS = ("checkpoint", "epoch", "layer", *TERMS, "dse", "dse_map")  #: ``epoch`` is ``step`` for step runs
 #: columns of ``probe_layers.csv`` (``epoch`` is ``step`` for step runs)
@@ -67,7 +74,9 @@ def resolve_layers(layers: Sequence[int] | str, model: nn.Module) -> list[int]:
         return list(range(n))
     bad = [v for v in layers if not -n <= int(v) < n]
     if bad:
-        raise ValueError(f"layers: {bad} out of range for {type(model).__name__} with {n} blocks (valid: {-n} .. {n - 1})")
+        raise ValueError(
+            f"layers: {bad} out of range for {type(model).__name__} with {n} blocks (valid: {-n} .. {n - 1})"
+        )
     return sorted({int(v) % n for v in layers})
 
 
@@ -109,10 +118,22 @@ def write_layer_map(results: Sequence[Any], init: int, out: Path, unit: str, con
                 row[f"{c}_high"] = repr(float(high)) if np.isfinite(high) else ""
         rows.append(row)
         for i in range(len(reps.get(TERMS[0], ()))):
-            rep_rows.append({"checkpoint": r.checkpoint, "layer": b, "replicate": i,
-                             **{t: repr(float(reps[t][i])) for t in TERMS if t in reps}})
+            rep_rows.append(
+                {
+                    "checkpoint": r.checkpoint,
+                    "layer": b,
+                    "replicate": i,
+                    **{t: repr(float(reps[t][i])) for t in TERMS if t in reps},
+                }
+            )
     value_columns = list(LAYER_COLUMNS[3:])
-    columns = ["checkpoint", unit, "layer", *value_columns, *[f"{c}_{s}" for c in value_columns for s in ("low", "high")]]
+    columns = [
+        "checkpoint",
+        unit,
+        "layer",
+        *value_columns,
+        *[f"{c}_{s}" for c in value_columns for s in ("low", "high")],
+    ]
     write_csv_atomic(out / "dse_layers.csv", columns, rows)
     write_csv_atomic(out / "dse_layers_replicates.csv", ["checkpoint", "layer", "replicate", *TERMS], rep_rows)
     best = []
@@ -141,8 +162,13 @@ def write_layer_map(results: Sequence[Any], init: int, out: Path, unit: str, con
 
 
 def write_probe_layers(
-    results: Sequence[Any], confusions: dict[str, dict[int, list[Any]]], dataset: str, unit: str, out: Path,
-    confidence: float, seed: int,
+    results: Sequence[Any],
+    confusions: dict[str, dict[int, list[Any]]],
+    dataset: str,
+    unit: str,
+    out: Path,
+    confidence: float,
+    seed: int,
 ) -> None:
     """``probe_layers.csv`` and the per-block confusion files of a probe with ``layers`` (see the
     module docstring); ``confusions``: checkpoint -> block -> per-head per-image confusions."""
@@ -158,11 +184,18 @@ def write_probe_layers(
         boot = miou_bootstrap(tables, confidence=confidence, seed=seed) if have and have[0].num_val >= 2 else None
         for t, r in enumerate(have):
             cell = r.layers[str(b)]
-            rows.append({
-                "checkpoint": r.checkpoint, unit: "" if r.epoch is None else str(r.epoch), "dataset": dataset,
-                "layer": str(b), "miou": _number(cell["miou"]), "pixel_accuracy": _number(cell["pixel_accuracy"]),
-                "miou_low": _number(boot.low[t]) if boot else "", "miou_high": _number(boot.high[t]) if boot else "",
-            })
+            rows.append(
+                {
+                    "checkpoint": r.checkpoint,
+                    unit: "" if r.epoch is None else str(r.epoch),
+                    "dataset": dataset,
+                    "layer": str(b),
+                    "miou": _number(cell["miou"]),
+                    "pixel_accuracy": _number(cell["pixel_accuracy"]),
+                    "miou_low": _number(boot.low[t]) if boot else "",
+                    "miou_high": _number(boot.high[t]) if boot else "",
+                }
+            )
     write_csv_atomic(out / "probe_layers.csv", columns, rows)
 
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 import functools
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,7 +91,7 @@ def _upsampled_ce_and_grad(
             t = t.masked_fill(~v, 0)
         p = torch.softmax(_upsample(z, u_h, u_w), dim=1)
         nll = p.gather(1, t).clamp_min_(tiny).log_()
-        total -= (nll.sum(dtype=torch.float64) if all_valid else nll.masked_fill_(~v, 0.0).sum(dtype=torch.float64))
+        total -= nll.sum(dtype=torch.float64) if all_valid else nll.masked_fill_(~v, 0.0).sum(dtype=torch.float64)
         # d loss / d upsampled logits = softmax - onehot on labelled pixels, 0 on ignored ones
         p.scatter_add_(1, t, torch.full((1, 1, 1, 1), -1.0, device=dev).expand(t.shape))
         if not all_valid:
@@ -309,7 +310,9 @@ def linear_probe(
     opt = make_optimizer(optimizer, head.parameters(), lr, weight_decay)
     steps_per_epoch = math.ceil(n_train / batch_size)
     total_steps = epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total_steps) / total_steps))
+    )
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -358,7 +361,7 @@ def linear_probe(
     return ProbeMetrics(
         miou=miou_from_confusion(conf),
         pixel_accuracy=pixel_accuracy_from_confusion(conf),
-        iou=[float(v) if p else None for v, p in zip(iou.tolist(), present.tolist())],
+        iou=[float(v) if p else None for v, p in zip(iou.tolist(), present.tolist(), strict=True)],
         train_loss=losses,
         confusion=conf.cpu(),
         timings={
@@ -374,8 +377,15 @@ def linear_probe(
 
 @torch.no_grad()
 def _evaluate(
-    head: LinearHead, feats: Any, masks: Any, num_classes: int, ignore_index: int | None,
-    h: int, w: int, dev: torch.device, batch_size: int,
+    head: LinearHead,
+    feats: Any,
+    masks: Any,
+    num_classes: int,
+    ignore_index: int | None,
+    h: int,
+    w: int,
+    dev: torch.device,
+    batch_size: int,
 ) -> tuple[Tensor, Any]:
     """The confusion matrix (C, C) over all images (torchmetrics) and each image's, as a sparse
     ``(n, C*C)`` matrix (for the bootstrap over validation images)."""
@@ -408,8 +418,14 @@ def _evaluate(
         cols.append(c.numpy())
         vals.append(counts[r, c].numpy())
     per_image = sparse.csr_matrix(
-        (np.concatenate(vals) if vals else np.zeros(0, np.int64),
-         (np.concatenate(rows) if rows else np.zeros(0, np.int64), np.concatenate(cols) if cols else np.zeros(0, np.int64))),
-        shape=(n, C2), dtype=np.int64,
+        (
+            np.concatenate(vals) if vals else np.zeros(0, np.int64),
+            (
+                np.concatenate(rows) if rows else np.zeros(0, np.int64),
+                np.concatenate(cols) if cols else np.zeros(0, np.int64),
+            ),
+        ),
+        shape=(n, C2),
+        dtype=np.int64,
     )
     return metric.compute().long(), per_image

@@ -4,13 +4,23 @@ class's IoU over training (matplotlib, Agg backend, one PNG each)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["TERM_LABELS", "METRIC_ORDER", "entry_positions", "to_float", "plot_dse_curve", "plot_metrics_vs_miou",
-           "plot_classes", "plot_curves", "plot_layer_map"]
+__all__ = [
+    "TERM_LABELS",
+    "METRIC_ORDER",
+    "entry_positions",
+    "to_float",
+    "plot_dse_curve",
+    "plot_metrics_vs_miou",
+    "plot_classes",
+    "plot_curves",
+    "plot_layer_map",
+]
 
 #: the four DSE terms and their names in tables and figures
 TERM_LABELS = {
@@ -87,8 +97,16 @@ def plot_dse_curve(
     top.plot(x, dse, "-o", color="C0", ms=4, label="DSE" + (" (95 % interval shaded)" if bands else ""))
     cand = [index[c["checkpoint"]] for c in selection.get("candidates", []) if c["checkpoint"] in index]
     if cand:
-        top.plot([x[i] for i in cand], [dse[i] for i in cand], "o", mfc="none", mec="C3", ms=11, mew=1.5,
-                 label="candidates (local maxima)")
+        top.plot(
+            [x[i] for i in cand],
+            [dse[i] for i in cand],
+            "o",
+            mfc="none",
+            mec="C3",
+            ms=11,
+            mew=1.5,
+            label="candidates (local maxima)",
+        )
     best = selection.get("best")
     if best and best["checkpoint"] in index:
         i = index[best["checkpoint"]]
@@ -121,7 +139,10 @@ def plot_curves(entry: dict[str, Any], dataset: str, path: str | Path) -> Path:
     unit, pos = entry_positions(entry)
     x = np.array([e if e is not None else i for i, e in enumerate(pos)], dtype=float)
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for key, label, colour in (("miou", "linear-probe mIoU (dense)", "C0"), ("knn", "k-NN accuracy (image-level)", "C1")):
+    for key, label, colour in (
+        ("miou", "linear-probe mIoU (dense)", "C0"),
+        ("knn", "k-NN accuracy (image-level)", "C1"),
+    ):
         if key not in entry:
             continue
         y = np.asarray(entry[key], dtype=float) * 100
@@ -157,7 +178,13 @@ def plot_curves(entry: dict[str, Any], dataset: str, path: str | Path) -> Path:
 
 
 def plot_layer_map(
-    grid: np.ndarray, blocks: Sequence[int], x: Sequence[Any], best: Sequence[int], path: str | Path, *, unit: str = "epoch"
+    grid: np.ndarray,
+    blocks: Sequence[int],
+    x: Sequence[Any],
+    best: Sequence[int],
+    path: str | Path,
+    *,
+    unit: str = "epoch",
 ) -> Path:
     """Heat map of DSE on one scale (``grid``: blocks × checkpoints), each checkpoint's best
     block (``best``: row index per column) marked."""
@@ -193,7 +220,10 @@ def plot_metrics_vs_miou(entry: dict[str, Any], dataset: str, path: str | Path) 
     x = [e if e is not None else i for i, e in enumerate(pos)]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     m = np.asarray(entry["miou"], dtype=float)
-    lo, hi = np.asarray(entry.get("miou_low", [math.nan] * len(m)), float), np.asarray(entry.get("miou_high", [math.nan] * len(m)), float)
+    lo, hi = (
+        np.asarray(entry.get("miou_low", [math.nan] * len(m)), float),
+        np.asarray(entry.get("miou_high", [math.nan] * len(m)), float),
+    )
     span = np.nanmax(m) - np.nanmin(m)
     if span > 0 and np.isfinite(lo).all() and np.isfinite(hi).all():  # the band on the same normalised scale
         ax.fill_between(x, (lo - np.nanmin(m)) / span, (hi - np.nanmin(m)) / span, color="black", alpha=0.12, lw=0)
@@ -205,12 +235,27 @@ def plot_metrics_vs_miou(entry: dict[str, Any], dataset: str, path: str | Path) 
         tau = c["kendall_tau"]
         style = "-" if name == "dse" else "--"
         ci = f" [{c['tau_low']:+.2f}, {c['tau_high']:+.2f}]" if c.get("tau_low") is not None else ""
-        ax.plot(x, _minmax(values), style, color=f"C{j}", lw=2 if name == "dse" else 1.2, label=f"{name} (τ = {tau:.2f}{ci})")
+        ax.plot(
+            x,
+            _minmax(values),
+            style,
+            color=f"C{j}",
+            lw=2 if name == "dse" else 1.2,
+            label=f"{name} (τ = {tau:.2f}{ci})",
+        )
     sel = entry.get("selection")
     if sel:
         dse_n = _minmax(entry["values"]["dse"])
-        ax.plot([x[i] for i in sel["candidates"]], [dse_n[i] for i in sel["candidates"]], "o", mfc="none", mec="C3",
-                ms=11, mew=1.5, label="DSE candidates")
+        ax.plot(
+            [x[i] for i in sel["candidates"]],
+            [dse_n[i] for i in sel["candidates"]],
+            "o",
+            mfc="none",
+            mec="C3",
+            ms=11,
+            mew=1.5,
+            label="DSE candidates",
+        )
         i = sel["top1_index"]
         ax.plot([x[i]], [dse_n[i]], "*", color="C3", ms=15, label="DSE selection")
     ax.set_xlabel(unit)

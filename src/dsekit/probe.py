@@ -51,15 +51,16 @@ Everything the probe stores per dataset (decoded images ``uint8 (n, 3, S, S)`` a
 one :class:`FeatureCache` whose **resident memory is at most** ``cache_memory_gb`` (default
 4 GB). Arrays are placed in RAM while they fit (features first, then masks, then images) and
 beyond that in ``numpy.memmap`` files under ``OUT/cache/probe/spill/`` (removed at the end;
-their pages live in the OS page cache, which the kernel reclaims as needed). Masks use ``uint8`` when the dataset has at most 255 classes and ignore index 255 (every
-built-in reader), ``int16`` otherwise.
+their pages live in the OS page cache, which the kernel reclaims as needed). Masks use
+``uint8`` when the dataset has at most 255 classes and ignore index 255 (every built-in
+reader), ``int16`` otherwise.
 
 Outputs (``OUT``, default ``RUN_DIR/dse``, the folder ``dsekit scan`` writes to)
 --------------------------------------------------------------------------------
 * ``probe.csv``: ``checkpoint, epoch, dataset, miou, pixel_accuracy, miou_low, miou_high,
-  heads`` (``step`` for ``epoch`` in runs that count steps), one row per checkpoint and dataset; rows of other datasets already in the file are
-  kept (with any column they have), those of the probed dataset replaced. ``miou`` is the mean
-  over ``head_seeds`` heads; ``miou_low`` / ``miou_high`` its bootstrap interval over the
+  heads`` (``step`` for ``epoch`` in runs that count steps), one row per checkpoint and
+  dataset; rows of other datasets already in the file are kept (with any column they have),
+  those of the probed dataset replaced. ``miou`` is the mean over ``head_seeds`` heads; ``miou_low`` / ``miou_high`` its bootstrap interval over the
   validation images and the heads (:func:`dsekit.metrics.intervals.miou_bootstrap`,
   ``confidence``, 1000 resamples shared by all checkpoints);
 * ``probe_<dataset>_classes.csv``: ``checkpoint, epoch, class_id, class_name, iou, iou_low,
@@ -83,9 +84,10 @@ from __future__ import annotations
 import csv
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -123,7 +125,6 @@ from .probe_data import (
 from .report import write_report
 from .runtime import PRECISIONS, barrier, library_versions, process_group, write_csv_atomic, write_json_atomic
 from .sweep import RunSettings, SweepTask, open_run, sweep
-
 
 __all__ = ["PROBE_COLUMNS", "KNN_COLUMNS", "CLASS_COLUMNS", "CheckpointProbe", "ProbeConfig", "ProbeResult", "probe"]
 
@@ -164,7 +165,12 @@ class ProbeConfig(RunSettings):
     knn_temperature: float = 0.07  #: vote temperature of the image-level k-NN
 
     UNKEYED: ClassVar[tuple[str, ...]] = (
-        *RunSettings.UNKEYED, "cache_memory_gb", "workers", "threads", "root", "confidence",
+        *RunSettings.UNKEYED,
+        "cache_memory_gb",
+        "workers",
+        "threads",
+        "root",
+        "confidence",
     )
 
     def result_key(self, data_fingerprint: str) -> str:
@@ -195,7 +201,9 @@ class CheckpointProbe:
     num_val: int = 0
     head_miou: list[float] = field(default_factory=list)  #: mIoU of each head (seed, seed+1, ...)
     partial: str = ""  #: with ``allow_partial``: what did not fit (missing / unexpected keys); "" if it all did
-    layers: dict[str, dict[str, Any]] = field(default_factory=dict)  #: block -> {"miou", "pixel_accuracy", "iou", "head_miou"}
+    layers: dict[str, dict[str, Any]] = field(
+        default_factory=dict
+    )  #: block -> {"miou", "pixel_accuracy", "iou", "head_miou"}
     knn_top1: float = float("nan")  #: image-level k-NN top-1 accuracy on the validation split (NaN: no image labels)
     knn_correct: list[int] = field(default_factory=list)  #: 1 where the k-NN label of a validation image is right
 
@@ -236,13 +244,14 @@ def _extract_into(
             zs = extract_features(
                 extractor, x, batch_size=cfg.batch_size, device=device, amp_dtype=PRECISIONS[cfg.precision]
             )
-            for z, out in zip(zs if isinstance(zs, list) else [zs], outs):
+            for z, out in zip(zs if isinstance(zs, list) else [zs], outs, strict=True):
                 if not bool(torch.isfinite(z).all()):
                     raise ValueError("the backbone's features hold NaN/Inf values")
                 zc = z.numpy().astype(out.dtype)
                 if not np.isfinite(zc).all():
                     raise ValueError(
-                        f"features overflow {out.dtype} (max |value| {float(z.abs().max()):.3g}); use cache_dtype='float32'"
+                        f"features overflow {out.dtype} (max |value| {float(z.abs().max()):.3g}); "
+                        "use cache_dtype='float32'"
                     )
                 out[lo : lo + z.shape[0]] = zc
             if bar is not None:
@@ -276,7 +285,9 @@ def _probe_checkpoint(
     t1 = time.perf_counter()
     name = checkpoint_label(path)
     for split in ("train", "val"):
-        _extract_into(extractor, data[split].images, feats[split], cfg, device, f"{name} {split}" if progress else False)
+        _extract_into(
+            extractor, data[split].images, feats[split], cfg, device, f"{name} {split}" if progress else False
+        )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t2 = time.perf_counter()
@@ -300,7 +311,7 @@ def _probe_checkpoint(
             )
             for h in range(cfg.head_seeds)
         ]
-        for train_feats, val_feats in zip(feats["train"], feats["val"])
+        for train_feats, val_feats in zip(feats["train"], feats["val"], strict=True)
     ]
     timings = {"load": t1 - t0, "extract": t2 - t1}
     for k in per_layer[0][0].timings:
@@ -314,8 +325,13 @@ def _probe_checkpoint(
     return per_layer, timings, "; ".join(partial), correct
 
 
-def _image_knn(model: nn.Module, data: dict[str, DecodedSplit], labels: tuple[ImageLabels, ImageLabels],
-               cfg: ProbeConfig, device: torch.device) -> list[int]:
+def _image_knn(
+    model: nn.Module,
+    data: dict[str, DecodedSplit],
+    labels: tuple[ImageLabels, ImageLabels],
+    cfg: ProbeConfig,
+    device: torch.device,
+) -> list[int]:
     """Per validation image, 1 when its k-NN label (image embeddings of the training split,
     :func:`dsekit.metrics.knn.knn_predict`) is its own, else 0."""
     embedder = ImageEmbedder(model)
@@ -326,8 +342,14 @@ def _image_knn(model: nn.Module, data: dict[str, DecodedSplit], labels: tuple[Im
         out = np.empty((n, 1, d), dtype=np.float32)
         _extract_into(embedder, data[split].images, [out], cfg, device, False)
         emb[split] = torch.from_numpy(out[:, 0])
-    pred = knn_predict(emb["train"], torch.tensor(labels[0].labels), emb["val"], k=cfg.knn_k,
-                       temperature=cfg.knn_temperature, num_classes=len(labels[0].names))
+    pred = knn_predict(
+        emb["train"],
+        torch.tensor(labels[0].labels),
+        emb["val"],
+        k=cfg.knn_k,
+        temperature=cfg.knn_temperature,
+        num_classes=len(labels[0].names),
+    )
     return [int(v) for v in (pred == torch.tensor(labels[1].labels)).tolist()]
 
 
@@ -342,7 +364,9 @@ def _combine_heads(heads: list[ProbeMetrics]) -> tuple[float, float, list[float 
     return miou, acc, iou
 
 
-def _feature_shapes(model: nn.Module, cfg: ProbeConfig, device: torch.device, blocks: list[int] | None) -> list[tuple[int, int]]:
+def _feature_shapes(
+    model: nn.Module, cfg: ProbeConfig, device: torch.device, blocks: list[int] | None
+) -> list[tuple[int, int]]:
     """(N, d) of the model's features at ``image_size`` for each layer read, from one blank image."""
     ext = FeatureExtractor(model, cfg.layer) if blocks is None else FeatureExtractor(model, layers=blocks)
     zs = extract_features(ext, torch.zeros(1, 3, cfg.image_size, cfg.image_size), device=device)
@@ -356,8 +380,19 @@ class _ProbeTask(SweepTask[CheckpointProbe]):
     result_type = CheckpointProbe
     verb = "probed"
 
-    def __init__(self, cfg: ProbeConfig, run: Any, data: tuple[Any, Any], store: FeatureCache, key: str,
-                 label: str, rank: int, console: Any, progress: bool, t_start: float) -> None:
+    def __init__(
+        self,
+        cfg: ProbeConfig,
+        run: Any,
+        data: tuple[Any, Any],
+        store: FeatureCache,
+        key: str,
+        label: str,
+        rank: int,
+        console: Any,
+        progress: bool,
+        t_start: float,
+    ) -> None:
         self.cfg, self.run, self.store, self.key, self.label = cfg, run, store, key, label
         self.train_ds, self.val_ds = data
         self.rank, self.console, self.progress = rank, console, progress
@@ -381,9 +416,10 @@ class _ProbeTask(SweepTask[CheckpointProbe]):
         shapes = _feature_shapes(model, cfg, self.run.device, self.blocks)
         self.feats = {  # reserved first: read every epoch, they get the RAM before images and masks
             split: [
-                self.store.allocate(f"{split}.features{'' if self.blocks is None else f'.layer{b}'}", (len(ds), N, d),
-                                    cfg.cache_dtype)
-                for b, (N, d) in zip(self.blocks or [cfg.layer], shapes)
+                self.store.allocate(
+                    f"{split}.features{'' if self.blocks is None else f'.layer{b}'}", (len(ds), N, d), cfg.cache_dtype
+                )
+                for b, (N, d) in zip(self.blocks or [cfg.layer], shapes, strict=True)
             ]
             for split, ds in (("train", self.train_ds), ("val", self.val_ds))
         }
@@ -402,25 +438,57 @@ class _ProbeTask(SweepTask[CheckpointProbe]):
             self.console.print(f"probing [{n}/{total}] {checkpoint_label(path)} on {self.label}")
         model = None if cfg.allow_partial else self.run.model  # reused: strict loading overwrites every weight
         per_layer, timings, partial, correct = _probe_checkpoint(
-            cfg, path, model, self.data, self.feats, int(self.train_ds.num_classes), int(self.train_ds.ignore_index),
-            self.run.device, self.progress, self.blocks, self.labels,
+            cfg,
+            path,
+            model,
+            self.data,
+            self.feats,
+            int(self.train_ds.num_classes),
+            int(self.train_ds.ignore_index),
+            self.run.device,
+            self.progress,
+            self.blocks,
+            self.labels,
         )
         blocks = self.blocks or [cfg.layer]
-        heads = per_layer[blocks.index(cfg.layer % (num_feature_layers(self.run.model) or 1))] if self.blocks else per_layer[0]
+        heads = (
+            per_layer[blocks.index(cfg.layer % (num_feature_layers(self.run.model) or 1))]
+            if self.blocks
+            else per_layer[0]
+        )
         miou, acc, iou = _combine_heads(heads)
         write_confusion_table(target.with_suffix(".npz"), [str(path)], [[m.image_confusion for m in heads]])
         layers: dict[str, dict[str, Any]] = {}
         if self.blocks is not None:
-            write_confusion_table(target.with_suffix(".layers.npz"), [str(b) for b in blocks],
-                                  [[m.image_confusion for m in hs] for hs in per_layer])
-            for b, hs in zip(blocks, per_layer):
+            write_confusion_table(
+                target.with_suffix(".layers.npz"),
+                [str(b) for b in blocks],
+                [[m.image_confusion for m in hs] for hs in per_layer],
+            )
+            for b, hs in zip(blocks, per_layer, strict=True):
                 lm, la, li = _combine_heads(hs)
                 layers[str(b)] = {"miou": lm, "pixel_accuracy": la, "iou": li, "head_miou": [m.miou for m in hs]}
-            self.layer_confusions[str(path)] = {b: [m.image_confusion for m in hs] for b, hs in zip(blocks, per_layer)}
+            self.layer_confusions[str(path)] = {
+                b: [m.image_confusion for m in hs] for b, hs in zip(blocks, per_layer, strict=True)
+            }
         return CheckpointProbe(
-            str(path), epoch, self.label, "ok", miou, acc, iou, heads[0].train_loss, timings, identity=identity,
-            num_train=len(self.train_ds), num_val=len(self.val_ds), head_miou=[m.miou for m in heads], partial=partial,
-            layers=layers, knn_top1=float(np.mean(correct)) if correct else float("nan"), knn_correct=correct,
+            str(path),
+            epoch,
+            self.label,
+            "ok",
+            miou,
+            acc,
+            iou,
+            heads[0].train_loss,
+            timings,
+            identity=identity,
+            num_train=len(self.train_ds),
+            num_val=len(self.val_ds),
+            head_miou=[m.miou for m in heads],
+            partial=partial,
+            layers=layers,
+            knn_top1=float(np.mean(correct)) if correct else float("nan"),
+            knn_correct=correct,
         )
 
     def failure(self, path: Path, epoch: int | None, error: str, identity: str) -> CheckpointProbe:
@@ -498,7 +566,13 @@ def probe(
             key = cfg.result_key(data_fingerprint(train_ds, val_ds) + label + train_split)
             task = _ProbeTask(cfg, run, (train_ds, val_ds), store, key, label, rank, console, progress, t_start)
             results, computed = sweep(
-                run.checkpoints, task, cache=cache_dir, key=key, rank=rank, world=world, console=console,
+                run.checkpoints,
+                task,
+                cache=cache_dir,
+                key=key,
+                rank=rank,
+                world=world,
+                console=console,
                 after_checkpoint=after_checkpoint,
             )
             failed = [r for r in results if r.status != "ok"]
@@ -508,8 +582,17 @@ def probe(
                 run_timings = {"data": task.data_seconds, **run_timings}
             if rank == 0:
                 _write_outputs(
-                    cfg, results, task.confusions, task.layer_confusions, label, train_split, train_ds, val_ds,
-                    store.stats(), key, out,
+                    cfg,
+                    results,
+                    task.confusions,
+                    task.layer_confusions,
+                    label,
+                    train_split,
+                    train_ds,
+                    val_ds,
+                    store.stats(),
+                    key,
+                    out,
                     run_timings,
                 )
                 report = _maybe_report(out, console)
@@ -530,7 +613,7 @@ def _cached_layer_confusions(path: Path) -> dict[int, list[Any]] | None:
     """Block -> per-head confusions of one checkpoint's layer file (None when absent or unreadable)."""
     try:
         names, tables = read_confusion_table(path)
-        return {int(n): t for n, t in zip(names, tables)}
+        return {int(n): t for n, t in zip(names, tables, strict=True)}
     except (OSError, ValueError, KeyError, IndexError):
         return None
 
@@ -561,7 +644,8 @@ def _write_outputs(
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
     boot = (
         miou_bootstrap([confusions[r.checkpoint] for r in ok], confidence=cfg.confidence, seed=cfg.seed)
-        if ok and ok[0].num_val >= 2 else None
+        if ok and ok[0].num_val >= 2
+        else None
     )
     unit = get_adapter(cfg.method).unit
     columns = [unit if c == "epoch" else c for c in PROBE_COLUMNS]
@@ -579,14 +663,22 @@ def _write_outputs(
         kboot = accuracy_bootstrap(np.array([r.knn_correct for r in ok]), confidence=cfg.confidence, seed=cfg.seed)
         write_knn_table(out / f"probe_{safe}_knn.npz", [r.checkpoint for r in ok], [r.knn_correct for r in ok])
     for t, r in enumerate(ok):
-        rows.append({
-            "checkpoint": r.checkpoint, unit: "" if r.epoch is None else str(r.epoch), "dataset": label,
-            "miou": _fmt(r.miou), "pixel_accuracy": _fmt(r.pixel_accuracy),
-            "miou_low": _fmt(boot.low[t]) if boot else "", "miou_high": _fmt(boot.high[t]) if boot else "",
-            "heads": str(len(r.head_miou) or 1), "partial": "yes" if r.partial else "",
-            "knn_top1": _fmt(r.knn_top1) if r.knn_correct else "",
-            "knn_low": _fmt(kboot.low[t]) if kboot else "", "knn_high": _fmt(kboot.high[t]) if kboot else "",
-        })
+        rows.append(
+            {
+                "checkpoint": r.checkpoint,
+                unit: "" if r.epoch is None else str(r.epoch),
+                "dataset": label,
+                "miou": _fmt(r.miou),
+                "pixel_accuracy": _fmt(r.pixel_accuracy),
+                "miou_low": _fmt(boot.low[t]) if boot else "",
+                "miou_high": _fmt(boot.high[t]) if boot else "",
+                "heads": str(len(r.head_miou) or 1),
+                "partial": "yes" if r.partial else "",
+                "knn_top1": _fmt(r.knn_top1) if r.knn_correct else "",
+                "knn_low": _fmt(kboot.low[t]) if kboot else "",
+                "knn_high": _fmt(kboot.high[t]) if kboot else "",
+            }
+        )
     if kboot is not None:
         columns += [c for c in KNN_COLUMNS if c not in columns]
     if any(r.partial for r in ok) and "partial" not in columns:
@@ -596,14 +688,23 @@ def _write_outputs(
     class_rows = []
     for t, r in enumerate(ok):
         for c, v in enumerate(r.iou):
-            class_rows.append({
-                "checkpoint": r.checkpoint, unit: "" if r.epoch is None else str(r.epoch), "class_id": str(c),
-                "class_name": names[c] if c < len(names) else str(c), "iou": _fmt(v),
-                "iou_low": _fmt(boot.iou_low[t, c]) if boot else "", "iou_high": _fmt(boot.iou_high[t, c]) if boot else "",
-            })
-    write_csv_atomic(out / f"probe_{safe}_classes.csv", [unit if c == "epoch" else c for c in CLASS_COLUMNS], class_rows)
-    write_confusion_table(out / f"probe_{safe}_confusion.npz", [r.checkpoint for r in ok],
-                          [confusions[r.checkpoint] for r in ok])
+            class_rows.append(
+                {
+                    "checkpoint": r.checkpoint,
+                    unit: "" if r.epoch is None else str(r.epoch),
+                    "class_id": str(c),
+                    "class_name": names[c] if c < len(names) else str(c),
+                    "iou": _fmt(v),
+                    "iou_low": _fmt(boot.iou_low[t, c]) if boot else "",
+                    "iou_high": _fmt(boot.iou_high[t, c]) if boot else "",
+                }
+            )
+    write_csv_atomic(
+        out / f"probe_{safe}_classes.csv", [unit if c == "epoch" else c for c in CLASS_COLUMNS], class_rows
+    )
+    write_confusion_table(
+        out / f"probe_{safe}_confusion.npz", [r.checkpoint for r in ok], [confusions[r.checkpoint] for r in ok]
+    )
     if any(r.layers for r in ok):
         write_probe_layers(ok, layer_confusions, label, unit, out, cfg.confidence, cfg.seed)
     record = {
@@ -641,8 +742,12 @@ def _print_summary(console: Any, results: list[CheckpointProbe], label: str, uni
     for r in results:
         if r.status == "ok":
             table.add_row(
-                checkpoint_label(r.checkpoint), str(r.epoch), f"{r.miou:.4f}", f"{r.pixel_accuracy:.4f}",
-                f"{r.timings.get('extract', float('nan')):.1f}", f"{r.timings.get('head_train', float('nan')):.1f}",
+                checkpoint_label(r.checkpoint),
+                str(r.epoch),
+                f"{r.miou:.4f}",
+                f"{r.pixel_accuracy:.4f}",
+                f"{r.timings.get('extract', float('nan')):.1f}",
+                f"{r.timings.get('head_train', float('nan')):.1f}",
             )
         else:
             table.add_row(checkpoint_label(r.checkpoint), str(r.epoch), "failed", "", "", "")

@@ -25,8 +25,18 @@ from .data.segmentation import EvalTransform, ScenesSegmentation, dataset_spec, 
 from .feature_cache import FeatureCache
 from .metrics.iou import check_labels
 
-__all__ = ["SCENES_DEFAULT_COUNTS", "DecodedSplit", "ImageLabels", "Uint8Eval", "data_fingerprint", "dataset_label",
-           "decode_split", "image_labels", "open_dataset", "split_image_labels"]
+__all__ = [
+    "SCENES_DEFAULT_COUNTS",
+    "DecodedSplit",
+    "ImageLabels",
+    "Uint8Eval",
+    "data_fingerprint",
+    "dataset_label",
+    "decode_split",
+    "image_labels",
+    "open_dataset",
+    "split_image_labels",
+]
 
 SCENES_DEFAULT_COUNTS = {"train": 1000, "val": 250}
 
@@ -101,7 +111,9 @@ def data_fingerprint(train_ds: Any, val_ds: Any) -> str:
         rec = {k: v for k, v in rec.items() if k not in ("root", "transform")}
         ids = list(getattr(ds, "ids", []))
         root = getattr(ds, "root", None) or Path("/")
-        files = [os.path.relpath(p, root) for pair in getattr(ds, "samples", []) for p in pair]  # a moved root keeps its key
+        files = [
+            os.path.relpath(p, root) for pair in getattr(ds, "samples", []) for p in pair
+        ]  # a moved root keeps its key
         parts.append({"record": rec, "ids": ids, "content": content_hash(root, files) if files else None})
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -120,9 +132,7 @@ def _default_workers(ds: Any) -> int:
     return min(4, os.cpu_count() or 1)
 
 
-def decode_split(
-    ds: Any, cache: FeatureCache, tag: str, cfg: Any, progress: bool
-) -> DecodedSplit:
+def decode_split(ds: Any, cache: FeatureCache, tag: str, cfg: Any, progress: bool) -> DecodedSplit:
     """Decode every (image, mask) of ``ds`` once into the cache, checking the labels."""
     n, S = len(ds), cfg.image_size
     C, ignore = int(ds.num_classes), int(ds.ignore_index)
@@ -207,8 +217,11 @@ def image_labels(ds: Any, label_file: str | None = None, names: list[str] | None
     if label_file is not None:
         raw, source = _labels_from_file(Path(label_file), ids), str(label_file)
     elif own is not None:
-        return ImageLabels([int(v) for v in own], list(getattr(ds, "image_label_names", [])) or
-                           [str(v) for v in range(max(own) + 1)], f"{getattr(ds, 'name', 'dataset')} (its own)")
+        return ImageLabels(
+            [int(v) for v in own],
+            list(getattr(ds, "image_label_names", [])) or [str(v) for v in range(max(own) + 1)],
+            f"{getattr(ds, 'name', 'dataset')} (its own)",
+        )
     elif root is not None and getattr(ds, "name", "") == "folder" and (Path(root) / "image_labels.csv").is_file():
         raw, source = _labels_from_file(Path(root) / "image_labels.csv", ids), str(Path(root) / "image_labels.csv")
     elif getattr(ds, "name", "") == "folder" and ids and all("/" in i for i in ids):
@@ -219,8 +232,10 @@ def image_labels(ds: Any, label_file: str | None = None, names: list[str] | None
     index = {n: k for k, n in enumerate(table)}
     unknown = sorted(set(raw) - set(index))
     if unknown:
-        raise ValueError(f"{source}: image label(s) {unknown[:5]} of the validation split are not among the training "
-                         f"split's ({', '.join(table[:10])}{', ...' if len(table) > 10 else ''})")
+        raise ValueError(
+            f"{source}: image label(s) {unknown[:5]} of the validation split are not among the training "
+            f"split's ({', '.join(table[:10])}{', ...' if len(table) > 10 else ''})"
+        )
     return ImageLabels([index[v] for v in raw], table, source)
 
 

@@ -31,9 +31,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,8 +45,8 @@ from .metrics.knn import accuracy_bootstrap
 from .plots import METRIC_ORDER, TERM_LABELS, entry_positions, plot_classes, plot_curves, plot_metrics_vs_miou, to_float
 from .report_text import markdown, selection_sentence
 from .runtime import write_json_atomic, write_text_atomic
-from .train.logs import collapse_loss, read_training_log
 from .select import calibrate, select_checkpoints
+from .train.logs import collapse_loss, read_training_log
 from .verdict import degradation_verdict
 
 __all__ = [
@@ -110,7 +111,9 @@ def selection_gain(dse: Sequence[float], miou: Sequence[float], *, window: int =
     d = np.asarray(dse, dtype=np.float64)
     y = np.asarray(miou, dtype=np.float64)
     if d.shape != y.shape or d.ndim != 1 or len(d) == 0:
-        raise ValueError(f"selection_gain: expected two non-empty 1-D sequences of equal length, got {d.shape} and {y.shape}")
+        raise ValueError(
+            f"selection_gain: expected two non-empty 1-D sequences of equal length, got {d.shape} and {y.shape}"
+        )
     sel = select_checkpoints(d, window=window, top=top)
     top1 = sel.selected[0]
     best_of_top = max(sel.selected, key=lambda i: (y[i], -i))
@@ -237,17 +240,32 @@ def build_report(
     metrics = _metric_columns(list(dse_rows[0]))
     datasets = sorted({r["dataset"] for r in probe_rows})
     report: dict[str, Any] = {
-        "metrics": metrics, "unit": table_unit(dse_rows), "window": window, "top": top, "confidence": confidence,
+        "metrics": metrics,
+        "unit": table_unit(dse_rows),
+        "window": window,
+        "top": top,
+        "confidence": confidence,
         "datasets": {},
     }
     for ds in datasets:
         entry = _dataset_entry(
-            ds, dse_rows, probe_rows, metrics, window, top, replicate_rows, (confusions or {}).get(ds),
-            (class_rows or {}).get(ds), confidence, n_draws, seed,
+            ds,
+            dse_rows,
+            probe_rows,
+            metrics,
+            window,
+            top,
+            replicate_rows,
+            (confusions or {}).get(ds),
+            (class_rows or {}).get(ds),
+            confidence,
+            n_draws,
+            seed,
         )
         if entry is not None:
-            _image_level(entry, (knn_tables or {}).get(ds), (confusions or {}).get(ds), training or {}, confidence,
-                         n_draws, seed)
+            _image_level(
+                entry, (knn_tables or {}).get(ds), (confusions or {}).get(ds), training or {}, confidence, n_draws, seed
+            )
             report["datasets"][ds] = entry
     if report["datasets"]:
         first = next(iter(report["datasets"].values()))
@@ -255,12 +273,16 @@ def build_report(
         report["verdict_reasons"] = first["verdict"]["reasons"]
         report["verdict_dataset"] = next(iter(report["datasets"]))
     report["partial_checkpoints"] = sorted(
-        {r["checkpoint"] for r in dse_rows if r.get("partial")} | {r["checkpoint"] for r in probe_rows if r.get("partial")}
+        {r["checkpoint"] for r in dse_rows if r.get("partial")}
+        | {r["checkpoint"] for r in probe_rows if r.get("partial")}
     )
     report["unprobed_checkpoints"] = [
-        r["checkpoint"] for r in dse_rows
-        if not any(r["checkpoint"] in e["checkpoints"] or r["checkpoint"] == (e.get("init") or {}).get("checkpoint")
-                   for e in report["datasets"].values())
+        r["checkpoint"]
+        for r in dse_rows
+        if not any(
+            r["checkpoint"] in e["checkpoints"] or r["checkpoint"] == (e.get("init") or {}).get("checkpoint")
+            for e in report["datasets"].values()
+        )
     ]
     return report
 
@@ -291,7 +313,11 @@ def _dataset_entry(
     seed: int,
 ) -> dict[str, Any] | None:
     probe_of = {r["checkpoint"]: r for r in probe_rows if r["dataset"] == ds}
-    rows = [r for r in dse_rows if r["checkpoint"] in probe_of and math.isfinite(to_float(probe_of[r["checkpoint"]]["miou"]))]
+    rows = [
+        r
+        for r in dse_rows
+        if r["checkpoint"] in probe_of and math.isfinite(to_float(probe_of[r["checkpoint"]]["miou"]))
+    ]
     init_rows = [r for r in rows if _epoch(r) == INIT_EPOCH]
     rows = [r for r in rows if _epoch(r) != INIT_EPOCH]
     if not rows:
@@ -315,8 +341,11 @@ def _dataset_entry(
     if init_rows:
         c = init_rows[0]["checkpoint"]
         entry["init"] = {
-            "checkpoint": c, "miou": to_float(probe_of[c]["miou"]), "miou_low": to_float(probe_of[c].get("miou_low", "")),
+            "checkpoint": c,
+            "miou": to_float(probe_of[c]["miou"]),
+            "miou_low": to_float(probe_of[c].get("miou_low", "")),
             "miou_high": to_float(probe_of[c].get("miou_high", "")),
+            **{k: to_float(probe_of[c].get(k, "")) for k in ("knn_top1", "knn_low", "knn_high")},
             "values": {m: to_float(init_rows[0][m]) for m in metrics},
             "values_low": {m: to_float(init_rows[0].get(f"{m}_low", "")) for m in metrics},
             "values_high": {m: to_float(init_rows[0].get(f"{m}_high", "")) for m in metrics},
@@ -328,7 +357,9 @@ def _dataset_entry(
     entry["curve"] = _curve_summary(entry, draws, confidence)
     if draws is not None:
         y, _, metric_draws, terms = draws
-        ci = correlation_intervals(metric_draws, y, confidence=confidence, reference="dse" if "dse" in metric_draws else None)
+        ci = correlation_intervals(
+            metric_draws, y, confidence=confidence, reference="dse" if "dse" in metric_draws else None
+        )
         for m, c in ci.items():
             entry["correlation"][m].update(c)
         sel = entry.get("selection")
@@ -344,8 +375,13 @@ def _dataset_entry(
 
 
 def _image_level(
-    entry: dict[str, Any], knn: tuple[list[str], np.ndarray] | None, confusion: tuple[list[str], list[list[Any]]] | None,
-    training: dict[str, Any], confidence: float, n_draws: int, seed: int,
+    entry: dict[str, Any],
+    knn: tuple[list[str], np.ndarray] | None,
+    confusion: tuple[list[str], list[list[Any]]] | None,
+    training: dict[str, Any],
+    confidence: float,
+    n_draws: int,
+    seed: int,
 ) -> None:
     """The image-level curve (k-NN accuracy, paired intervals) and the verdict of one dataset's entry."""
     names = entry["checkpoints"]
@@ -356,13 +392,21 @@ def _image_level(
         entry.update(knn=boot.accuracy.tolist(), knn_low=boot.low.tolist(), knn_high=boot.high.tolist())
         knn_draws = boot.replicates
     if confusion is not None and all(c in confusion[0] for c in names):
-        miou_draws = miou_bootstrap([confusion[1][confusion[0].index(c)] for c in names], n_resamples=n_draws,
-                                    seed=seed).replicates
+        miou_draws = miou_bootstrap(
+            [confusion[1][confusion[0].index(c)] for c in names], n_resamples=n_draws, seed=seed
+        ).replicates
     unit, positions = entry_positions(entry)
     entry["verdict"] = degradation_verdict(
-        positions, entry["miou"], entry.get("knn"), miou_draws=miou_draws, knn_draws=knn_draws,
-        loss=training.get("loss"), collapse_loss=training.get("collapse_loss"), confidence=confidence,
-        min_fall=MIN_FALL, unit=unit,
+        positions,
+        entry["miou"],
+        entry.get("knn"),
+        miou_draws=miou_draws,
+        knn_draws=knn_draws,
+        loss=training.get("loss"),
+        collapse_loss=training.get("collapse_loss"),
+        confidence=confidence,
+        min_fall=MIN_FALL,
+        unit=unit,
     )
 
 
@@ -442,7 +486,10 @@ def _curve_summary(
     miou = np.asarray(entry["miou"])
     best = int(np.argmax(miou))
     out: dict[str, Any] = {
-        "best_index": best, "first": float(miou[0]), "best": float(miou[best]), "last": float(miou[-1]),
+        "best_index": best,
+        "first": float(miou[0]),
+        "best": float(miou[best]),
+        "last": float(miou[-1]),
         "untrained": entry["init"]["miou"] if entry["init"] else None,
     }
     trained = None if draws is None else draws[0]
@@ -468,7 +515,10 @@ def _class_table(class_rows: list[dict[str, str]], names: list[str], init: dict[
     classes = list(dict.fromkeys(r["class_name"] for r in sorted(class_rows, key=lambda r: int(r["class_id"]))))
     out: dict[str, Any] = {}
     for c in classes:
-        get = lambda ck, k: to_float(by[(ck, c)][k]) if (ck, c) in by else math.nan  # noqa: E731
+
+        def get(ck: str, k: str, c: str = c) -> float:
+            return to_float(by[(ck, c)][k]) if (ck, c) in by else math.nan
+
         out[c] = {
             "iou": [get(n, "iou") for n in names],
             "low": [get(n, "iou_low") for n in names],
@@ -492,16 +542,23 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def _layer_correlations(out: Path, unit: str, window: int, top: int, confidence: float) -> dict[str, list[dict[str, Any]]]:
+def _layer_correlations(
+    out: Path, unit: str, window: int, top: int, confidence: float
+) -> dict[str, list[dict[str, Any]]]:
     """Per dataset, per block of a layer map (``dse_layers.csv`` from ``scan --layers`` and
     ``probe_layers.csv`` from ``probe --layers``): τ and ρ of the block's DSE with its mIoU, with
     intervals from the block's replicates and confusions, and what selecting by that DSE gives."""
     if not ((out / "dse_layers.csv").is_file() and (out / "probe_layers.csv").is_file()):
         return {}
     value_cols = [*_TERMS4, "dse_raw", "dse"]
-    dse_all = read_table(out / "dse_layers.csv", ("checkpoint", unit, "layer", *value_cols), (unit, "layer", *value_cols))
-    probe_all = read_table(out / "probe_layers.csv", ("checkpoint", unit, "dataset", "layer", "miou"),
-                           (unit, "layer", "miou", "pixel_accuracy", "miou_low", "miou_high"))
+    dse_all = read_table(
+        out / "dse_layers.csv", ("checkpoint", unit, "layer", *value_cols), (unit, "layer", *value_cols)
+    )
+    probe_all = read_table(
+        out / "probe_layers.csv",
+        ("checkpoint", unit, "dataset", "layer", "miou"),
+        (unit, "layer", "miou", "pixel_accuracy", "miou_low", "miou_high"),
+    )
     reps_path = out / "dse_layers_replicates.csv"
     reps_all = read_table(reps_path, ("checkpoint", "layer", "replicate")) if reps_path.is_file() else []
     result: dict[str, list[dict[str, Any]]] = {}
@@ -520,11 +577,19 @@ def _layer_correlations(out: Path, unit: str, window: int, top: int, confidence:
             if e is None:
                 continue
             c, sel = e["correlation"]["dse"], e.get("selection") or {}
-            entries.append({
-                "layer": b, "kendall_tau": c["kendall_tau"], "tau_low": c.get("tau_low"), "tau_high": c.get("tau_high"),
-                "spearman_rho": c["spearman_rho"], "best_miou": max(e["miou"]), "last_miou": e["miou"][-1],
-                "dse_pick_miou": sel.get("top1_miou"), "intervals": e["intervals"],
-            })
+            entries.append(
+                {
+                    "layer": b,
+                    "kendall_tau": c["kendall_tau"],
+                    "tau_low": c.get("tau_low"),
+                    "tau_high": c.get("tau_high"),
+                    "spearman_rho": c["spearman_rho"],
+                    "best_miou": max(e["miou"]),
+                    "last_miou": e["miou"][-1],
+                    "dse_pick_miou": sel.get("top1_miou"),
+                    "intervals": e["intervals"],
+                }
+            )
         if entries:
             result[ds] = entries
     return result
@@ -539,8 +604,10 @@ def _training(out: Path) -> dict[str, Any]:
     except (OSError, ValueError, KeyError, TypeError):
         return {}
     log = read_training_log(run_dir)
-    return {"loss": [float(e.get("loss_ssl", e.get("loss", float("nan")))) for e in log],
-            "collapse_loss": collapse_loss(settings)}
+    return {
+        "loss": [float(e.get("loss_ssl", e.get("loss", float("nan")))) for e in log],
+        "collapse_loss": collapse_loss(settings),
+    }
 
 
 def _csv_unit(path: Path) -> str:
@@ -555,18 +622,28 @@ def write_report(out_dir: str | Path, *, window: int = 2, top: int = 3, confiden
     write report.md, report.json and PNGs."""
     out = Path(out_dir)
     unit = _csv_unit(out / "dse.csv")
-    dse_rows = read_table(out / "dse.csv", ("checkpoint", unit),
-                          _numeric_columns(out / "dse.csv", ("checkpoint", "partial")))
+    dse_rows = read_table(
+        out / "dse.csv", ("checkpoint", unit), _numeric_columns(out / "dse.csv", ("checkpoint", "partial"))
+    )
     probe_unit = _csv_unit(out / "probe.csv")
     if (out / "probe.csv").is_file() and probe_unit != unit:
-        raise ValueError(f"{out / 'probe.csv'} counts {probe_unit}s where {out / 'dse.csv'} counts {unit}s: "
-                         "they are not of the same run")
-    probe_rows = read_table(out / "probe.csv", ("checkpoint", unit, "dataset", "miou"),
-                            (unit, "miou", "pixel_accuracy", "miou_low", "miou_high"))
+        raise ValueError(
+            f"{out / 'probe.csv'} counts {probe_unit}s where {out / 'dse.csv'} counts {unit}s: "
+            "they are not of the same run"
+        )
+    probe_rows = read_table(
+        out / "probe.csv",
+        ("checkpoint", unit, "dataset", "miou"),
+        (unit, "miou", "pixel_accuracy", "miou_low", "miou_high"),
+    )
     replicates = (
-        read_table(out / "dse_replicates.csv", ("checkpoint", "replicate"),
-                   _numeric_columns(out / "dse_replicates.csv", ("checkpoint",)))
-        if (out / "dse_replicates.csv").is_file() else None
+        read_table(
+            out / "dse_replicates.csv",
+            ("checkpoint", "replicate"),
+            _numeric_columns(out / "dse_replicates.csv", ("checkpoint",)),
+        )
+        if (out / "dse_replicates.csv").is_file()
+        else None
     )
     confusions, classes, knn = {}, {}, {}
     for ds in {r["dataset"] for r in probe_rows}:
@@ -578,8 +655,16 @@ def write_report(out_dir: str | Path, *, window: int = 2, top: int = 3, confiden
         if (out / f"probe_{safe}_knn.npz").is_file():
             knn[ds] = read_knn_table(out / f"probe_{safe}_knn.npz")
     report = build_report(
-        dse_rows, probe_rows, window=window, top=top, replicate_rows=replicates, confusions=confusions,
-        class_rows=classes, confidence=confidence, knn_tables=knn, training=_training(out),
+        dse_rows,
+        probe_rows,
+        window=window,
+        top=top,
+        replicate_rows=replicates,
+        confusions=confusions,
+        class_rows=classes,
+        confidence=confidence,
+        knn_tables=knn,
+        training=_training(out),
     )
     layers = _layer_correlations(out, unit, window, top, confidence)
     if layers:

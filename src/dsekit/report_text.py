@@ -54,7 +54,10 @@ def markdown(report: dict[str, Any]) -> str:
         unit, ep = entry_positions(e)
         iv = "" if e["intervals"] else " (no intervals: the scan or the probe left no replicates)"
         lines += [f"### mIoU curve{iv}", ""]
-        lines += ["| untrained | first | best | last | best − untrained | best − first | best − last |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "| untrained | first | best | last | best − untrained | best − first | best − last |",
+            "|---|---|---|---|---|---|---|",
+        ]
         lines.append(
             f"| {pct(c['untrained'])} | {pct(c['first'])} ({unit} {ep[0]}) | {pct(c['best'])} "
             f"({unit} {ep[c['best_index']]}) | {pct(c['last'])} | "
@@ -64,15 +67,25 @@ def markdown(report: dict[str, Any]) -> str:
             )
             + " |"
         )
-        lines += ["", f"mIoU in %, differences in points, {pc} intervals in brackets (paired resamples of the "
-                  "validation images and heads)."]
+        lines += [
+            "",
+            f"mIoU in %, differences in points, {pc} intervals in brackets (paired resamples of the "
+            "validation images and heads).",
+        ]
         if e.get("knn"):
             k, b = e["knn"], c["best_index"]
             lows, highs = e.get("knn_low", [None] * len(k)), e.get("knn_high", [None] * len(k))
-            lines += ["", "Image-level k-NN accuracy (%): "
-                      + ", ".join(f"{name} {pct(k[i])}{ci(lows[i], highs[i])}" for name, i in
-                                  (("first", 0), (f"at the mIoU peak ({unit} {ep[b]})", b), ("last", len(k) - 1)))
-                      + ".", "", f"![{ds} curves](curves_{ds}.png)"]
+            lines += [
+                "",
+                "Image-level k-NN accuracy (%): "
+                + ", ".join(
+                    f"{name} {pct(k[i])}{ci(lows[i], highs[i])}"
+                    for name, i in (("first", 0), (f"at the mIoU peak ({unit} {ep[b]})", b), ("last", len(k) - 1))
+                )
+                + ".",
+                "",
+                f"![{ds} curves](curves_{ds}.png)",
+            ]
         v = e.get("verdict")
         if v:
             lines += ["", f"### Verdict: {v['verdict']}", ""] + [f"* {r}" for r in v["reasons"]]
@@ -81,30 +94,46 @@ def markdown(report: dict[str, Any]) -> str:
         for m in report["metrics"]:
             r = e["correlation"][m]
             nz = "" if r.get("tau_low") is None else ("yes" if r.get("nonzero") else "no")
-            dd = "—" if m == "dse" else ("" if r.get("tau_diff_low") is None else
-                                         ("yes" if r.get("differs_from_reference") else "no"))
+            dd = (
+                "—"
+                if m == "dse"
+                else ("" if r.get("tau_diff_low") is None else ("yes" if r.get("differs_from_reference") else "no"))
+            )
             lines.append(
                 f"| {m} | {fmt(r['kendall_tau'], '+.2f')}{ci(r.get('tau_low'), r.get('tau_high'), 1.0, '+.2f')} | "
-                f"{fmt(r['spearman_rho'], '+.2f')}{ci(r.get('rho_low'), r.get('rho_high'), 1.0, '+.2f')} | {nz} | {dd} |"
+                f"{fmt(r['spearman_rho'], '+.2f')}{ci(r.get('rho_low'), r.get('rho_high'), 1.0, '+.2f')} | "
+                f"{nz} | {dd} |"
             )
         s = e.get("selection")
         if s:
             lines += ["", "### Selection by DSE", ""]
-            lines += ["| checkpoints | last mIoU | DSE top-1 mIoU | best of top-3 | best in hindsight | top-1 − last | top-1 − best |",
-                      "|---|---|---|---|---|---|---|"]
+            lines += [
+                "| checkpoints | last mIoU | DSE top-1 mIoU | best of top-3 | best in hindsight "
+                "| top-1 − last | top-1 − best |",
+                "|---|---|---|---|---|---|---|",
+            ]
             lines.append(
                 f"| {len(e['miou'])} | {pct(s['last_miou'])} | {pct(s['top1_miou'])} ({unit} {ep[s['top1_index']]}) | "
                 f"{pct(s['best_of_top_miou'])} ({unit} {ep[s['best_of_top_index']]}) | {pct(s['best_miou'])} "
                 f"({unit} {ep[s['best_index']]}) | {100 * s['gain_top1_vs_last']:+.1f}"
                 f"{ci(s.get('gain_top1_vs_last_low'), s.get('gain_top1_vs_last_high'))} | "
-                f"{100 * s['gap_top1_to_best']:+.1f}{ci(s.get('gap_top1_to_best_low'), s.get('gap_top1_to_best_high'))} |"
+                f"{100 * s['gap_top1_to_best']:+.1f}"
+                f"{ci(s.get('gap_top1_to_best_low'), s.get('gap_top1_to_best_high'))} |"
             )
             lines += ["", selection_sentence(e, conf)]
             if "pick_agreement" in s:
-                lines.append(f"The pick was the same checkpoint in {100 * s['pick_agreement']:.0f} % of the paired draws.")
+                lines.append(
+                    f"The pick was the same checkpoint in {100 * s['pick_agreement']:.0f} % of the paired draws."
+                )
         if e.get("classes"):
             best, last = c["best_index"], len(e["miou"]) - 1
-            lines += ["", "### IoU per class (%)", "", "| class | untrained | first | best | last |", "|---|---|---|---|---|"]
+            lines += [
+                "",
+                "### IoU per class (%)",
+                "",
+                "| class | untrained | first | best | last |",
+                "|---|---|---|---|---|",
+            ]
             for name, k in e["classes"].items():
                 lines.append(
                     f"| {name} | {pct(k['untrained'])} | {pct(k['iou'][0])}{ci(k['low'][0], k['high'][0])} | "
@@ -114,9 +143,12 @@ def markdown(report: dict[str, Any]) -> str:
             lines += ["", f"![{ds} classes](classes_{ds}.png)"]
         lines += ["", f"![{ds}](report_{ds}.png)", ""]
     for ds, entries in report.get("layers", {}).items():
-        lines += [f"## {ds}: DSE and mIoU per block (layer map)", "",
-                  f"| block | Kendall τ(DSE, mIoU) [{pc}] | Spearman ρ | best mIoU | last mIoU | DSE pick's mIoU |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            f"## {ds}: DSE and mIoU per block (layer map)",
+            "",
+            f"| block | Kendall τ(DSE, mIoU) [{pc}] | Spearman ρ | best mIoU | last mIoU | DSE pick's mIoU |",
+            "|---|---|---|---|---|---|",
+        ]
         for x in entries:
             lines.append(
                 f"| {x['layer']} | {fmt(x['kendall_tau'], '+.2f')}{ci(x['tau_low'], x['tau_high'], 1.0, '+.2f')} | "
@@ -127,7 +159,11 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("unprobed_checkpoints"):
         lines += [f"Checkpoints without mIoU: {len(report['unprobed_checkpoints'])}."]
     if report.get("partial_checkpoints"):
-        lines += ["", "**Partial weights**: these checkpoints were scored with `--allow-partial` and did not fit the "
-                  "model (missing or unexpected keys; see run.json / probe_<dataset>.json): "
-                  + ", ".join(f"`{Path(c).name}`" for c in report["partial_checkpoints"]) + "."]
+        lines += [
+            "",
+            "**Partial weights**: these checkpoints were scored with `--allow-partial` and did not fit the "
+            "model (missing or unexpected keys; see run.json / probe_<dataset>.json): "
+            + ", ".join(f"`{Path(c).name}`" for c in report["partial_checkpoints"])
+            + ".",
+        ]
     return "\n".join(lines) + "\n"

@@ -14,8 +14,9 @@ import os
 import platform
 import shutil
 import sys
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -221,4 +222,3 @@ def process_group(device: torch.device) -> Iterator[tuple[int, int]]:
             import torch.distributed as dist
 
             dist.destroy_process_group()
-

@@ -28,9 +28,10 @@ import hashlib
 import json
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, NamedTuple, Sequence
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -91,7 +92,9 @@ class ScanConfig(RunSettings):
     @property
     def dse_settings(self) -> DSESettings:
         """The estimator's settings of this scan."""
-        return DSESettings(self.local_clusters, self.global_clusters, self.images_per_group, self.normalize, self.n_init)
+        return DSESettings(
+            self.local_clusters, self.global_clusters, self.images_per_group, self.normalize, self.n_init
+        )
 
     def result_key(self, image_hash: str) -> str:
         """Hash of everything that changes a checkpoint's numbers (not device or output paths)."""
@@ -190,8 +193,15 @@ def _score_checkpoint(
         )
     else:
         blocks, arrays = layer_map
-        extract_features(FeatureExtractor(model, layers=blocks), images, batch_size=cfg.batch_size, device=device,
-                         amp_dtype=precision, progress=progress, out=arrays)
+        extract_features(
+            FeatureExtractor(model, layers=blocks),
+            images,
+            batch_size=cfg.batch_size,
+            device=device,
+            amp_dtype=precision,
+            progress=progress,
+            out=arrays,
+        )
         feats = torch.from_numpy(arrays[blocks.index(cfg.layer % (num_feature_layers(model) or 1))])
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -204,7 +214,9 @@ def _score_checkpoint(
     vf = None
     if views is not None:
         n, q = views.shape[:2]
-        vf = extract_features(extractor, views.flatten(0, 1), batch_size=cfg.batch_size, device=device, amp_dtype=precision)
+        vf = extract_features(
+            extractor, views.flatten(0, 1), batch_size=cfg.batch_size, device=device, amp_dtype=precision
+        )
         vf = vf.reshape(n, q, *vf.shape[1:])
         metrics["lidar"] = _safe_metric("lidar", lidar_dense, vf)
     t4 = time.perf_counter()
@@ -212,9 +224,12 @@ def _score_checkpoint(
     t5 = time.perf_counter()
     layers: dict[str, dict[str, Any]] = {}
     if layer_map is not None:
-        for block, array in zip(*layer_map):
+        for block, array in zip(*layer_map, strict=True):
             f = torch.from_numpy(array)
-            layers[str(block)] = {"terms": _dse_terms(cfg, f, device, cfg.seed), "replicates": _replicates(cfg, f, None, device, {})}
+            layers[str(block)] = {
+                "terms": _dse_terms(cfg, f, device, cfg.seed),
+                "replicates": _replicates(cfg, f, None, device, {}),
+            }
     timings = {"load": t1 - t0, "extract": t2 - t1, "score": t3 - t2, "metrics": t4 - t3, "intervals": t5 - t4}
     if layer_map is not None:
         timings["layers"] = time.perf_counter() - t5
@@ -251,6 +266,7 @@ def _replicates(
 
     out = half_sample_replicates(score, feats, cfg.intervals, cfg.seed)
     if views is not None and views.shape[0] >= 4:
+
         def lidar(sub: torch.Tensor, seed: int) -> dict[str, float]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -306,7 +322,9 @@ class _ScanTask(SweepTask[CheckpointResult]):
 
     result_type = CheckpointResult
 
-    def __init__(self, cfg: ScanConfig, run: Any, cache: Path, base: str, rank: int, console: Any, progress: bool) -> None:
+    def __init__(
+        self, cfg: ScanConfig, run: Any, cache: Path, base: str, rank: int, console: Any, progress: bool
+    ) -> None:
         self.cfg, self.run, self.cache, self.base, self.rank = cfg, run, cache, base, rank
         self.console, self.progress = console, progress
         self.metric_fns = _metric_functions(cfg.metrics)
@@ -318,7 +336,12 @@ class _ScanTask(SweepTask[CheckpointResult]):
     def prepare(self) -> str:
         cfg = self.cfg
         self.sample = load_image_sample(
-            cfg.images, cfg.num_images, cfg.seed, cfg.image_size, scenes=cfg.scenes, progress=self.progress and self.rank == 0
+            cfg.images,
+            cfg.num_images,
+            cfg.seed,
+            cfg.image_size,
+            scenes=cfg.scenes,
+            progress=self.progress and self.rank == 0,
         )
         if self.sample.shortfall:
             warnings.warn(
@@ -327,7 +350,9 @@ class _ScanTask(SweepTask[CheckpointResult]):
             )
         write_json_atomic(self.cache / f"images.{self.base[:16]}.rank{self.rank}.json", self.sample.record())
         if "lidar" in cfg.metrics:
-            self.views = lidar_views(self.sample.images, min(cfg.lidar_images, len(self.sample)), cfg.lidar_views, cfg.seed)
+            self.views = lidar_views(
+                self.sample.images, min(cfg.lidar_images, len(self.sample)), cfg.lidar_views, cfg.seed
+            )
         if cfg.layers:
             self.layer_map = self._layer_arrays()
         return _with_content(self.base, cfg.images, self.sample.image_hash)
@@ -341,8 +366,10 @@ class _ScanTask(SweepTask[CheckpointResult]):
         blocks = sorted({*resolve_layers(cfg.layers, model), cfg.layer % n})
         probe = FeatureExtractor(model, layers=blocks)(self.sample.images[:1].to(next(model.parameters()).device))
         self.store = FeatureCache(int(cfg.cache_memory_gb * (1 << 30)), self.cache / "spill")
-        arrays = [self.store.allocate(f"layer{b}", (len(self.sample), *f.shape[1:]), np.float32)
-                  for b, f in zip(blocks, probe)]
+        arrays = [
+            self.store.allocate(f"layer{b}", (len(self.sample), *f.shape[1:]), np.float32)
+            for b, f in zip(blocks, probe, strict=True)
+        ]
         return blocks, arrays
 
     def close(self) -> None:
@@ -354,16 +381,34 @@ class _ScanTask(SweepTask[CheckpointResult]):
         assert self.sample is not None
         if self.progress:
             self.console.print(f"scoring [{n}/{total}] {checkpoint_label(path)}")
-        model = None if self.cfg.allow_partial else self.run.model  # every checkpoint is loaded into it (strict loading)
+        model = (
+            None if self.cfg.allow_partial else self.run.model
+        )  # every checkpoint is loaded into it (strict loading)
         scored = _score_checkpoint(
-            self.cfg, path, self.sample.images, self.run.device, self.metric_fns,
-            checkpoint_label(path) if self.progress else False, model, self.views, self.layer_map,
+            self.cfg,
+            path,
+            self.sample.images,
+            self.run.device,
+            self.metric_fns,
+            checkpoint_label(path) if self.progress else False,
+            model,
+            self.views,
+            self.layer_map,
         )
         if self.progress:
             self.console.print(f"  read as: {scored.layout}")
         return CheckpointResult(
-            str(path), epoch, "ok", scored.terms, scored.metrics, scored.timings, identity=identity,
-            num_images=len(self.sample), replicates=scored.replicates, partial=scored.partial, layout=scored.layout,
+            str(path),
+            epoch,
+            "ok",
+            scored.terms,
+            scored.metrics,
+            scored.timings,
+            identity=identity,
+            num_images=len(self.sample),
+            replicates=scored.replicates,
+            partial=scored.partial,
+            layout=scored.layout,
             layers=scored.layers,
         )
 
@@ -414,9 +459,15 @@ def scan(
         task = _ScanTask(cfg, run, cache, base, rank, console, progress)
         try:
             results, computed = sweep(
-                run.checkpoints, task, cache=cache, key=_content_key(cache, base, cfg.images),
+                run.checkpoints,
+                task,
+                cache=cache,
+                key=_content_key(cache, base, cfg.images),
                 final_key=lambda: _content_key(cache, base, cfg.images) or base,  # the sample the others recorded
-                rank=rank, world=world, console=console, after_checkpoint=after_checkpoint,
+                rank=rank,
+                world=world,
+                console=console,
+                after_checkpoint=after_checkpoint,
             )
         finally:
             task.close()
@@ -474,9 +525,11 @@ def _assemble(
     extra = list(dict.fromkeys(m for r in ok for m in r.metrics))
     columns = [*CSV_COLUMNS[2:], *extra]
     reps = [_replicate_table(r, lam) for r in ok]
-    bands = [_bands(r, value, table, columns, cfg.confidence) for r, value, table in zip(ok, dse_values, reps)]
+    bands = [
+        _bands(r, value, table, columns, cfg.confidence) for r, value, table in zip(ok, dse_values, reps, strict=True)
+    ]
     rows = []
-    for r, value, band in zip(ok, dse_values, bands):
+    for r, value, band in zip(ok, dse_values, bands, strict=True):
         row = {"checkpoint": r.checkpoint, unit: "" if r.epoch is None else r.epoch}
         row.update({t: repr(float(r.terms[t])) for t in TERMS})
         row["dse"] = repr(float(value))
@@ -487,12 +540,14 @@ def _assemble(
     marked = ["partial"] if any(r.partial for r in ok) else []  # only runs that loaded partial weights
     id_columns = ["checkpoint", unit]
     write_csv_atomic(
-        out / "dse.csv", [*id_columns, *CSV_COLUMNS[2:], *extra, *[f"{c}_{s}" for c in columns for s in ("low", "high")],
-                          *marked], rows
+        out / "dse.csv",
+        [*id_columns, *CSV_COLUMNS[2:], *extra, *[f"{c}_{s}" for c in columns for s in ("low", "high")], *marked],
+        rows,
     )
     rep_rows = [
         {"checkpoint": r.checkpoint, "replicate": k, **{c: repr(float(v[k])) for c, v in table.items() if c in columns}}
-        for r, table in zip(ok, reps) for k in range(len(next(iter(table.values()), [])))
+        for r, table in zip(ok, reps, strict=True)
+        for k in range(len(next(iter(table.values()), [])))
     ]
     write_csv_atomic(out / "dse_replicates.csv", ["checkpoint", "replicate", *columns], rep_rows)
     write_json_atomic(out / "selection.json", selection)
@@ -506,8 +561,15 @@ def _assemble(
             "versions": library_versions(),
             "images": images_record,
             "checkpoints": [
-                {"checkpoint": r.checkpoint, unit: r.epoch, "status": r.status, "timings": r.timings, "error": r.error,
-                 "partial": r.partial, "layout": r.layout}
+                {
+                    "checkpoint": r.checkpoint,
+                    unit: r.epoch,
+                    "status": r.status,
+                    "timings": r.timings,
+                    "error": r.error,
+                    "partial": r.partial,
+                    "layout": r.layout,
+                }
                 for r in ok + failed
             ],
         },
@@ -523,9 +585,9 @@ def _replicate_table(r: CheckpointResult, lam: float | None) -> dict[str, np.nda
     """The half-sample values of every column of one checkpoint, ``dse`` with the run's λ."""
     table = {k: np.asarray(v, dtype=np.float64) for k, v in r.replicates.items()}
     if table and all(t in table for t in TERMS[:4]):
-        table["dse"] = np.array([
-            calibrated_dse({t: float(table[t][k]) for t in TERMS[:4]}, lam) for k in range(len(table[TERMS[0]]))
-        ])
+        table["dse"] = np.array(
+            [calibrated_dse({t: float(table[t][k]) for t in TERMS[:4]}, lam) for k in range(len(table[TERMS[0]]))]
+        )
     return table
 
 
@@ -578,10 +640,23 @@ def _print_summary(console: Any, ok: list[CheckpointResult], failed: list[Checkp
     best = summary["selection"]["best"]
     cands = {c["checkpoint"] for c in summary["selection"]["candidates"]}
     table = Table(title="DSE per checkpoint")
-    for col in ("checkpoint", summary["selection"]["unit"], "M_inter", "M_intra_img", "M_intra_batch", "M_dim", "DSE", ""):
+    for col in (
+        "checkpoint",
+        summary["selection"]["unit"],
+        "M_inter",
+        "M_intra_img",
+        "M_intra_batch",
+        "M_dim",
+        "DSE",
+        "",
+    ):
         table.add_column(col, justify="left" if col == "checkpoint" else "right")
-    for r, value in zip(ok, summary["dse"]):
-        mark = "★ selected" if best and r.checkpoint == best["checkpoint"] else ("candidate" if r.checkpoint in cands else "")
+    for r, value in zip(ok, summary["dse"], strict=True):
+        mark = (
+            "★ selected"
+            if best and r.checkpoint == best["checkpoint"]
+            else ("candidate" if r.checkpoint in cands else "")
+        )
         t = r.terms
         table.add_row(
             checkpoint_label(r.checkpoint),
@@ -598,7 +673,9 @@ def _print_summary(console: Any, ok: list[CheckpointResult], failed: list[Checkp
     console.print(f"λ = {lam:.4f}" if lam is not None else summary["selection"]["note"])
     if summary.get("layer_map"):
         best = summary["layer_map"]["best_layer"]
-        console.print("best layer per checkpoint (layer map, dse_layers.csv): "
-                      + ", ".join(f"{checkpoint_label(b['checkpoint'])}: {b['layer']}" for b in best))
+        console.print(
+            "best layer per checkpoint (layer map, dse_layers.csv): "
+            + ", ".join(f"{checkpoint_label(b['checkpoint'])}: {b['layer']}" for b in best)
+        )
     for r in failed:
         console.print(f"[red]failed[/red] {checkpoint_label(r.checkpoint)}: {r.error}")

@@ -24,9 +24,10 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Generic, Sequence, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 
@@ -42,7 +43,16 @@ from .backbones import (
 from .backbones.detect import detect_checkpoint
 from .runtime import barrier, ensure_writable, file_identity, resolve_device, resolve_precision, write_json_atomic
 
-__all__ = ["RunSettings", "SweepTask", "OpenRun", "build_model", "check_run_settings", "open_run", "resolve_auto", "sweep"]
+__all__ = [
+    "RunSettings",
+    "SweepTask",
+    "OpenRun",
+    "build_model",
+    "check_run_settings",
+    "open_run",
+    "resolve_auto",
+    "sweep",
+]
 
 R = TypeVar("R")
 
@@ -214,7 +224,6 @@ def sweep(
     return results, computed
 
 
-
 # --------------------------------------------------------------------------- the shared set-up
 
 
@@ -327,7 +336,8 @@ def open_run(cfg: RunSettings, cache: Path, console: Any, check: Callable[[Any],
         check(cfg)
     device = resolve_device(cfg.device)
     checkpoints = discover_checkpoints(cfg.run_dir, cfg.method, cfg.glob)
-    model = build_model(cfg, checkpoints[0][0])  # an unknown architecture or layer fails here, before any checkpoint is scored
+    model = build_model(
+        cfg, checkpoints[0][0]
+    )  # an unknown architecture or layer fails here, before any checkpoint is scored
     ensure_writable(cache)
     return OpenRun(cfg, device, checkpoints, model)
-

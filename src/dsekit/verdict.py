@@ -87,14 +87,18 @@ def degradation_verdict(
         reasons.append(f"mIoU peaks at the last checkpoint ({unit} {positions[last]})")
     elif f_lo is None:
         fell = fall > 0 and fall >= min_fall
-        reasons.append(f"mIoU falls {100 * fall:.1f} points from its peak ({unit} {positions[peak]}) to the last "
-                       f"checkpoint (no interval: no paired draws)")
+        reasons.append(
+            f"mIoU falls {100 * fall:.1f} points from its peak ({unit} {positions[peak]}) to the last "
+            f"checkpoint (no interval: no paired draws)"
+        )
     else:
         fell = f_lo > 0 and fall >= min_fall
         beyond = "beyond" if f_lo > 0 else "not beyond"
-        reasons.append(f"mIoU falls {100 * fall:.1f} points [{100 * f_lo:.1f}, {100 * f_hi:.1f}] ({pct}) from its peak "
-                       f"({unit} {positions[peak]}) to the last checkpoint, {beyond} its interval"
-                       + (f"; less than the {100 * min_fall:.1f} points that count" if f_lo > 0 and fall < min_fall else ""))
+        reasons.append(
+            f"mIoU falls {100 * fall:.1f} points [{100 * f_lo:.1f}, {100 * f_hi:.1f}] ({pct}) from its peak "
+            f"({unit} {positions[peak]}) to the last checkpoint, {beyond} its interval"
+            + (f"; less than the {100 * min_fall:.1f} points that count" if f_lo > 0 and fall < min_fall else "")
+        )
     k = None if knn is None else np.asarray(knn, dtype=np.float64)
     has_knn = k is not None and len(k) == len(y) and bool(np.isfinite(k[[peak, last]]).all())
     change = k_lo = k_hi = None
@@ -106,8 +110,10 @@ def degradation_verdict(
         k_lo, k_hi = _interval(None if kd is None else kd[:, last] - kd[:, peak], confidence)
         knn_fell = (k_hi < 0) if k_hi is not None else change < 0
         where = f"[{100 * k_lo:.1f}, {100 * k_hi:.1f}] ({pct})" if k_lo is not None else "(no interval)"
-        reasons.append(f"image-level accuracy changes {100 * change:+.1f} points {where} from the mIoU peak to the "
-                       f"last checkpoint: {'falls' if knn_fell else 'holds or rises'}")
+        reasons.append(
+            f"image-level accuracy changes {100 * change:+.1f} points {where} from the mIoU peak to the "
+            f"last checkpoint: {'falls' if knn_fell else 'holds or rises'}"
+        )
     else:
         reasons.append("image-level accuracy not measured (no image labels)")
     loss_last = None
@@ -115,9 +121,14 @@ def degradation_verdict(
     if loss is not None and len(loss) and collapse_loss is not None and math.isfinite(collapse_loss):
         loss_last = float(loss[-1])
         collapsed = abs(loss_last - collapse_loss) <= rtol * abs(collapse_loss)
-        reasons.append(f"the training loss ends at {loss_last:.4g}, " + (
-            f"its collapse value {collapse_loss:.4g} (a uniform output)" if collapsed
-            else f"away from its collapse value {collapse_loss:.4g}"))
+        reasons.append(
+            f"the training loss ends at {loss_last:.4g}, "
+            + (
+                f"its collapse value {collapse_loss:.4g} (a uniform output)"
+                if collapsed
+                else f"away from its collapse value {collapse_loss:.4g}"
+            )
+        )
     if collapsed or (fell and knn_fell):
         verdict = "collapse"
     elif fell:
@@ -125,8 +136,16 @@ def degradation_verdict(
     else:
         verdict = "no degradation"
     return {
-        "verdict": verdict, "reasons": reasons, "peak": positions[peak], "last": positions[last],
-        "miou_fall": fall, "miou_fall_low": f_lo, "miou_fall_high": f_hi,
-        "knn_change": change, "knn_change_low": k_lo, "knn_change_high": k_hi,
-        "loss_last": loss_last, "collapse_loss": collapse_loss,
+        "verdict": verdict,
+        "reasons": reasons,
+        "peak": positions[peak],
+        "last": positions[last],
+        "miou_fall": fall,
+        "miou_fall_low": f_lo,
+        "miou_fall_high": f_hi,
+        "knn_change": change,
+        "knn_change_low": k_lo,
+        "knn_change_high": k_hi,
+        "loss_last": loss_last,
+        "collapse_loss": collapse_loss,
     }

@@ -33,13 +33,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dsekit.backbones.discovery import CHECKPOINT_EXTENSIONS  # noqa: F401 - still importable from here
-from dsekit.backbones.discovery import discover_checkpoints, epoch_from_filename
+from dsekit.backbones.discovery import (
+    CHECKPOINT_EXTENSIONS,  # noqa: F401 - still importable from here
+    discover_checkpoints,
+    epoch_from_filename,
+)
 from dsekit.backbones.extract import backbone_recipe, create_backbone
 from dsekit.backbones.reading import SAFE_GLOBALS, LazyStateDict, read_checkpoint
-from dsekit.backbones.registry import INIT_EPOCH  # noqa: F401 - still importable from here
 from dsekit.backbones.registry import (
     ANY_FILE,
+    INIT_EPOCH,  # noqa: F401 - still importable from here
     BranchSpec,
     CheckpointError,
     CheckpointKeyError,
@@ -311,7 +314,9 @@ def _adapt(
     if release and model is not None:  # a release file must be this backbone, not any tensor mapping
         expected = set(model.state_dict())
         if not expected & set(tensors):
-            raise _LayoutMismatch(f"checkpoint {src}: no key of the backbone", source if isinstance(source, Path) else None)
+            raise _LayoutMismatch(
+                f"checkpoint {src}: no key of the backbone", source if isinstance(source, Path) else None
+            )
     layout = "release file" if release else "training checkpoint"
     return AdaptedStateDict(tensors, adapter.name, branch_name, used, dropped, layout)
 
@@ -397,13 +402,12 @@ def load_into(
     ]
     if problems:
         msg = (
-            f"checkpoint {source} does not fit {type(model).__name__}: " + "; ".join(problems)
+            f"checkpoint {source} does not fit {type(model).__name__}: "
+            + "; ".join(problems)
             + ". Check the method / arch / branch, or pass allow_partial=True (CLI: --allow-partial)"
         )
         if not allow_partial:
-            raise CheckpointKeyError(
-                msg, source if isinstance(source, Path) else None, missing, unexpected, mismatched
-            )
+            raise CheckpointKeyError(msg, source if isinstance(source, Path) else None, missing, unexpected, mismatched)
         warnings.warn(msg, PartialLoadWarning, stacklevel=2)
         bad = {m.split(" ", 1)[0] for m in mismatched}
         sd = {k: v for k, v in sd.items() if k in expected and k not in bad}
@@ -469,13 +473,20 @@ def load_backbone(
         model = create_backbone(name, img_size=img_size, init_weights=False, **kwargs)
     adapted = adapt_state_dict(obj, adapter, branch=branch, prefix=prefix, model=model, source=Path(path))
     if layout is not None:
-        layout.append(adapted.layout if adapted.layout != "training checkpoint" else f"training checkpoint, {adapted.branch}")
+        layout.append(
+            adapted.layout if adapted.layout != "training checkpoint" else f"training checkpoint, {adapted.branch}"
+        )
     return load_into(model, adapted.state_dict, allow_partial=allow_partial, source=Path(path))
 
 
 def _architecture(
-    obj: Any, adapter: MethodAdapter, arch: str | None, model_kwargs: Mapping[str, Any] | None,
-    branch: str | None, prefix: str | None, source: Path,
+    obj: Any,
+    adapter: MethodAdapter,
+    arch: str | None,
+    model_kwargs: Mapping[str, Any] | None,
+    branch: str | None,
+    prefix: str | None,
+    source: Path,
 ) -> tuple[str, dict[str, Any]]:
     """The timm architecture and kwargs to build for checkpoint ``obj``: ``arch`` with the method's
     kwargs, or for a method whose network the checkpoint describes (``arch_from_checkpoint``)
@@ -486,7 +497,8 @@ def _architecture(
         if found is None:
             raise CheckpointError(
                 f"checkpoint {source}: the {adapter.title} backbone's architecture cannot be read off its "
-                "weights; pass --arch", source,
+                "weights; pass --arch",
+                source,
             )
         return found[0], {**found[1], **(model_kwargs or {})}
     name = arch or adapter.arch
@@ -516,7 +528,9 @@ def with_family_kwargs(model: nn.Module, adapter: MethodAdapter) -> nn.Module:
     rebuilt = _REBUILT.setdefault(model, {})
     if adapter.name not in rebuilt:
         rebuilt[adapter.name] = create_backbone(
-            recipe["arch"], img_size=recipe["img_size"], init_weights=recipe["init_weights"],
+            recipe["arch"],
+            img_size=recipe["img_size"],
+            init_weights=recipe["init_weights"],
             **{**wanted, **recipe["kwargs"]},
         )
     return rebuilt[adapter.name]

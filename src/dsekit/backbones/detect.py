@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -80,8 +81,13 @@ def infer_architecture(state_dict: Mapping[str, Tensor], adapter: Any = None) ->
         )
         tables = [state_dict[f"layers.{i}.blocks.0.attn.relative_position_bias_table"] for i in range(stages)]
         window = (int(round(float(tables[0].shape[0]) ** 0.5)) + 1) // 2
-        kw = {**adapter.arch_kwargs, "depths": depths, "embed_dim": int(state_dict["patch_embed.proj.weight"].shape[0]),
-              "num_heads": tuple(int(t.shape[1]) for t in tables), "window_size": window}
+        kw = {
+            **adapter.arch_kwargs,
+            "depths": depths,
+            "embed_dim": int(state_dict["patch_embed.proj.weight"].shape[0]),
+            "num_heads": tuple(int(t.shape[1]) for t in tables),
+            "window_size": window,
+        }
         return adapter.arch, kw
     pe = state_dict.get("patch_embed.proj.weight")
     if pe is not None and pe.ndim == 4:
@@ -108,7 +114,8 @@ def infer_architecture(state_dict: Mapping[str, Tensor], adapter: Any = None) ->
         return _convnext_architecture(state_dict)
     if "conv1.weight" in state_dict and "layer4.0.conv1.weight" in state_dict:
         blocks = tuple(
-            1 + max(int(m.group(1)) for k in state_dict if (m := re.match(rf"layer{s}\.(\d+)\.", k))) for s in range(1, 5)
+            1 + max(int(m.group(1)) for k in state_dict if (m := re.match(rf"layer{s}\.(\d+)\.", k)))
+            for s in range(1, 5)
         )
         bottleneck = "layer1.0.conv3.weight" in state_dict
         depth = 50 if bottleneck and blocks == (3, 4, 6, 3) else _RESNET_DEPTHS.get(blocks)
@@ -175,8 +182,7 @@ def _candidates(path: Path, methods: Sequence[str] | None) -> list[str]:
         return [a.name for a in adapters if a.builder is not None]
     if path.is_dir():
         return [a.name for a in adapters if any(t.endswith("/") for t in a.file_patterns)]
-    return [a.name for a in adapters
-            if a.builder is None and (methods is not None or ANY_FILE not in a.file_patterns)]
+    return [a.name for a in adapters if a.builder is None and (methods is not None or ANY_FILE not in a.file_patterns)]
 
 
 def detect_checkpoint(
@@ -203,8 +209,11 @@ def detect_checkpoint(
         except CheckpointError as err:
             errors.append(str(err))
             continue
-        arch = (adapter.infer_arch(adapted.state_dict, obj, path) if adapter.infer_arch is not None
-                else infer_architecture(adapted.state_dict, adapter))
+        arch = (
+            adapter.infer_arch(adapted.state_dict, obj, path)
+            if adapter.infer_arch is not None
+            else infer_architecture(adapted.state_dict, adapter)
+        )
         if arch is not None and (adapter.builder is not None or _fits(adapted, arch, models)):
             found.append((name, adapted, arch[0], arch[1], epoch_from_filename(path, adapter) is not None))
     if not found:
@@ -212,7 +221,8 @@ def detect_checkpoint(
             raise CheckpointError(errors[0], path)
         raise CheckpointError(
             f"checkpoint {path}: no method's layout fits it with a known architecture; pass --method "
-            f"(one of {', '.join(list_methods())}) and --arch", path,
+            f"(one of {', '.join(list_methods())}) and --arch",
+            path,
         )
     trained = [f for f in found if f[1].layout == "training checkpoint"] or found  # a wrapper is stronger evidence
     groups: dict[str, list[tuple[str, AdaptedStateDict, str, dict[str, Any], bool]]] = {}
@@ -225,5 +235,6 @@ def detect_checkpoint(
         )
     (group,) = groups.values()
     best = max(group, key=lambda f: f[4])  # the official file name decides, else the first registered
-    return Detection(best[0], best[1].branch, best[2], best[3], best[1].layout,
-                     [f[0] for f in group if f[0] != best[0]])
+    return Detection(
+        best[0], best[1].branch, best[2], best[3], best[1].layout, [f[0] for f in group if f[0] != best[0]]
+    )

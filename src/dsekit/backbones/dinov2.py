@@ -198,8 +198,11 @@ def _official_architecture(sd: Mapping[str, Tensor]) -> tuple[str, dict[str, Any
     if "blocks.0.ls1.gamma" not in sd:
         kw["init_values"] = None
     fc1 = sd.get("blocks.0.mlp.w12.weight", sd.get("blocks.0.mlp.fc1.weight"))
-    swiglu = "blocks.0.mlp.w12.weight" in sd or (fc1 is not None and "blocks.0.mlp.fc2.weight" in sd
-                                                   and sd["blocks.0.mlp.fc2.weight"].shape[1] * 2 == fc1.shape[0])
+    swiglu = "blocks.0.mlp.w12.weight" in sd or (
+        fc1 is not None
+        and "blocks.0.mlp.fc2.weight" in sd
+        and sd["blocks.0.mlp.fc2.weight"].shape[1] * 2 == fc1.shape[0]
+    )
     if fc1 is not None and swiglu:
         if size != "giant" or int(fc1.shape[0]) != 8192 or width != 1536:
             kw.update(mlp_ratio=(int(fc1.shape[0]) + 0.5) / width, mlp_layer="swiglu_packed", act_layer="silu")

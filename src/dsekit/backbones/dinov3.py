@@ -47,7 +47,8 @@ def dinov3_remap(state_dict: StateDict, model: nn.Module | None, source: Path | 
     if "pos_embed" in state_dict and "rope_embed.periods" not in state_dict:
         raise CheckpointError(
             f"{where} is a network with a learnt position embedding (DINOv2's layout), not DINOv3's RoPE: "
-            "use --method dinov2", source,
+            "use --method dinov2",
+            source,
         )
     if any(k.endswith("_flat_param") for k in state_dict):
         raise CheckpointError(f"{where} holds FSDP flat-parameter shards; score a full checkpoint", source)
@@ -77,7 +78,11 @@ def dinov3_architecture(
     hidden = int(state_dict[f"{b0}mlp.{'w1' if swiglu else 'fc1'}.weight"].shape[0])
     training = _is_training(checkpoint)
     cfg = run_config(source) or {}
-    norm = "rmsnorm" if "norm.bias" not in state_dict else cfg.get("norm_layer", "layernorm" if training else "layernormbf16")
+    norm = (
+        "rmsnorm"
+        if "norm.bias" not in state_dict
+        else cfg.get("norm_layer", "layernorm" if training else "layernormbf16")
+    )
     storage = state_dict.get("storage_tokens")
     kw: dict[str, Any] = {
         "embed_dim": dim,
@@ -118,7 +123,7 @@ def discover_dinov3(root: Path, adapter: MethodAdapter) -> list[tuple[Path, int 
 
     def order(p: Path) -> int:
         rel = p.relative_to(root).as_posix()
-        for template, regex in zip(adapter.file_patterns, adapter.file_regexes):
+        for template, regex in zip(adapter.file_patterns, adapter.file_regexes, strict=True):
             if regex.fullmatch(rel):
                 return rank[template]
         return len(rank)

@@ -46,7 +46,11 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def rope_periods(
-    head_dim: int, *, base: float | None = 100.0, min_period: float | None = None, max_period: float | None = None,
+    head_dim: int,
+    *,
+    base: float | None = 100.0,
+    min_period: float | None = None,
+    max_period: float | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """The ``head_dim // 4`` RoPE periods: geometric from ``min_period`` to ``max_period`` when
@@ -164,8 +168,19 @@ class _Attention(nn.Module):
 
 
 class _Block(nn.Module):
-    def __init__(self, dim: int, heads: int, hidden: int, ffn: str, norm: Any, layerscale: float | None,
-                 qkv_bias: bool, proj_bias: bool, ffn_bias: bool, mask_k_bias: bool) -> None:
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        hidden: int,
+        ffn: str,
+        norm: Any,
+        layerscale: float | None,
+        qkv_bias: bool,
+        proj_bias: bool,
+        ffn_bias: bool,
+        mask_k_bias: bool,
+    ) -> None:
         super().__init__()
         self.norm1 = norm(dim)
         self.attn = _Attention(dim, heads, qkv_bias, proj_bias, mask_k_bias)
@@ -223,13 +238,29 @@ class DINOv3ViT(nn.Module):
     """
 
     def __init__(
-        self, *, embed_dim: int = 384, depth: int = 12, num_heads: int = 6, patch_size: int = 16,
-        ffn_layer: str = "mlp", ffn_hidden: int | None = None, n_storage_tokens: int = 0,
-        layerscale: float | None = None, norm_layer: str = "layernorm", qkv_bias: bool = True,
-        proj_bias: bool = True, ffn_bias: bool = True, mask_k_bias: bool = False,
-        untie_cls_and_patch_norms: bool = False, untie_global_and_local_cls_norm: bool = False,
-        rope_base: float | None = 100.0, rope_min_period: float | None = None, rope_max_period: float | None = None,
-        rope_normalize_coords: str = "separate", rope_dtype: str = "fp32", img_size: int | tuple[int, int] = 224,
+        self,
+        *,
+        embed_dim: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        patch_size: int = 16,
+        ffn_layer: str = "mlp",
+        ffn_hidden: int | None = None,
+        n_storage_tokens: int = 0,
+        layerscale: float | None = None,
+        norm_layer: str = "layernorm",
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
+        ffn_bias: bool = True,
+        mask_k_bias: bool = False,
+        untie_cls_and_patch_norms: bool = False,
+        untie_global_and_local_cls_norm: bool = False,
+        rope_base: float | None = 100.0,
+        rope_min_period: float | None = None,
+        rope_max_period: float | None = None,
+        rope_normalize_coords: str = "separate",
+        rope_dtype: str = "fp32",
+        img_size: int | tuple[int, int] = 224,
     ) -> None:
         super().__init__()
         if embed_dim % (4 * num_heads):
@@ -238,8 +269,11 @@ class DINOv3ViT(nn.Module):
             raise ValueError(f"ffn_layer: expected 'mlp' or 'swiglu', got {ffn_layer!r}")
         if rope_dtype not in _DTYPES:
             raise ValueError(f"rope_dtype: expected one of {', '.join(_DTYPES)}, got {rope_dtype!r}")
-        norms = {"layernorm": lambda d: nn.LayerNorm(d, eps=1e-6), "layernormbf16": lambda d: nn.LayerNorm(d, eps=1e-5),
-                 "rmsnorm": lambda d: _RMSNorm(d, 1e-5)}
+        norms = {
+            "layernorm": lambda d: nn.LayerNorm(d, eps=1e-6),
+            "layernormbf16": lambda d: nn.LayerNorm(d, eps=1e-5),
+            "rmsnorm": lambda d: _RMSNorm(d, 1e-5),
+        }
         if norm_layer not in norms:
             raise ValueError(f"norm_layer: expected one of {', '.join(norms)}, got {norm_layer!r}")
         norm = norms[norm_layer]
@@ -252,11 +286,18 @@ class DINOv3ViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         if n_storage_tokens:
             self.storage_tokens = nn.Parameter(torch.zeros(1, n_storage_tokens, embed_dim))
-        periods = rope_periods(embed_dim // num_heads, base=rope_base, min_period=rope_min_period,
-                               max_period=rope_max_period, dtype=_DTYPES[rope_dtype])
+        periods = rope_periods(
+            embed_dim // num_heads,
+            base=rope_base,
+            min_period=rope_min_period,
+            max_period=rope_max_period,
+            dtype=_DTYPES[rope_dtype],
+        )
         self.rope_embed = _Rope(periods, rope_normalize_coords)
         self.blocks = nn.ModuleList(
-            _Block(embed_dim, num_heads, hidden, ffn_layer, norm, layerscale, qkv_bias, proj_bias, ffn_bias, mask_k_bias)
+            _Block(
+                embed_dim, num_heads, hidden, ffn_layer, norm, layerscale, qkv_bias, proj_bias, ffn_bias, mask_k_bias
+            )
             for _ in range(depth)
         )
         self.norm = norm(embed_dim)
@@ -265,7 +306,9 @@ class DINOv3ViT(nn.Module):
         if untie_global_and_local_cls_norm:
             self.local_cls_norm = norm(embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, embed_dim))
-        self.feature_info = [{"module": f"blocks.{i}", "num_chs": embed_dim, "reduction": patch_size} for i in range(depth)]
+        self.feature_info = [
+            {"module": f"blocks.{i}", "num_chs": embed_dim, "reduction": patch_size} for i in range(depth)
+        ]
 
     def _tokens(self, x: Tensor) -> tuple[Tensor, int, int]:
         x = self.patch_embed.proj(x)
@@ -277,8 +320,15 @@ class DINOv3ViT(nn.Module):
         return torch.cat([*prefix, x], dim=1), int(rows), int(cols)
 
     def forward_intermediates(
-        self, x: Tensor, indices: int | Sequence[int] | None = None, *, norm: bool = True, output_fmt: str = "NLC",
-        intermediates_only: bool = True, stop_early: bool = True, return_prefix_tokens: bool = False,
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = None,
+        *,
+        norm: bool = True,
+        output_fmt: str = "NLC",
+        intermediates_only: bool = True,
+        stop_early: bool = True,
+        return_prefix_tokens: bool = False,
     ) -> list[Tensor]:
         """The patch tokens after blocks ``indices`` (timm's convention: an int takes the last
         ``n`` blocks, negative indices count from the end), after the final norm when ``norm``;
@@ -312,8 +362,12 @@ class DINOv3ViT(nn.Module):
         p = self.num_prefix_tokens
         cls_norm = getattr(self, "cls_norm", self.norm)
         cls = cls_norm(x[:, :p])
-        return {"x_norm_clstoken": cls[:, 0], "x_storage_tokens": cls[:, 1:], "x_norm_patchtokens": self.norm(x[:, p:]),
-                "x_prenorm": x}
+        return {
+            "x_norm_clstoken": cls[:, 0],
+            "x_storage_tokens": cls[:, 1:],
+            "x_norm_patchtokens": self.norm(x[:, p:]),
+            "x_prenorm": x,
+        }
 
     def forward(self, x: Tensor) -> Tensor:
         """The normed class token ``(B, d)``, as the official ``forward`` in eval mode."""

@@ -22,8 +22,15 @@ from torch import Tensor
 from dsekit.backbones.reading import read_checkpoint
 from dsekit.backbones.registry import ANY_FILE, INIT_EPOCH, CheckpointError, MethodAdapter, get_adapter
 
-__all__ = ["CHECKPOINT_EXTENSIONS", "checkpoint_label", "discover_checkpoints", "epoch_from_filename", "is_checkpoint_folder",
-           "pattern_checkpoints", "stored_epoch"]
+__all__ = [
+    "CHECKPOINT_EXTENSIONS",
+    "checkpoint_label",
+    "discover_checkpoints",
+    "epoch_from_filename",
+    "is_checkpoint_folder",
+    "pattern_checkpoints",
+    "stored_epoch",
+]
 
 #: File extensions considered checkpoints by the ``generic`` method and by ``--glob`` discovery.
 CHECKPOINT_EXTENSIONS: tuple[str, ...] = (".pth", ".pt", ".tar", ".ckpt", ".bin", ".safetensors")
@@ -68,7 +75,7 @@ def epoch_from_filename(path: str | Path, method: str | MethodAdapter) -> int | 
         m = _LAST_INT.search(_strip_extensions(name))
         return int(m.group(1)) if m else None
     parts = Path(path).parts
-    for template, regex in zip(adapter.file_patterns, adapter.file_regexes):
+    for template, regex in zip(adapter.file_patterns, adapter.file_regexes, strict=True):
         depth = template.rstrip("/").count("/") + 1
         m = regex.fullmatch("/".join(parts[-depth:]))
         if m:
@@ -135,11 +142,13 @@ def discover_checkpoints(
 
     if not found:
         n_files = sum(1 for p in root.iterdir())
-        what = (f"the folder is empty (looked for the {tried})" if n_files == 0
-                else f"none of its {n_files} entries matches the {tried}")
+        what = (
+            f"the folder is empty (looked for the {tried})"
+            if n_files == 0
+            else f"none of its {n_files} entries matches the {tried}"
+        )
         raise FileNotFoundError(
-            f"no checkpoints found in {root}: {what}; "
-            "pass glob= (CLI: --glob) to choose the files explicitly"
+            f"no checkpoints found in {root}: {what}; pass glob= (CLI: --glob) to choose the files explicitly"
         )
     found.sort(key=lambda pe: (pe[1] is None, pe[1] if pe[1] is not None else 0, str(pe[0])))
     return found
@@ -170,7 +179,7 @@ def pattern_checkpoints(root: Path, adapter: MethodAdapter) -> list[tuple[Path, 
                 epoch = epoch_from_filename(p, adapter)
                 if epoch is not None:
                     found.append((p, epoch))
-    for template, regex in zip(adapter.file_patterns, adapter.file_regexes):
+    for template, regex in zip(adapter.file_patterns, adapter.file_regexes, strict=True):
         if "/" not in template:
             continue
         folder = template.endswith("/")
@@ -199,8 +208,12 @@ def _run_file_copies(root: Path, names: tuple[str, ...], max_depth: int = 3) -> 
         for f in sorted(filenames):
             for name in names:
                 stem, ext = _split_checkpoint_name(name)
-                if f == name or f.startswith(name + ".") or f.startswith(name + "-") or f.startswith(name + "_") or (
-                    f.startswith(stem) and f.endswith(ext) and len(f) > len(name) and f[len(stem)] in "._-"
+                if (
+                    f == name
+                    or f.startswith(name + ".")
+                    or f.startswith(name + "-")
+                    or f.startswith(name + "_")
+                    or (f.startswith(stem) and f.endswith(ext) and len(f) > len(name) and f[len(stem)] in "._-")
                 ):
                     rel = (rel_dir / f).as_posix().replace(name, "").replace(stem, "")
                     m = _LAST_INT.search(rel)
@@ -212,7 +225,7 @@ def _run_file_copies(root: Path, names: tuple[str, ...], max_depth: int = 3) -> 
 
 def _split_checkpoint_name(name: str) -> tuple[str, str]:
     stem = _strip_extensions(name)
-    return stem, name[len(stem):]
+    return stem, name[len(stem) :]
 
 
 def stored_epoch(path: Path) -> int | None:
@@ -238,4 +251,3 @@ def _warn_duplicate_epochs(found: list[tuple[Path, int | None]]) -> None:
                 f"{len(paths)} checkpoints claim epoch {e}: {', '.join(str(p) for p in paths)}; both are scored",
                 stacklevel=3,
             )
-

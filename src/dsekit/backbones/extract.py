@@ -58,18 +58,14 @@ def tokens_from_intermediate(x: Tensor) -> Tensor:
         return x.flatten(2).transpose(1, 2)
     if x.ndim == 3:
         return x
-    raise ValueError(
-        f"expected an intermediate feature of shape (B, d, h, w) or (B, N, d), got {tuple(x.shape)}"
-    )
+    raise ValueError(f"expected an intermediate feature of shape (B, d, h, w) or (B, N, d), got {tuple(x.shape)}")
 
 
 def _check_features(z: Any, batch: int, source: str) -> Tensor:
     if not isinstance(z, Tensor):
         raise TypeError(f"{source} must return a torch.Tensor of shape (B, N, d), got {type(z).__name__}")
     if z.ndim != 3 or z.shape[0] != batch:
-        raise ValueError(
-            f"{source} must return features of shape (B={batch}, N, d), got {tuple(z.shape)}"
-        )
+        raise ValueError(f"{source} must return features of shape (B={batch}, N, d), got {tuple(z.shape)}")
     if z.shape[1] < 1 or z.shape[2] < 1:
         raise ValueError(f"{source} returned empty features of shape {tuple(z.shape)}")
     return z
@@ -83,9 +79,7 @@ def _check_images(images: Any) -> Tensor:
     if images.shape[0] == 0:
         raise ValueError("images is an empty batch (B=0)")
     if not images.is_floating_point():
-        raise ValueError(
-            f"images must be a float tensor (normalised pixels), got dtype {images.dtype}"
-        )
+        raise ValueError(f"images must be a float tensor (normalised pixels), got dtype {images.dtype}")
     return images
 
 
@@ -142,7 +136,9 @@ def create_backbone(
         kwargs["mlp_layer"] = _named_layer(kwargs["mlp_layer"])
     # timm.create_model drops None-valued kwargs; the entry point passes them on to the model
     create = (
-        timm.models.model_entrypoint(arch) if any(v is None for v in kwargs.values()) else partial(timm.create_model, arch)
+        timm.models.model_entrypoint(arch)
+        if any(v is None for v in kwargs.values())
+        else partial(timm.create_model, arch)
     )
     optional: list[str] = []  # kwargs dropped again if the architecture does not take them
     if img_size is not None and "img_size" not in kwargs:
@@ -178,7 +174,7 @@ NAMED_LAYERS = ("mlp", "swiglu_packed", "swiglu")
 def _named_layer(name: str) -> Any:
     from timm.layers import Mlp, SwiGLU, SwiGLUPacked
 
-    layers = dict(zip(NAMED_LAYERS, (Mlp, SwiGLUPacked, SwiGLU)))
+    layers = dict(zip(NAMED_LAYERS, (Mlp, SwiGLUPacked, SwiGLU), strict=True))
     if name not in layers:
         raise ValueError(f"mlp_layer: expected one of {', '.join(NAMED_LAYERS)}, got {name!r}")
     return layers[name]
@@ -195,7 +191,9 @@ def _zero_skipped_tensors(model: nn.Module) -> None:
         for name, t in [*model.named_parameters(), *model.named_buffers()]:
             if t.is_meta:
                 continue
-            if t.is_floating_point() and (name.rsplit(".", 1)[-1] in _SKIPPED_INIT or not bool(torch.isfinite(t).all())):
+            if t.is_floating_point() and (
+                name.rsplit(".", 1)[-1] in _SKIPPED_INIT or not bool(torch.isfinite(t).all())
+            ):
                 t.zero_()
 
 
@@ -270,7 +268,9 @@ class FeatureExtractor(nn.Module):
         if fn is not None and not callable(fn):
             raise TypeError(f"fn must be callable as fn(model, images) -> (B, N, d), got {fn!r}")
         if fn is not None and layers is not None:
-            raise ValueError("layers: a user fn gives one feature array; read several layers with forward_intermediates")
+            raise ValueError(
+                "layers: a user fn gives one feature array; read several layers with forward_intermediates"
+            )
         self.model = model
         self.layer = layer
         self.layers = None if layers is None else tuple(wanted)
@@ -289,8 +289,7 @@ class FeatureExtractor(nn.Module):
             for v in wanted:
                 if n is not None and not -n <= v < n:
                     raise ValueError(
-                        f"layer={v} is out of range for {type(model).__name__} with {n} layers "
-                        f"(valid: {-n} .. {n - 1})"
+                        f"layer={v} is out of range for {type(model).__name__} with {n} layers (valid: {-n} .. {n - 1})"
                     )
             # forward_intermediates returns blocks in network order: ask for them sorted, once each
             self._indices = sorted({v % n for v in wanted}) if n is not None else wanted
@@ -365,14 +364,19 @@ class ImageEmbedder(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         own = getattr(model, "image_embedding", None)
-        if not callable(own) and not (callable(getattr(model, "forward_head", None))
-                                      and callable(getattr(model, "forward_features", None))):
+        if not callable(own) and not (
+            callable(getattr(model, "forward_head", None)) and callable(getattr(model, "forward_features", None))
+        ):
             raise ValueError(f"{type(model).__name__} has neither image_embedding() nor timm's forward_head()")
         self.model = model
 
     def forward(self, images: Tensor) -> Tensor:
         own = getattr(self.model, "image_embedding", None)
-        z = own(images) if callable(own) else self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+        z = (
+            own(images)
+            if callable(own)
+            else self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+        )
         if z.ndim != 2:
             z = z.flatten(1)
         return z.unsqueeze(1)
@@ -390,9 +394,7 @@ def _as_extractor(extractor: Any) -> nn.Module | Callable[[Tensor], Tensor]:
         return FeatureExtractor(extractor)
     if callable(extractor):
         return extractor
-    raise TypeError(
-        f"extractor must be a FeatureExtractor, an nn.Module or a callable, got {type(extractor).__name__}"
-    )
+    raise TypeError(f"extractor must be a FeatureExtractor, an nn.Module or a callable, got {type(extractor).__name__}")
 
 
 def _iter_batches(images: Tensor | Iterable[Any], batch_size: int) -> Iterator[Tensor]:
@@ -490,9 +492,7 @@ def extract_features(
         desc = progress if isinstance(progress, str) else "features"
         bar = tqdm(total=total, desc=desc, unit="img", leave=False)
 
-    autocast = (
-        torch.autocast(device_type=dev.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    )
+    autocast = torch.autocast(device_type=dev.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
     buffers: list[Any] | None = list(out) if out is not None else None
     chunks: list[list[Tensor]] = []
     filled = 0
@@ -503,12 +503,14 @@ def extract_features(
                 if use_cl:
                     x = x.contiguous(memory_format=torch.channels_last)
                 z = ext(x)
-                zs = [_check_features(t, x.shape[0], "extractor").detach().to("cpu", torch.float32)
-                      for t in (z if many else [z])]
+                zs = [
+                    _check_features(t, x.shape[0], "extractor").detach().to("cpu", torch.float32)
+                    for t in (z if many else [z])
+                ]
                 if total is not None:
                     if buffers is None:
                         buffers = [torch.empty((total, *t.shape[1:]), dtype=torch.float32) for t in zs]
-                    for buf, t in zip(buffers, zs):
+                    for buf, t in zip(buffers, zs, strict=True):
                         if tuple(t.shape[1:]) != tuple(buf.shape[1:]):
                             raise ValueError(
                                 f"feature shape changed between batches: {tuple(buf.shape[1:])} vs {tuple(t.shape[1:])}"

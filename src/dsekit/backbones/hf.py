@@ -63,9 +63,7 @@ def require_transformers() -> Any:
     try:
         import transformers
     except ImportError:
-        raise ImportError(
-            '--method hf needs the Hugging Face transformers library: pip install "dsekit[hf]"'
-        ) from None
+        raise ImportError('--method hf needs the Hugging Face transformers library: pip install "dsekit[hf]"') from None
     return transformers
 
 
@@ -74,7 +72,8 @@ def _model_type(config: dict[str, Any], source: Path) -> str:
     if model_type not in MODEL_TYPES:
         raise CheckpointError(
             f"checkpoint {source}: config.json's model_type {model_type!r} is not one --method hf reads; "
-            f"supported: {', '.join(MODEL_TYPES)}", source,
+            f"supported: {', '.join(MODEL_TYPES)}",
+            source,
         )
     return str(model_type)
 
@@ -94,15 +93,22 @@ class HFBackbone(nn.Module):
         self.hf = model
         self.model_type = model_type
         self.patch_size = int(config.patch_size)
-        self.num_prefix_tokens = int(spec.class_token) + (int(getattr(config, "num_register_tokens", 0) or 0)
-                                                          if spec.registers else 0)
+        self.num_prefix_tokens = int(spec.class_token) + (
+            int(getattr(config, "num_register_tokens", 0) or 0) if spec.registers else 0
+        )
         self._norm_name = spec.norm
         depth = int(config.num_hidden_layers)
-        self.feature_info = [{"module": f"layer.{i}", "num_chs": int(config.hidden_size), "reduction": self.patch_size}
-                             for i in range(depth)]
+        self.feature_info = [
+            {"module": f"layer.{i}", "num_chs": int(config.hidden_size), "reduction": self.patch_size}
+            for i in range(depth)
+        ]
         trained = getattr(config, "image_size", None)
         self._extra: dict[str, Any] = {}
-        if "interpolate_pos_encoding" in _forward_parameters(model) and image_size is not None and image_size != trained:
+        if (
+            "interpolate_pos_encoding" in _forward_parameters(model)
+            and image_size is not None
+            and image_size != trained
+        ):
             self._extra["interpolate_pos_encoding"] = True
 
     def _run(self, x: Tensor, hidden: bool) -> Any:
@@ -113,8 +119,15 @@ class HFBackbone(nn.Module):
         return self.hf(pixel_values=x, output_hidden_states=hidden, return_dict=True, **extra)
 
     def forward_intermediates(
-        self, x: Tensor, indices: int | Sequence[int] | None = None, *, norm: bool = True, output_fmt: str = "NLC",
-        intermediates_only: bool = True, stop_early: bool = True, return_prefix_tokens: bool = False,
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = None,
+        *,
+        norm: bool = True,
+        output_fmt: str = "NLC",
+        intermediates_only: bool = True,
+        stop_early: bool = True,
+        return_prefix_tokens: bool = False,
     ) -> list[Tensor]:
         """Patch tokens of blocks ``indices`` (timm's convention), after the final norm when
         ``norm``: ``(B, rows·cols, d)`` (``"NLC"``) or ``(B, d, rows, cols)`` (``"NCHW"``)."""
@@ -177,8 +190,9 @@ def build_hf_backbone(
         try:
             cfg = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True, **overrides)
         except (OSError, ValueError, TypeError) as err:
-            raise CheckpointError(f"checkpoint {path}: config.json does not describe a {model_type} model ({err})",
-                                  path) from err
+            raise CheckpointError(
+                f"checkpoint {path}: config.json does not describe a {model_type} model ({err})", path
+            ) from err
         if not load:
             model = transformers.AutoModel.from_config(cfg, dtype=torch.float32, **build)
             return HFBackbone(model.eval(), model_type, image_size).eval()
@@ -191,7 +205,9 @@ def build_hf_backbone(
     missing = sorted(info.get("missing_keys", ()))
     mismatched = [str(m[0]) if isinstance(m, tuple) else str(m) for m in info.get("mismatched_keys", ())]
     if missing or mismatched:
-        what = "; ".join(f"{t} ({len(k)}): {', '.join(k[:10])}" for t, k in (("missing", missing), ("mismatched", mismatched)) if k)
+        what = "; ".join(
+            f"{t} ({len(k)}): {', '.join(k[:10])}" for t, k in (("missing", missing), ("mismatched", mismatched)) if k
+        )
         heads = "" if not missing or len(missing) < len(model.state_dict()) else " (a folder with a task head only?)"
         message = f"checkpoint {path} does not fit the {model_type} model its config.json describes: {what}{heads}"
         if not allow_partial:
@@ -237,13 +253,17 @@ def hf_remap(state_dict: StateDict, model: nn.Module | None, source: Path | None
     if not any(k.startswith("hf.embeddings.") for k in out):
         where = f"checkpoint {source}" if source is not None else "checkpoint"
         raise CheckpointError(
-            f"{where} holds no backbone weights (no embeddings.*; found {', '.join(sorted({k.split('.')[0] for k in keys}))}): "
-            "a folder with a task head only", source,
+            f"{where} holds no backbone weights (no embeddings.*; found "
+            f"{', '.join(sorted({k.split('.')[0] for k in keys}))}): "
+            "a folder with a task head only",
+            source,
         )
     return out
 
 
-def hf_architecture(state_dict: StateDict, checkpoint: Any = None, source: Path | None = None) -> tuple[str, dict] | None:
+def hf_architecture(
+    state_dict: StateDict, checkpoint: Any = None, source: Path | None = None
+) -> tuple[str, dict] | None:
     """``("hf:<model_type>", {})`` for a Hugging Face folder (the network is built from its
     ``config.json``, not named)."""
     config = checkpoint.get("config") if isinstance(checkpoint, dict) else None

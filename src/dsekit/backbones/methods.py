@@ -231,8 +231,14 @@ def _register_builtins() -> None:
             },
             default_branch="momentum",
             file_patterns=_MOCO_FILES,
-            aliases={"teacher": "momentum", "target": "momentum", "key": "momentum", "student": "base",
-                     "online": "base", "query": "base"},
+            aliases={
+                "teacher": "momentum",
+                "target": "momentum",
+                "key": "momentum",
+                "student": "base",
+                "online": "base",
+                "query": "base",
+            },
             source="https://github.com/facebookresearch/moco-v3",
             notes="MoCo v3's ViT-S/16 has 12 heads; the encoder's head.* (ViT) or fc.* (ResNet) is the "
             "projector; module.predictor.* belongs to the base branch and is dropped.",
@@ -244,9 +250,7 @@ def _register_builtins() -> None:
             title="MAE",
             arch="vit_small_patch16_224",
             branches={
-                "encoder": BranchSpec(
-                    ("model",), drop=(r"^decoder_", r"^mask_token$"), description="the MAE encoder"
-                )
+                "encoder": BranchSpec(("model",), drop=(r"^decoder_", r"^mask_token$"), description="the MAE encoder")
             },
             default_branch="encoder",
             file_patterns=("checkpoint-{epoch}.pth",),
@@ -266,8 +270,14 @@ def _register_builtins() -> None:
             },
             default_branch="encoder",
             file_patterns=("{tag}-ep{epoch}.pth.tar",),
-            aliases={"context": "encoder", "student": "encoder", "target_encoder": "target",
-                     "teacher": "target", "momentum": "target", "ema": "target"},
+            aliases={
+                "context": "encoder",
+                "student": "encoder",
+                "target_encoder": "target",
+                "teacher": "target",
+                "momentum": "target",
+                "ema": "target",
+            },
             source="https://github.com/facebookresearch/ijepa",
             notes="no class token; pos_embed is (1, N, d) fixed sin-cos and is resampled if the grid "
             "differs. Official release: ViT-H/14 (use arch='vit_huge_patch14_gap_224'); the DSE paper "
@@ -291,13 +301,21 @@ def _register_builtins() -> None:
         _resnet_encoder_adapter(
             "densecl",
             "DenseCL",
-            {"query": (("backbone.", "encoder_q.0."), "query encoder"),
-             "key": ("encoder_k.0.", "momentum key encoder")},
+            {
+                "query": (("backbone.", "encoder_q.0."), "query encoder"),
+                "key": ("encoder_k.0.", "momentum key encoder"),
+            },
             "query",
             container=("state_dict",),
             file_patterns=("epoch_{epoch}.pth",),
-            aliases={"encoder": "query", "student": "query", "online": "query", "momentum": "key",
-                     "teacher": "key", "target": "key"},
+            aliases={
+                "encoder": "query",
+                "student": "query",
+                "online": "query",
+                "momentum": "key",
+                "teacher": "key",
+                "target": "key",
+            },
             source="https://github.com/WXinlong/DenseCL",
             notes="mmcv checkpoint; backbone.* is the query trunk (also stored as encoder_q.0.*); necks, "
             "queues and the key encoder are dropped.",
@@ -320,8 +338,10 @@ def _register_builtins() -> None:
         _resnet_encoder_adapter(
             "mec",
             "MEC",
-            {"encoder": ("encoder.", "the online encoder (as the DSE paper)"),
-             "teacher": ("teacher.", "the EMA teacher")},
+            {
+                "encoder": ("encoder.", "the online encoder (as the DSE paper)"),
+                "teacher": ("teacher.", "the EMA teacher"),
+            },
             "encoder",
             container=("state_dict",),
             file_patterns=_MOCO_FILES,
@@ -335,8 +355,10 @@ def _register_builtins() -> None:
         _resnet_encoder_adapter(
             "resa",
             "ReSA",
-            {"encoder": ("encoder.", "the online encoder (as the DSE paper)"),
-             "momentum": ("momentum_encoder.", "the momentum encoder")},
+            {
+                "encoder": ("encoder.", "the online encoder (as the DSE paper)"),
+                "momentum": ("momentum_encoder.", "the momentum encoder"),
+            },
             "encoder",
             container=("state_dict",),
             file_patterns=_MOCO_FILES,
@@ -360,8 +382,10 @@ def _register_builtins() -> None:
         _resnet_encoder_adapter(
             "byol",
             "BYOL",
-            {"target": ("target_network.", "the target (EMA) network (as the DSE paper)"),
-             "online": ("online_network.", "the online network")},
+            {
+                "target": ("target_network.", "the target (EMA) network (as the DSE paper)"),
+                "online": ("online_network.", "the online network"),
+            },
             "target",
             container=("model",),
             file_patterns=("resnet{depth}_{epoch}.pth.tar",),
@@ -425,7 +449,8 @@ def _register_builtins() -> None:
             arch="vit_large_patch14_dinov2",
             branches={
                 "teacher": BranchSpec(
-                    ("teacher", "model"), select=("backbone.", "teacher.backbone."),
+                    ("teacher", "model"),
+                    select=("backbone.", "teacher.backbone."),
                     description="the teacher backbone (teacher_checkpoint.pth; teacher.* of a periodic file)",
                 ),
                 "student": BranchSpec(("model",), select="student.backbone.", description="the student backbone"),
@@ -451,11 +476,14 @@ def _register_builtins() -> None:
             arch=ARCH,
             branches={
                 "teacher": BranchSpec(
-                    ("teacher", "model"), select=("backbone.", "teacher.backbone."),
+                    ("teacher", "model"),
+                    select=("backbone.", "teacher.backbone."),
                     description="the teacher (EMA) backbone",
                 ),
                 "student": BranchSpec(("model",), select="student.backbone.", description="the student backbone"),
-                "gram": BranchSpec(("model",), select="gram_teacher.backbone.", description="the Gram teacher backbone"),
+                "gram": BranchSpec(
+                    ("model",), select="gram_teacher.backbone.", description="the Gram teacher backbone"
+                ),
             },
             default_branch="teacher",
             file_patterns=(

@@ -137,8 +137,7 @@ def read_checkpoint(
                 names,
             ) from None
         raise CheckpointError(
-            f"cannot read checkpoint {p}: the file is truncated, corrupt or not a PyTorch checkpoint "
-            f"({_short(err)})",
+            f"cannot read checkpoint {p}: the file is truncated, corrupt or not a PyTorch checkpoint ({_short(err)})",
             p,
         ) from None
     except Exception as err:  # noqa: BLE001 - torch raises RuntimeError/EOFError/KeyError/... on bad files
@@ -151,7 +150,6 @@ def _short(err: BaseException, limit: int = 200) -> str:
     text = f"{type(err).__name__}: {err}".strip().splitlines()
     first = text[0] if text else type(err).__name__
     return first if len(first) <= limit else first[: limit - 3] + "..."
-
 
 
 # --------------------------------------------------------------------------------------------------
@@ -202,11 +200,13 @@ def _read_folder(p: Path, trust_checkpoints: bool) -> dict[str, Any]:
     if any(f.suffix == ".distcp" for f in p.iterdir()):
         raise CheckpointError(
             f"checkpoint {p} is a torch.distributed.checkpoint folder without its .metadata file (the save did "
-            "not finish, or the file was removed): it cannot be read", p,
+            "not finish, or the file was removed): it cannot be read",
+            p,
         )
     raise CheckpointError(
         f"checkpoint {p} is a folder, but neither a torch.distributed.checkpoint folder (no .metadata) nor a "
-        "Hugging Face model folder (no config.json)", p,
+        "Hugging Face model folder (no config.json)",
+        p,
     )
 
 

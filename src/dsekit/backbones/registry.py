@@ -163,18 +163,17 @@ class MethodAdapter:
     run_files: tuple[str, ...] = ()
     family_kwargs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     unit: str = "epoch"
-    discover: Callable[[Path, "MethodAdapter"], list[tuple[Path, int | None]]] | None = None
+    discover: Callable[[Path, MethodAdapter], list[tuple[Path, int | None]]] | None = None
     infer_arch: Callable[[StateDict, Any, Path], tuple[str, dict[str, Any]] | None] | None = None
     arch_from_checkpoint: bool = False
-    builder: Callable[..., "nn.Module"] | None = None
+    builder: Callable[..., nn.Module] | None = None
 
     def __post_init__(self) -> None:
         if self.unit not in ("epoch", "step"):
             raise ValueError(f"adapter {self.name!r}: unit must be 'epoch' or 'step', got {self.unit!r}")
         if self.default_branch not in self.branches:
             raise ValueError(
-                f"adapter {self.name!r}: default_branch {self.default_branch!r} is not one of "
-                f"{sorted(self.branches)}"
+                f"adapter {self.name!r}: default_branch {self.default_branch!r} is not one of {sorted(self.branches)}"
             )
         for alias, target in self.aliases.items():
             if target not in self.branches:
@@ -188,9 +187,7 @@ class MethodAdapter:
         key = self.aliases.get(key, key)
         if key not in self.branches:
             names = sorted(set(self.branches) | set(self.aliases))
-            raise ValueError(
-                f"method {self.name!r} has no branch {branch!r}; choose one of: {', '.join(names)}"
-            )
+            raise ValueError(f"method {self.name!r} has no branch {branch!r}; choose one of: {', '.join(names)}")
         return key, self.branches[key]
 
     def family_kwargs_for(self, arch: str) -> dict[str, Any]:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .. import __version__
 from ..metrics.settings import DSESettings
+from ..train.presets import DEMO_REGULARIZE_BETA, METHODS
 from .args import positive_int
 from .probe import add_probe_parser
 from .scan import add_scan_parser
@@ -57,13 +58,30 @@ def _add_dse(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--key", default=None, help="array name inside .npz/.pt/.safetensors files")
     p.add_argument("--local-labels", type=Path, default=None, help="(B, N) cluster of each patch in its image")
     p.add_argument("--global-labels", type=Path, default=None, help="(B, N) cluster of each patch in its group")
-    p.add_argument("--local-clusters", type=positive_int, default=DEFAULT.local_clusters, help=f"k per image (default {DEFAULT.local_clusters})")
-    p.add_argument("--global-clusters", type=positive_int, default=DEFAULT.global_clusters, help=f"k per group (default {DEFAULT.global_clusters})")
-    p.add_argument("--images-per-group", type=positive_int, default=DEFAULT.images_per_group, help=f"images per group (default {DEFAULT.images_per_group})")
+    p.add_argument(
+        "--local-clusters",
+        type=positive_int,
+        default=DEFAULT.local_clusters,
+        help=f"k per image (default {DEFAULT.local_clusters})",
+    )
+    p.add_argument(
+        "--global-clusters",
+        type=positive_int,
+        default=DEFAULT.global_clusters,
+        help=f"k per group (default {DEFAULT.global_clusters})",
+    )
+    p.add_argument(
+        "--images-per-group",
+        type=positive_int,
+        default=DEFAULT.images_per_group,
+        help=f"images per group (default {DEFAULT.images_per_group})",
+    )
     p.add_argument("--batch-size", type=positive_int, default=1024, help="images per DSE batch (default 1024)")
     p.add_argument("--no-normalize", action="store_true", help="do not L2-normalise patches")
     p.add_argument("--seed", type=int, default=0, help="seed of k-means and the M_dim permutation")
-    p.add_argument("--n-init", type=positive_int, default=DEFAULT.n_init, help=f"k-means restarts (default {DEFAULT.n_init})")
+    p.add_argument(
+        "--n-init", type=positive_int, default=DEFAULT.n_init, help=f"k-means restarts (default {DEFAULT.n_init})"
+    )
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object with the five terms")
     p.set_defaults(func=_run_dse)
@@ -125,7 +143,9 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         "report.json and report_<dataset>.png: Kendall tau and Spearman rho of every metric with mIoU "
         "per dataset, and the mIoU gained by selecting checkpoints by DSE.",
     )
-    p.add_argument("run_dir", type=Path, help="the run folder (its dse/ output folder is used) or the output folder itself")
+    p.add_argument(
+        "run_dir", type=Path, help="the run folder (its dse/ output folder is used) or the output folder itself"
+    )
     p.add_argument("--window", type=int, default=2)
     p.add_argument("--top", type=positive_int, default=3)
     p.add_argument("--confidence", type=float, default=0.95, help="nominal coverage of the intervals (default 0.95)")
@@ -186,15 +206,22 @@ def _run_data_scenes(args: argparse.Namespace) -> int:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="end to end on a laptop CPU: train a small DINO, scan, probe, report",
-        description="Train a small DINO with the DSE regulariser on the built-in scenes (CPU), scan its checkpoints (DSE), "
-        "linear-probe them on the scenes' masks (mIoU) and write the report. A rerun reuses what is done.",
+        help="end to end on a laptop CPU: train a small MoCo v3, scan, probe, report",
+        description="Train a small MoCo v3 on the built-in scenes (CPU), scan its checkpoints (DSE), linear-probe them "
+        "on the scenes' masks (mIoU), measure their image-level k-NN accuracy and write the report with its verdict. "
+        "A rerun reuses what is done.",
     )
     p.add_argument("--quick", action="store_true", help="a smaller run (a few minutes)")
     p.add_argument("--out", type=Path, default=Path("dsekit-demo"), help="output folder (default ./dsekit-demo)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
-    p.add_argument("--method", default="dino", choices=["dino", "mocov3"], help="SSL method (default dino)")
-    p.add_argument("--dse-weight", type=float, default=0.1, help="β of the DSE regulariser (default 0.1; 0: off)")
+    p.add_argument("--method", default="mocov3", choices=list(METHODS), help="SSL method (default mocov3)")
+    reg = p.add_mutually_exclusive_group()
+    reg.add_argument(
+        "--regularize",
+        action="store_true",
+        help=f"train with the DSE regulariser, loss − β·DSE at β = {DEMO_REGULARIZE_BETA:g}",
+    )
+    reg.add_argument("--dse-weight", type=float, default=None, help="β of the DSE regulariser (default 0: off)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_demo)
@@ -204,8 +231,14 @@ def _run_demo(args: argparse.Namespace) -> int:
     from ..demo import DemoConfig, demo
 
     demo(
-        DemoConfig(out=str(args.out), quick=args.quick, seed=args.seed, device=args.device, method=args.method,
-                   dse_weight=args.dse_weight),
+        DemoConfig(
+            out=str(args.out),
+            quick=args.quick,
+            seed=args.seed,
+            device=args.device,
+            method=args.method,
+            dse_weight=DEMO_REGULARIZE_BETA if args.regularize else (args.dse_weight or 0.0),
+        ),
         progress=not args.quiet,
     )
     return 0

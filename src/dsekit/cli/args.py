@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-
 __all__ = [
     "positive_int",
     "layer_list",
@@ -37,14 +36,18 @@ def layer_list(text: str) -> tuple[int, ...] | str:
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'all' or block indices such as 0,5,11 or -1, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected 'all' or block indices such as 0,5,11 or -1, got {text!r}"
+        ) from None
     if not values:
         raise argparse.ArgumentTypeError("expected 'all' or at least one block index")
     return values
 
 
 def parse_model_kwargs(items: Sequence[str]) -> dict[str, Any]:
-    """``["depth=6", "global_pool=token"]`` -> ``{"depth": 6, "global_pool": "token"}`` (JSON values where they parse)."""
+    """``["depth=6", "global_pool=token"]`` -> ``{"depth": 6, "global_pool": "token"}``.
+
+    Values are JSON where they parse, strings otherwise."""
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
@@ -59,20 +62,36 @@ def parse_model_kwargs(items: Sequence[str]) -> dict[str, Any]:
 
 def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
     """The options that say how to find and read a run's checkpoints (``scan`` and ``probe``)."""
-    p.add_argument("--method", required=True, help="checkpoint format: dino, ibot, mugs, mocov3, mae, ijepa, esvit, "
-                   "swav, densecl, simsiam, mec, resa, byol, vicreg, vicregl, barlowtwins, dinov2, dinov3, hf "
-                   "(Hugging Face folders / Trainer runs), timm (with --arch), generic, or auto (detected from the "
-                   "first checkpoint's keys, shapes and config.json, and printed); see docs/checkpoints.md")
+    p.add_argument(
+        "--method",
+        required=True,
+        help="checkpoint format: dino, ibot, mugs, mocov3, mae, ijepa, esvit, "
+        "swav, densecl, simsiam, mec, resa, byol, vicreg, vicregl, barlowtwins, dinov2, dinov3, hf "
+        "(Hugging Face folders / Trainer runs), timm (with --arch), generic, or auto (detected from the "
+        "first checkpoint's keys, shapes and config.json, and printed); see docs/checkpoints.md",
+    )
     p.add_argument("--arch", default=None, help="timm architecture (default: the run's dsekit.json, else the method's)")
-    p.add_argument("--model-kwarg", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra timm model argument, e.g. img_size=448 (repeatable)")
+    p.add_argument(
+        "--model-kwarg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra timm model argument, e.g. img_size=448 (repeatable)",
+    )
     p.add_argument("--glob", default=None, help="checkpoint files to use, relative to RUN_DIR (e.g. '*.pth')")
-    p.add_argument("--branch", default=None, help="network to read: teacher/student (DINO family, DINOv2, DINOv3; "
-                   "DINOv3 also gram), momentum/base (MoCo v3), target/online (BYOL)")
+    p.add_argument(
+        "--branch",
+        default=None,
+        help="network to read: teacher/student (DINO family, DINOv2, DINOv3; "
+        "DINOv3 also gram), momentum/base (MoCo v3), target/online (BYOL)",
+    )
     p.add_argument("--prefix", default=None, help="state-dict prefix to keep (generic)")
     p.add_argument("--allow-partial", action="store_true", help="warn instead of failing on missing/unexpected keys")
-    p.add_argument("--trust-checkpoints", action="store_true",
-                   help="allow full unpickling of checkpoints (only for files you trust)")
+    p.add_argument(
+        "--trust-checkpoints",
+        action="store_true",
+        help="allow full unpickling of checkpoints (only for files you trust)",
+    )
     p.add_argument("--layer", type=int, default=-1, help="block/stage to read (default -1: the last)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="extraction precision")

@@ -27,32 +27,68 @@ def add_scan_parser(sub: argparse._SubParsersAction) -> None:
     add_checkpoint_arguments(p)
     p.add_argument("--images", type=Path, default=None, help="image folder (default: the built-in scenes)")
     p.add_argument("--num-images", type=positive_int, default=2048, help="images in the sample (default 2048)")
-    p.add_argument("--image-size", type=positive_int, default=None,
-                   help="centre-crop size (default 224, or the run's dsekit.json)")
+    p.add_argument(
+        "--image-size", type=positive_int, default=None, help="centre-crop size (default 224, or the run's dsekit.json)"
+    )
     p.add_argument("--out", type=Path, default=None, help="output folder (default RUN_DIR/dse)")
     p.add_argument("--seed", type=int, default=0, help="image sample, k-means and M_dim seed")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
     p.add_argument("--dse-batch-size", type=positive_int, default=1024, help="images per DSE batch (default 1024)")
-    p.add_argument("--local-clusters", type=positive_int, default=DEFAULT.local_clusters, help=f"k per image (default {DEFAULT.local_clusters})")
-    p.add_argument("--global-clusters", type=positive_int, default=DEFAULT.global_clusters, help=f"k per group (default {DEFAULT.global_clusters})")
-    p.add_argument("--images-per-group", type=positive_int, default=DEFAULT.images_per_group, help=f"images per group (default {DEFAULT.images_per_group})")
+    p.add_argument(
+        "--local-clusters",
+        type=positive_int,
+        default=DEFAULT.local_clusters,
+        help=f"k per image (default {DEFAULT.local_clusters})",
+    )
+    p.add_argument(
+        "--global-clusters",
+        type=positive_int,
+        default=DEFAULT.global_clusters,
+        help=f"k per group (default {DEFAULT.global_clusters})",
+    )
+    p.add_argument(
+        "--images-per-group",
+        type=positive_int,
+        default=DEFAULT.images_per_group,
+        help=f"images per group (default {DEFAULT.images_per_group})",
+    )
     p.add_argument("--no-normalize", action="store_true")
-    p.add_argument("--n-init", type=positive_int, default=DEFAULT.n_init, help=f"k-means restarts (default {DEFAULT.n_init})")
-    p.add_argument("--metrics", nargs="*", default=[],
-                   help="baseline metric columns: rankme alpha_req dense_rankme lidar")
-    p.add_argument("--lidar-images", type=positive_int, default=64, help="images with augmented views for LiDAR (default 64)")
-    p.add_argument("--lidar-views", type=positive_int, default=8, help="augmented views per image for LiDAR (default 8)")
+    p.add_argument(
+        "--n-init", type=positive_int, default=DEFAULT.n_init, help=f"k-means restarts (default {DEFAULT.n_init})"
+    )
+    p.add_argument(
+        "--metrics", nargs="*", default=[], help="baseline metric columns: rankme alpha_req dense_rankme lidar"
+    )
+    p.add_argument(
+        "--lidar-images", type=positive_int, default=64, help="images with augmented views for LiDAR (default 64)"
+    )
+    p.add_argument(
+        "--lidar-views", type=positive_int, default=8, help="augmented views per image for LiDAR (default 8)"
+    )
     p.add_argument("--window", type=int, default=2, help="local-maximum window (default ±2 checkpoints)")
     p.add_argument("--top", type=positive_int, default=3, help="candidates to keep (default 3)")
-    p.add_argument("--intervals", type=int, default=10,
-                   help="half-samples of the images (each with its own k-means seed) behind every column's "
-                   "interval; 0: none (default 10)")
+    p.add_argument(
+        "--intervals",
+        type=int,
+        default=10,
+        help="half-samples of the images (each with its own k-means seed) behind every column's "
+        "interval; 0: none (default 10)",
+    )
     p.add_argument("--confidence", type=float, default=0.95, help="nominal coverage of the intervals (default 0.95)")
-    p.add_argument("--layers", type=layer_list, default=(), metavar="all|LIST",
-                   help="layer map: DSE (with intervals) of these blocks too, from one forward pass per checkpoint "
-                   "(all, or indices such as 0,5,11 or -1): dse_layers.csv, layers.json, dse_layers.png")
-    p.add_argument("--cache-memory-gb", type=float, default=4.0,
-                   help="RAM for the layer map's features; beyond it they spill to memory-mapped files (default 4)")
+    p.add_argument(
+        "--layers",
+        type=layer_list,
+        default=(),
+        metavar="all|LIST",
+        help="layer map: DSE (with intervals) of these blocks too, from one forward pass per checkpoint "
+        "(all, or indices such as 0,5,11 or -1): dse_layers.csv, layers.json, dse_layers.png",
+    )
+    p.add_argument(
+        "--cache-memory-gb",
+        type=float,
+        default=4.0,
+        help="RAM for the layer map's features; beyond it they spill to memory-mapped files (default 4)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run_scan)
 

@@ -23,21 +23,46 @@ def build_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, choices=METHODS, help="self-supervised method")
     p.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, dsekit.json, log.txt)")
     p.add_argument("--images", type=Path, default=None, help="image folder (default: the built-in scenes)")
-    p.add_argument("--arch", default="vit_tiny_scenes",
-                   help=f"preset ({', '.join(PRESETS)}) or timm architecture (default vit_tiny_scenes)")
-    p.add_argument("--model-kwarg", action="append", default=[], metavar="KEY=VALUE",
-                   help="timm model argument overriding the preset's, e.g. depth=6 (repeatable)")
-    p.add_argument("--image-size", type=positive_int, default=None,
-                   help="training resolution (default: the preset's, 64 for vit_tiny_scenes)")
+    p.add_argument(
+        "--arch",
+        default="vit_tiny_scenes",
+        help=f"preset ({', '.join(PRESETS)}) or timm architecture (default vit_tiny_scenes)",
+    )
+    p.add_argument(
+        "--model-kwarg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="timm model argument overriding the preset's, e.g. depth=6 (repeatable)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=positive_int,
+        default=None,
+        help="training resolution (default: the preset's, 64 for vit_tiny_scenes)",
+    )
     p.add_argument("--num-images", type=positive_int, default=512, help="training images (default 512)")
     p.add_argument("--epochs", type=positive_int, default=20, help="epochs (default 20)")
-    p.add_argument("--save-every", type=positive_int, default=2,
-                   help="save an official checkpoint after epochs 0, K, 2K, ... and the last (default 2)")
-    p.add_argument("--dse-weight", type=float, default=0.0, metavar="BETA",
-                   help="loss = loss_ssl - BETA * DSE(student patch tokens) (default 0: off; paper 0.001)")
+    p.add_argument(
+        "--save-every",
+        type=positive_int,
+        default=2,
+        help="save an official checkpoint after epochs 0, K, 2K, ... and the last (default 2)",
+    )
+    p.add_argument(
+        "--dse-weight",
+        type=float,
+        default=0.0,
+        metavar="BETA",
+        help="loss = loss_ssl - BETA * DSE(student patch tokens) (default 0: off; paper 0.001)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per step (default 64)")
-    p.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate (default base_lr * batch_size / 256; DINO 5e-4, MoCo v3 1.5e-4)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="peak learning rate (default base_lr * batch_size / 256; DINO 5e-4, MoCo v3 1.5e-4)",
+    )
     p.add_argument("--min-lr", type=float, default=None, help="final learning rate (DINO 1e-6, MoCo v3 0)")
     p.add_argument("--warmup-epochs", type=int, default=None, help="learning-rate warm-up (default 10%% of epochs)")
     p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (DINO 0.04, MoCo v3 0.1)")
@@ -54,22 +79,48 @@ def build_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     p.add_argument("--precision", default="fp32", choices=TRAIN_PRECISIONS, help="fp32 or bf16 autocast")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
-    p.add_argument("--crop-min-scale", type=float, default=None,
-                   help="smallest area fraction of a random-resized crop (DINO 0.4, MoCo v3 0.08)")
+    p.add_argument(
+        "--crop-min-scale",
+        type=float,
+        default=None,
+        help="smallest area fraction of a random-resized crop (DINO 0.4, MoCo v3 0.08)",
+    )
     p.add_argument("--cj-strength", type=float, default=None, help="colour-jitter strength (DINO 0.5, MoCo v3 1.0)")
-    p.add_argument("--gram-weight", type=float, default=0.0, metavar="W",
-                   help="Gram anchoring: loss = loss_ssl + W * L_gram (DINOv3; default 0: off)")
-    p.add_argument("--gram-teacher", default=None, metavar="FILE|STEP",
-                   help="the Gram teacher: a checkpoint of this method and network, or the step at which the run's "
-                   "own EMA teacher is copied")
-    p.add_argument("--gram-every", type=positive_int, default=None, metavar="K",
-                   help="with a step teacher: copy the EMA teacher again every K steps")
-    p.add_argument("--gram-batch-level", action="store_true",
-                   help="one Gram matrix over the batch's patches instead of one per image")
+    p.add_argument(
+        "--gram-weight",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="Gram anchoring: loss = loss_ssl + W * L_gram (DINOv3; default 0: off)",
+    )
+    p.add_argument(
+        "--gram-teacher",
+        default=None,
+        metavar="FILE|STEP",
+        help="the Gram teacher: a checkpoint of this method and network, or the step at which the run's "
+        "own EMA teacher is copied",
+    )
+    p.add_argument(
+        "--gram-every",
+        type=positive_int,
+        default=None,
+        metavar="K",
+        help="with a step teacher: copy the EMA teacher again every K steps",
+    )
+    p.add_argument(
+        "--gram-batch-level",
+        action="store_true",
+        help="one Gram matrix over the batch's patches instead of one per image",
+    )
     p.add_argument("--gram-keep-negative", action="store_true", help="keep negative similarities in the Gram matrices")
-    p.add_argument("--init-from", type=Path, default=None, metavar="CHECKPOINT",
-                   help="start a new run from this checkpoint of another run (same method and network; new "
-                   "optimizer and schedule)")
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        metavar="CHECKPOINT",
+        help="start a new run from this checkpoint of another run (same method and network; new "
+        "optimizer and schedule)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
 
@@ -139,8 +190,10 @@ def run_train(args: argparse.Namespace) -> int:
 
     result = train(config_from_args(args), progress=not args.quiet)
     if not args.quiet:
-        print(f"{len(result.checkpoints)} {result.method} checkpoint(s) in {result.run_dir} "
-              f"(epochs {result.start_epoch}..{result.end_epoch - 1} run now, {result.end_epoch} done)")
+        print(
+            f"{len(result.checkpoints)} {result.method} checkpoint(s) in {result.run_dir} "
+            f"(epochs {result.start_epoch}..{result.end_epoch - 1} run now, {result.end_epoch} done)"
+        )
         print(f"scan them with: {result.scan_command}")
     return 0
 
@@ -155,4 +208,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, NotADirectoryError) as exc:
         print(f"dsekit train: error: {exc}", file=sys.stderr)
         return 2
-

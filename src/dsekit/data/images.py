@@ -18,10 +18,11 @@ import os
 import stat
 import sys
 import warnings
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -390,8 +391,7 @@ def _load_directory(
     names = find_images(root)
     if not names:
         raise FileNotFoundError(
-            f"no image files in {root} (searched recursively for extensions "
-            f"{', '.join(IMAGE_EXTENSIONS)}, any case)"
+            f"no image files in {root} (searched recursively for extensions {', '.join(IMAGE_EXTENSIONS)}, any case)"
         )
     rng = np.random.default_rng([_STREAM_TAG, int(spec.seed)])
     order = rng.permutation(len(names))
@@ -414,7 +414,7 @@ def _load_directory(
             batch = [names[i] for i in order[pos : pos + want - len(kept)]]
             pos += len(batch)
             results = pool.map(lambda n: _decode(root / n, S, resize, spec.interpolation), batch)
-            for name, res in zip(batch, results):
+            for name, res in zip(batch, results, strict=True):
                 if isinstance(res, str):
                     skipped.append((name, res))
                 else:

@@ -29,8 +29,9 @@ The term functions are differentiable (used by the regulariser); :func:`dse` and
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Mapping
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -181,9 +182,7 @@ def _check_labels(labels: Any, name: str, shape: tuple[int, int], k: int, device
         if labels.dtype.kind not in "iu":
             raise ValueError(f"{name}: expected integer cluster ids, got dtype {labels.dtype}")
         if tuple(labels.shape) == shape and labels.size and (labels.min() < 0 or labels.max() >= k):
-            raise ValueError(
-                f"{name}: expected values in [0, {k}), got values in [{labels.min()}, {labels.max()}]"
-            )
+            raise ValueError(f"{name}: expected values in [0, {k}), got values in [{labels.min()}, {labels.max()}]")
         labels = torch.from_numpy(labels.astype(np.int64))  # any width, sign or byte order
     if not isinstance(labels, Tensor):
         raise ValueError(f"{name}: expected an integer array of shape {shape}, got {type(labels).__name__}")
@@ -269,11 +268,11 @@ def cluster_radii(points: Tensor, partitions: list[tuple[Tensor, int, int]]) -> 
     sizes_of = [counts[ids[lo:hi]] for lo, hi, _ in buckets]
     if grad:
         flat = points.index_select(0, torch.cat([i.reshape(-1) for i in index]))  # backward: one index_add_
-        rows = [r.reshape(*i.shape, d) for r, i in zip(flat.split([i.numel() for i in index]), index)]
-        nucs = [centered_nuclear_norms(r, c) for r, c in zip(rows, sizes_of)]
+        rows = [r.reshape(*i.shape, d) for r, i in zip(flat.split([i.numel() for i in index]), index, strict=True)]
+        nucs = [centered_nuclear_norms(r, c) for r, c in zip(rows, sizes_of, strict=True)]
     else:  # one bucket's rows at a time (bounded memory), all eigenvalues in one pass
-        nucs = centered_nuclear_norms_stacks((points[i], c) for i, c in zip(index, sizes_of))
-    values = [nuc / torch.sqrt(torch.clamp(c - 1, min=d).to(nuc.dtype)) for nuc, c in zip(nucs, sizes_of)]
+        nucs = centered_nuclear_norms_stacks((points[i], c) for i, c in zip(index, sizes_of, strict=True))
+    values = [nuc / torch.sqrt(torch.clamp(c - 1, min=d).to(nuc.dtype)) for nuc, c in zip(nucs, sizes_of, strict=True)]
     dtype = points.dtype if grad else torch.float64
     radii = points.new_zeros(counts.numel(), dtype=dtype)
     if values:
@@ -281,7 +280,7 @@ def cluster_radii(points: Tensor, partitions: list[tuple[Tensor, int, int]]) -> 
     sizes = [P * k for P, k in shapes]
     return [
         (r.reshape(P, k), v.reshape(P, k))
-        for r, v, (P, k) in zip(radii.split(sizes), valid.split(sizes), shapes)
+        for r, v, (P, k) in zip(radii.split(sizes), valid.split(sizes), shapes, strict=True)
     ]
 
 
@@ -397,7 +396,9 @@ def _kmeans_blocks(z: Tensor, settings: DSESettings, generator: torch.Generator)
     return blocks
 
 
-def _label_blocks(z: Tensor, global_labels: Tensor, images_per_group: int, k: int) -> list[tuple[Tensor, Tensor, Tensor]]:
+def _label_blocks(
+    z: Tensor, global_labels: Tensor, images_per_group: int, k: int
+) -> list[tuple[Tensor, Tensor, Tensor]]:
     B, N, d = z.shape
     blocks = []
     for start, count, size in _groups(B, images_per_group):
@@ -458,7 +459,9 @@ def _result(terms: DSETerms, settings: dict[str, Any], num_images: int) -> DSERe
         "effective_dimensionality": float(terms.effective_dimensionality),
     }
     values["dse_raw"] = raw_dse(
-        values["inter_class_distance"], values["intra_class_image"], values["intra_class_batch"],
+        values["inter_class_distance"],
+        values["intra_class_image"],
+        values["intra_class_batch"],
         values["effective_dimensionality"],
     )
     return DSEResult(**values, num_images=num_images, num_batches=1, degenerate=terms.degenerate, settings=settings)
@@ -491,8 +494,11 @@ def dse(
         :class:`DSEResult`.
     """
     st = (settings or DSESettings()).with_overrides(
-        local_clusters=local_clusters, global_clusters=global_clusters, images_per_group=images_per_group,
-        normalize=normalize, n_init=n_init,
+        local_clusters=local_clusters,
+        global_clusters=global_clusters,
+        images_per_group=images_per_group,
+        normalize=normalize,
+        n_init=n_init,
     )
     z = as_features(features)
     B, N, d = z.shape

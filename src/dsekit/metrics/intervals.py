@@ -24,8 +24,9 @@ Three sources of uncertainty, one tool each:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -108,9 +109,7 @@ def _check_confidence(confidence: float) -> float:
     return float(confidence)
 
 
-def half_sample_interval(
-    estimate: Any, replicates: Any, confidence: float = 0.95
-) -> tuple[np.ndarray, np.ndarray]:
+def half_sample_interval(estimate: Any, replicates: Any, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     """``estimate ± t_{(1+c)/2, R-1} · sd(replicates)``, elementwise.
 
     Args:
@@ -324,8 +323,14 @@ def miou_bootstrap(
     with warnings.catch_warnings():  # NaN for a class absent from every resample: handled below
         warnings.simplefilter("ignore", DegenerateDataWarning)
         res = bootstrap(
-            data, statistic, n_resamples=int(n_resamples), confidence_level=confidence, method="percentile",
-            vectorized=True, paired=False, rng=np.random.default_rng(int(seed)),
+            data,
+            statistic,
+            n_resamples=int(n_resamples),
+            confidence_level=confidence,
+            method="percentile",
+            vectorized=True,
+            paired=False,
+            rng=np.random.default_rng(int(seed)),
         )
     dist = np.asarray(res.bootstrap_distribution)  # (T + T*C, R)
     miou_rep = dist[:T].T  # (R, T)
@@ -333,8 +338,16 @@ def miou_bootstrap(
     low, high = percentile_interval(miou_rep, confidence, axis=0)
     iou_low, iou_high = percentile_interval(iou_rep, confidence, axis=-1)
     return MIoUBootstrap(
-        miou=point_miou, low=low, high=high, iou=point_iou, iou_low=iou_low, iou_high=iou_high,
-        replicates=miou_rep, confidence=confidence, heads=H, images=n,
+        miou=point_miou,
+        low=low,
+        high=high,
+        iou=point_iou,
+        iou_low=iou_low,
+        iou_high=iou_high,
+        replicates=miou_rep,
+        confidence=confidence,
+        heads=H,
+        images=n,
     )
 
 
@@ -400,7 +413,10 @@ def correlation_intervals(
         tl, th = percentile_interval(taus[name], confidence)
         rl, rh = percentile_interval(rho, confidence)
         out[name] = {
-            "tau_low": _f(tl), "tau_high": _f(th), "rho_low": _f(rl), "rho_high": _f(rh),
+            "tau_low": _f(tl),
+            "tau_high": _f(th),
+            "rho_low": _f(rl),
+            "rho_high": _f(rh),
             "nonzero": bool(np.isfinite(tl) and (tl > 0 or th < 0)),
         }
     if reference is not None and reference in taus:
@@ -409,7 +425,8 @@ def correlation_intervals(
                 continue
             dl, dh = percentile_interval(taus[name] - taus[reference], confidence)
             entry.update(
-                tau_diff_low=_f(dl), tau_diff_high=_f(dh),
+                tau_diff_low=_f(dl),
+                tau_diff_high=_f(dh),
                 differs_from_reference=bool(np.isfinite(dl) and (dl > 0 or dh < 0)),
             )
     return out

@@ -13,7 +13,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["check_labels", "confusion_matrix", "iou_from_confusion", "miou_from_confusion", "pixel_accuracy_from_confusion"]
+__all__ = [
+    "check_labels",
+    "confusion_matrix",
+    "iou_from_confusion",
+    "miou_from_confusion",
+    "pixel_accuracy_from_confusion",
+]
 
 
 def check_labels(mask: Tensor | np.ndarray, num_classes: int, ignore_index: int | None, source: str = "mask") -> None:
@@ -35,9 +41,7 @@ def check_labels(mask: Tensor | np.ndarray, num_classes: int, ignore_index: int 
         )
 
 
-def confusion_matrix(
-    preds: Tensor, target: Tensor, num_classes: int, ignore_index: int | None = None
-) -> Tensor:
+def confusion_matrix(preds: Tensor, target: Tensor, num_classes: int, ignore_index: int | None = None) -> Tensor:
     """Confusion matrix ``(C, C)`` int64, rows = ground truth, columns = prediction, through
     ``torchmetrics`` (pixels whose target is ``ignore_index`` are skipped).
 

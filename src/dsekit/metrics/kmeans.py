@@ -265,7 +265,7 @@ def kmeans(
         _lloyd(x[i : i + step], x_sq[i : i + step], centres[i : i + step], threshold[i : i + step], max_iter)
         for i in range(0, P, step)
     ]
-    centres, labels, dist, iterations = (torch.cat(t) for t in zip(*parts))
+    centres, labels, dist, iterations = (torch.cat(t) for t in zip(*parts, strict=True))
     inertia = dist.sum(-1)  # (P, R)
     best = inertia.argmin(1)  # (P,)
     rows = torch.arange(P, device=x.device)

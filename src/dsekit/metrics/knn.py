@@ -21,8 +21,14 @@ __all__ = ["AccuracyBootstrap", "accuracy_bootstrap", "knn_predict"]
 
 
 def knn_predict(
-    train: Tensor, train_labels: Tensor, test: Tensor, *, k: int = 20, temperature: float = 0.07,
-    num_classes: int | None = None, chunk: int = 1024,
+    train: Tensor,
+    train_labels: Tensor,
+    test: Tensor,
+    *,
+    k: int = 20,
+    temperature: float = 0.07,
+    num_classes: int | None = None,
+    chunk: int = 1024,
 ) -> Tensor:
     """Weighted k-NN labels of ``test`` (see the module docstring).
 
@@ -38,10 +44,14 @@ def knn_predict(
         ``(m,)`` int64 predicted labels.
     """
     if train.ndim != 2 or test.ndim != 2 or train.shape[1] != test.shape[1]:
-        raise ValueError(f"knn: expected (n, d) and (m, d) embeddings, got {tuple(train.shape)} and {tuple(test.shape)}")
+        raise ValueError(
+            f"knn: expected (n, d) and (m, d) embeddings, got {tuple(train.shape)} and {tuple(test.shape)}"
+        )
     labels = torch.as_tensor(train_labels, dtype=torch.long)
     if labels.shape != (train.shape[0],) or train.shape[0] == 0:
-        raise ValueError(f"knn: expected one label per training embedding, got {tuple(labels.shape)} for {train.shape[0]}")
+        raise ValueError(
+            f"knn: expected one label per training embedding, got {tuple(labels.shape)} for {train.shape[0]}"
+        )
     if int(labels.min()) < 0:
         raise ValueError("knn: labels must be >= 0")
     if not (isinstance(k, int) and k >= 1) or not temperature > 0:
@@ -77,8 +87,9 @@ class AccuracyBootstrap:
     images: int
 
 
-def accuracy_bootstrap(correct: np.ndarray, *, n_resamples: int = 1000, confidence: float = 0.95,
-                       seed: int = 0) -> AccuracyBootstrap:
+def accuracy_bootstrap(
+    correct: np.ndarray, *, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> AccuracyBootstrap:
     """Bootstrap intervals of accuracy over the images (``scipy.stats.bootstrap``, percentile).
 
     ``correct``: ``(T, n)`` booleans, one row per checkpoint on the same images; the images are
@@ -98,8 +109,15 @@ def accuracy_bootstrap(correct: np.ndarray, *, n_resamples: int = 1000, confiden
         acc = c[:, flat].mean(axis=-1)  # (T, B)
         return acc.reshape(T, *idx.shape[:-1])
 
-    res = bootstrap((np.arange(n),), statistic, n_resamples=int(n_resamples), confidence_level=confidence,
-                    method="percentile", vectorized=True, rng=np.random.default_rng(int(seed)))
+    res = bootstrap(
+        (np.arange(n),),
+        statistic,
+        n_resamples=int(n_resamples),
+        confidence_level=confidence,
+        method="percentile",
+        vectorized=True,
+        rng=np.random.default_rng(int(seed)),
+    )
     reps = np.asarray(res.bootstrap_distribution).reshape(T, -1).T  # (R, T)
     low, high = percentile_interval(reps, confidence, axis=0)
     return AccuracyBootstrap(c.mean(axis=1), low, high, reps, float(confidence), n)

@@ -39,7 +39,7 @@ class DSESettings:
     n_init: int = 1
     seeding_trials: int = KMEANS_SEEDING_TRIALS
 
-    def with_overrides(self, **overrides: Any) -> "DSESettings":
+    def with_overrides(self, **overrides: Any) -> DSESettings:
         """A copy with the given settings replaced (``None`` values keep the current one)."""
         given = {k: v for k, v in overrides.items() if v is not None}
         return replace(self, **given) if given else self
@@ -49,7 +49,9 @@ class DSESettings:
         if self.local_clusters < 1:
             raise ValueError(f"local_clusters: expected >= 1, got {self.local_clusters}")
         if self.global_clusters < 2:
-            raise ValueError(f"global_clusters: expected >= 2 (M_inter needs another centroid), got {self.global_clusters}")
+            raise ValueError(
+                f"global_clusters: expected >= 2 (M_inter needs another centroid), got {self.global_clusters}"
+            )
         if self.images_per_group < 1:
             raise ValueError(f"images_per_group: expected >= 1, got {self.images_per_group}")
         if N < self.local_clusters:
@@ -60,6 +62,6 @@ class DSESettings:
         smallest = min(B, g) if B % g == 0 else B % g
         if smallest * N < self.global_clusters:
             raise ValueError(
-                f"global_clusters: {self.global_clusters} clusters need at least as many patches per group, but a group "
-                f"of {smallest} image(s) x {N} patches has {smallest * N} (images_per_group={g}, B={B})"
+                f"global_clusters: {self.global_clusters} clusters need at least as many patches per group, "
+                f"but a group of {smallest} image(s) x {N} patches has {smallest * N} (images_per_group={g}, B={B})"
             )

@@ -122,7 +122,7 @@ def _eigh_stacks(grams: list[Tensor], vectors: bool) -> list[tuple[Tensor, Tenso
         for i, g in enumerate(grams):
             c, m = g.shape[0], g.shape[-1]
             bounds = torch.linspace(0, c, min(threads, c) + 1).round().long().tolist()
-            pieces += [((hi - lo) * m**3, i, lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+            pieces += [((hi - lo) * m**3, i, lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False) if hi > lo]
         if threads <= 1 or len(pieces) <= 1:
             return [decompose(g) for g in grams]
         loads, plans = [0] * threads, [[] for _ in range(threads)]
@@ -344,7 +344,7 @@ def centered_nuclear_norms_stacks(stacks: Iterable[tuple[Tensor, Tensor]]) -> li
         sizes.append(max(rows.shape[-2], rows.shape[-1]))
         del centred
     eigs = eigvalsh_stacks(grams)
-    return [_singular_from_eigenvalues(e, size).sum(-1) for e, size in zip(eigs, sizes)]
+    return [_singular_from_eigenvalues(e, size).sum(-1) for e, size in zip(eigs, sizes, strict=True)]
 
 
 def _centred(rows: Tensor, counts: Tensor, dtype: torch.dtype, in_place: bool = False) -> Tensor:

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from ..data.scenes import SceneConfig
-from .presets import METHODS, PRESETS, TRAIN_PRECISIONS, ArchPreset  # noqa: F401 - importable from here too
 from ..runtime import resolve_precision
+from .presets import METHODS, PRESETS, TRAIN_PRECISIONS, ArchPreset  # noqa: F401 - importable from here too
 
 __all__ = [
     "METHODS",
@@ -32,6 +32,7 @@ __all__ = [
     "resolve_arch",
     "resolve_config",
 ]
+
 
 def resolve_arch(
     arch: str, model_kwargs: Mapping[str, Any] | None = None, image_size: int | None = None
@@ -50,9 +51,7 @@ def resolve_arch(
         import timm
 
         if not timm.is_model(arch):
-            raise ValueError(
-                f"arch: {arch!r} is neither a preset ({', '.join(PRESETS)}) nor a timm architecture"
-            )
+            raise ValueError(f"arch: {arch!r} is neither a preset ({', '.join(PRESETS)}) nor a timm architecture")
         name, merged, size = arch, kwargs, 224
     if size_kw is not None:
         size = int(size_kw)
@@ -221,8 +220,16 @@ def _checked_config(cfg: TrainConfig) -> TrainConfig:
     cfg = replace(cfg, method=method, model_kwargs=dict(cfg.model_kwargs), images=images, scenes=dict(cfg.scenes))
     if not cfg.out:
         raise ValueError("out: a run folder is required")
-    for name, low in (("epochs", 1), ("save_every", 1), ("batch_size", 2), ("num_images", 2),
-                      ("local_crops", 0), ("freeze_last_layer", 0), ("seed", 0), ("workers", 0)):
+    for name, low in (
+        ("epochs", 1),
+        ("save_every", 1),
+        ("batch_size", 2),
+        ("num_images", 2),
+        ("local_crops", 0),
+        ("freeze_last_layer", 0),
+        ("seed", 0),
+        ("workers", 0),
+    ):
         _check_int(name, getattr(cfg, name), low)
     if cfg.stop_after is not None:
         _check_int("stop_after", cfg.stop_after, 1)
@@ -313,9 +320,23 @@ def resolve_config(cfg: TrainConfig) -> ResolvedConfig:
     clip = cfg.clip_grad if cfg.clip_grad is not None else (3.0 if dino else 0.0)
     _check_float("clip_grad", clip, 0.0)
     return ResolvedConfig(
-        cfg, name, kwargs, int(size), patch, float(lr), float(min_lr), int(warmup), float(wd),
-        float(wd_end), float(momentum), int(out_dim), int(hidden), int(bottleneck), int(local),
-        int(tt_warm), float(clip),
+        cfg,
+        name,
+        kwargs,
+        int(size),
+        patch,
+        float(lr),
+        float(min_lr),
+        int(warmup),
+        float(wd),
+        float(wd_end),
+        float(momentum),
+        int(out_dim),
+        int(hidden),
+        int(bottleneck),
+        int(local),
+        int(tt_warm),
+        float(clip),
     )
 
 

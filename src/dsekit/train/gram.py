@@ -89,8 +89,16 @@ class GramAnchor(nn.Module):
         clamp_negative, image_level: as :func:`gram_anchoring_loss`.
     """
 
-    def __init__(self, weight: float, teacher: nn.Module | None = None, *, start: int | None = None,
-                 every: int | None = None, clamp_negative: bool = True, image_level: bool = True) -> None:
+    def __init__(
+        self,
+        weight: float,
+        teacher: nn.Module | None = None,
+        *,
+        start: int | None = None,
+        every: int | None = None,
+        clamp_negative: bool = True,
+        image_level: bool = True,
+    ) -> None:
         super().__init__()
         if teacher is None and start is None:
             raise ValueError("gram anchoring needs a teacher: a checkpoint file or a step")
@@ -118,12 +126,13 @@ class GramAnchor(nn.Module):
             return True
         return False
 
-    def loss(self, student_patches: Tensor, images: Tensor, patches_of: "callable") -> Tensor | None:
+    def loss(self, student_patches: Tensor, images: Tensor, patches_of: callable) -> Tensor | None:
         """``L_gram`` of the student's patch tokens against the Gram teacher's on the same images
         (``patches_of(backbone, images) -> (B, N, d)``); None before the teacher exists."""
         if self.teacher is None:
             return None
         with torch.no_grad():
             teacher_patches = patches_of(self.teacher, images)
-        return gram_anchoring_loss(student_patches, teacher_patches, clamp_negative=self.clamp_negative,
-                                   image_level=self.image_level)
+        return gram_anchoring_loss(
+            student_patches, teacher_patches, clamp_negative=self.clamp_negative, image_level=self.image_level
+        )

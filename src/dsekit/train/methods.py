@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -114,7 +114,10 @@ class DINOMethod:
             with warnings.catch_warnings():  # lightly's head uses the older weight_norm API
                 warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
                 head = DINOProjectionHead(
-                    embed_dim(backbone), run.hidden_dim, run.bottleneck_dim, run.out_dim,
+                    embed_dim(backbone),
+                    run.hidden_dim,
+                    run.bottleneck_dim,
+                    run.out_dim,
                     freeze_last_layer=run.cfg.freeze_last_layer,
                 )
             return _MultiCrop(backbone, head)
@@ -131,10 +134,16 @@ class DINOMethod:
             warmup_teacher_temp_epochs=max(1, run.warmup_teacher_temp_epochs),
         )
         n = max(1, run.warmup_teacher_temp_epochs)
-        self._temps = np.concatenate(
-            [np.linspace(run.cfg.warmup_teacher_temp, run.cfg.teacher_temp, n),
-             np.full(max(0, run.cfg.epochs - n), run.cfg.teacher_temp)]
-        ) if run.warmup_teacher_temp_epochs > 0 else np.full(run.cfg.epochs, run.cfg.teacher_temp)
+        self._temps = (
+            np.concatenate(
+                [
+                    np.linspace(run.cfg.warmup_teacher_temp, run.cfg.teacher_temp, n),
+                    np.full(max(0, run.cfg.epochs - n), run.cfg.teacher_temp),
+                ]
+            )
+            if run.warmup_teacher_temp_epochs > 0
+            else np.full(run.cfg.epochs, run.cfg.teacher_temp)
+        )
 
     def to(self, device: torch.device) -> None:
         self.student.to(device)
@@ -294,7 +303,7 @@ class MoCoV3Method:
 # --------------------------------------------------------------------------------------------------
 
 #: the method objects :func:`build_method` returns
-Method = Union[DINOMethod, MoCoV3Method]
+Method = DINOMethod | MoCoV3Method
 
 
 def build_method(run: ResolvedConfig) -> Method:

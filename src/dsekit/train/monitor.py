@@ -20,8 +20,9 @@ names the best evaluation (step and checkpoint, when known).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +30,8 @@ from torch import Tensor, nn
 from ..backbones.extract import FeatureExtractor, extract_features
 from ..metrics.dse import DSEAccumulator, DSESettings, calibrated_dse
 
-__all__ = ["DSEMonitor", "DSEMonitorCallback", "DenseDegradationWarning", "Evaluation"]
+# DSEMonitorCallback is built on first access (the module's __getattr__, below)
+__all__ = ["DSEMonitor", "DSEMonitorCallback", "DenseDegradationWarning", "Evaluation"]  # noqa: F822
 
 FeatureFn = Callable[[nn.Module, Tensor], Tensor]
 
@@ -53,7 +55,14 @@ class Evaluation:
 
     def metrics(self, prefix: str = "") -> dict[str, float]:
         """The logged values: ``dse``, ``dse_raw`` and the four terms."""
-        keys = ("dse", "dse_raw", "inter_class_distance", "intra_class_image", "intra_class_batch", "effective_dimensionality")
+        keys = (
+            "dse",
+            "dse_raw",
+            "inter_class_distance",
+            "intra_class_image",
+            "intra_class_batch",
+            "effective_dimensionality",
+        )
         return {prefix + k: getattr(self, k) for k in keys}
 
 
@@ -129,10 +138,16 @@ class DSEMonitor:
         if (self._calls - 1) % self.every:
             return None
         t = self.compute(model)
-        terms = {k: float(t[k]) for k in ("inter_class_distance", "intra_class_image", "intra_class_batch", "effective_dimensionality")}
+        terms = {
+            k: float(t[k])
+            for k in ("inter_class_distance", "intra_class_image", "intra_class_batch", "effective_dimensionality")
+        }
         ev = Evaluation(
-            step=int(step), dse=calibrated_dse(terms, self.lam), dse_raw=calibrated_dse(terms, None),
-            checkpoint=checkpoint, **terms,
+            step=int(step),
+            dse=calibrated_dse(terms, self.lam),
+            dse_raw=calibrated_dse(terms, None),
+            checkpoint=checkpoint,
+            **terms,
         )
         self.history.append(ev)
         self._check_alarm()

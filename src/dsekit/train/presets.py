@@ -7,11 +7,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["METHODS", "PRESETS", "TRAIN_PRECISIONS", "ArchPreset"]
+__all__ = ["METHODS", "PRESETS", "TRAIN_PRECISIONS", "ArchPreset", "DEMO_REGULARIZE_BETA"]
 
 METHODS = ("dino", "mocov3")
 #: the precisions training allows (``fp32``, or ``bf16`` autocast)
 TRAIN_PRECISIONS = ("fp32", "bf16")
+#: β of the DSE regulariser in ``dsekit demo --regularize``
+DEMO_REGULARIZE_BETA = 0.1
 
 
 # --------------------------------------------------------------------------------------------------
@@ -34,7 +36,6 @@ PRESETS: dict[str, ArchPreset] = {
         "vit_tiny_patch16_224",
         {"patch_size": 8, "embed_dim": 192, "depth": 4, "num_heads": 3},
         64,
-        "ViT-Ti width (192, 3 heads), 4 blocks, 8-pixel patches at 64x64: an 8x8 patch grid; "
-        "trains on a laptop CPU",
+        "ViT-Ti width (192, 3 heads), 4 blocks, 8-pixel patches at 64x64: an 8x8 patch grid; trains on a laptop CPU",
     ),
 }

@@ -38,7 +38,13 @@ import torch
 from torch import Tensor, nn
 
 from ..metrics.dse import (
-    ClusterAssignments, DSESettings, DSETerms, as_features, cluster_assignments, dse_terms, raw_dse,
+    ClusterAssignments,
+    DSESettings,
+    DSETerms,
+    as_features,
+    cluster_assignments,
+    dse_terms,
+    raw_dse,
 )
 from ..metrics.kmeans import make_generator
 
@@ -89,8 +95,11 @@ def dse_with_grad(
     if not isinstance(features, Tensor):
         raise ValueError(f"features: expected a torch tensor of shape (B, N, d), got {type(features).__name__}")
     st = (settings or DSESettings()).with_overrides(
-        local_clusters=local_clusters, global_clusters=global_clusters, images_per_group=images_per_group,
-        normalize=normalize, n_init=n_init,
+        local_clusters=local_clusters,
+        global_clusters=global_clusters,
+        images_per_group=images_per_group,
+        normalize=normalize,
+        n_init=n_init,
     )
     with _autocast_off(features.device.type):
         z = as_features(features)
@@ -261,7 +270,7 @@ def _as_floats(terms: DSETerms, value: Tensor) -> dict[str, float]:
     names = ("inter_class_distance", "intra_class_image", "intra_class_batch", "effective_dimensionality")
     parts = [getattr(terms, n) for n in names] + [value, terms.scale]
     values = torch.stack([t.detach().to(value.dtype) for t in parts]).tolist()
-    out = dict(zip(names, values[:4]))
+    out = dict(zip(names, values[:4], strict=True))
     out["dse_raw"] = raw_dse(
         out["inter_class_distance"], out["intra_class_image"], out["intra_class_batch"], out["effective_dimensionality"]
     )

@@ -60,8 +60,14 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones import INIT_EPOCH, discover_checkpoints, load_backbone, read_checkpoint
-from ..runtime import ensure_writable, link_or_copy, resolve_device, resolve_precision, write_text_atomic, write_torch_atomic
-from .logs import LOG_FILE
+from ..runtime import (
+    ensure_writable,
+    link_or_copy,
+    resolve_device,
+    resolve_precision,
+    write_text_atomic,
+    write_torch_atomic,
+)
 from .config import (
     METHODS,
     PRESETS,
@@ -74,6 +80,7 @@ from .config import (
     resolve_config,
 )
 from .gram import GramAnchor, parse_gram_teacher
+from .logs import LOG_FILE
 from .methods import Method, build_method, encode, param_groups
 from .regularizer import DSERegularizer
 from .views import ViewsDataset, load_images, view_transform
@@ -203,8 +210,9 @@ def _seed_globals(seeds: np.ndarray) -> None:
 def _preserved_global_rng(device: torch.device) -> Iterator[None]:
     """Restore the caller's torch / numpy / random states afterwards."""
     py_state, np_state = random.getstate(), np.random.get_state()
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if (
-        device.type == "cuda") else []
+    devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()] if (device.type == "cuda") else []
+    )
     try:
         with torch.random.fork_rng(devices=devices):
             yield
@@ -420,7 +428,9 @@ def _train(
 
     args = _args_namespace(run)
     init = out / init_checkpoint_name(cfg.method)
-    if ckpt is None and cfg.init_from is None and not init.is_file():  # the untrained network, scored like any checkpoint
+    if (
+        ckpt is None and cfg.init_from is None and not init.is_file()
+    ):  # the untrained network, scored like any checkpoint
         write_torch_atomic(init, method.checkpoint(optimizer, -1, args))
     _write_run_info(run, out, record)
 
@@ -469,8 +479,9 @@ def _make_loop(
     total = steps * run.cfg.epochs
     dtype = resolve_precision(run.cfg.precision, TRAIN_PRECISIONS)
     autocast = torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-    return _Loop(run, device, method, optimizer, reg, dataset, steps, total, min(run.warmup_epochs * steps, total),
-                 autocast)
+    return _Loop(
+        run, device, method, optimizer, reg, dataset, steps, total, min(run.warmup_epochs * steps, total), autocast
+    )
 
 
 def _epoch_loader(loop: _Loop, epoch: int) -> torch.utils.data.DataLoader:
@@ -483,8 +494,13 @@ def _epoch_loader(loop: _Loop, epoch: int) -> torch.utils.data.DataLoader:
         gen = torch.Generator(device=loop.device).manual_seed(int(seeds[7]))
         loop.reg.set_rng_state(gen.get_state(), loop.device)
     return torch.utils.data.DataLoader(
-        loop.dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=loader_gen,
-        num_workers=cfg.workers, pin_memory=loop.device.type == "cuda",
+        loop.dataset,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=loader_gen,
+        num_workers=cfg.workers,
+        pin_memory=loop.device.type == "cuda",
     )
 
 
@@ -493,8 +509,11 @@ def _apply_schedules(loop: _Loop, it: int) -> tuple[float, float, float]:
     from lightly.utils.scheduler import cosine_schedule, cosine_warmup_schedule
 
     run = loop.run
-    lr = cosine_warmup_schedule(it, loop.total, run.lr, run.min_lr, loop.warmup_steps, 0.0) if loop.warmup_steps else (
-        cosine_schedule(it, loop.total, run.lr, run.min_lr))
+    lr = (
+        cosine_warmup_schedule(it, loop.total, run.lr, run.min_lr, loop.warmup_steps, 0.0)
+        if loop.warmup_steps
+        else (cosine_schedule(it, loop.total, run.lr, run.min_lr))
+    )
     wd = cosine_schedule(it, loop.total, run.weight_decay, run.weight_decay_end)
     m = cosine_schedule(it, loop.total, run.momentum, 1.0)
     groups = loop.optimizer.param_groups
@@ -526,9 +545,7 @@ def _train_step(
             loss = loss + loop.gram.weight * gram
             extra = {**extra, "loss_gram": float(gram.detach())}
     if not torch.isfinite(loss):
-        raise FloatingPointError(
-            f"loss is {loss.item()} at epoch {epoch}, step {i}; lower the learning rate (--lr)"
-        )
+        raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, step {i}; lower the learning rate (--lr)")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if loop.run.clip_grad > 0:
@@ -552,8 +569,13 @@ def _train_epoch(loop: _Loop, epoch: int, progress: bool) -> dict[str, float]:
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps, desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", unit="step",
-                   leave=False, dynamic_ncols=True)
+        bar = tqdm(
+            total=steps,
+            desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}",
+            unit="step",
+            leave=False,
+            dynamic_ncols=True,
+        )
     extra: dict[str, float] = {}
     gram_steps = 0
     lr = wd = m = 0.0
@@ -614,5 +636,7 @@ def _epoch_line(cfg: TrainConfig, epoch: int, entry: Mapping[str, float], saved:
     """The line printed after an epoch (``saved``: the numbered checkpoint written, or ``""``)."""
     dse_txt = f", dse {entry['dse']:.4f}" if "dse" in entry else ""
     saved_txt = f", saved {saved}" if saved else ""
-    return (f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}: loss {entry['loss_ssl']:.4f}{dse_txt}, "
-            f"{entry['seconds']:.1f} s, {entry['images_per_s']:.1f} img/s{saved_txt}")
+    return (
+        f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}: loss {entry['loss_ssl']:.4f}{dse_txt}, "
+        f"{entry['seconds']:.1f} s, {entry['images_per_s']:.1f} img/s{saved_txt}"
+    )

@@ -38,7 +38,13 @@ def load_images(run: ResolvedConfig) -> tuple[np.ndarray, dict[str, Any]]:
     if cfg.images is not None and not Path(cfg.images).exists():
         raise FileNotFoundError(f"images: folder {cfg.images} does not exist")
     sample = load_image_sample(
-        cfg.images, cfg.num_images, cfg.seed, run.image_size, mean=None, std=None, dtype=torch.float32,
+        cfg.images,
+        cfg.num_images,
+        cfg.seed,
+        run.image_size,
+        mean=None,
+        std=None,
+        dtype=torch.float32,
         scenes=cfg.scenes,
     )
     if len(sample) < cfg.batch_size:

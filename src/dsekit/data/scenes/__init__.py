@@ -40,7 +40,11 @@ from .config import (
     num_classes,
     scene_settings,
 )
-from .dataset import IMAGENET_MEAN, IMAGENET_STD, SceneDataset  # IMAGENET_*: not in __all__, as before
+
+# IMAGENET_*: re-exported, not in __all__, as before
+from .dataset import IMAGENET_MEAN as IMAGENET_MEAN
+from .dataset import IMAGENET_STD as IMAGENET_STD
+from .dataset import SceneDataset
 from .generate import Scenes, generate_scenes, make_scenes
 from .layout import SceneWriteResult, read_scenes, write_scenes
 from .sources import digit_split_indices, texture_split_bounds

@@ -59,7 +59,9 @@ class Scenes:
 
     def image_labels(self) -> np.ndarray:
         """(n,) the value 0..9 of each scene's largest digit: the scene's image-level label."""
-        area = (self.digit_boxes[..., 2] - self.digit_boxes[..., 0]) * (self.digit_boxes[..., 3] - self.digit_boxes[..., 1])
+        area = (self.digit_boxes[..., 2] - self.digit_boxes[..., 0]) * (
+            self.digit_boxes[..., 3] - self.digit_boxes[..., 1]
+        )
         area = np.where(self.digit_labels >= 0, area, -1)
         return self.digit_labels[np.arange(len(self)), area.argmax(axis=1)]
 

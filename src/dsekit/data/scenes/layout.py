@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -104,10 +104,8 @@ def write_scenes(
             for c in range(0, counts[split], 256):  # bounded memory for large sets
                 k = min(256, counts[split] - c)
                 sc = generate_scenes(k, split, seed=seed, config=config, start=c)
-                list(pool.map(save, zip(sc.images, sc.masks, split_stems[c : c + k])))
-            (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text(
-                "".join(s + "\n" for s in split_stems)
-            )
+                list(pool.map(save, zip(sc.images, sc.masks, split_stems[c : c + k], strict=True)))
+            (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(s + "\n" for s in split_stems))
             stems[split] = split_stems
     names = config.class_names()
     (root / "classes.txt").write_text("".join(c + "\n" for c in names))

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -156,9 +156,7 @@ def num_threads() -> int:
     return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
-def render_chunk(
-    params: Sequence[SceneParams], config: SceneConfig, images: np.ndarray, masks: np.ndarray
-) -> None:
+def render_chunk(params: Sequence[SceneParams], config: SceneConfig, images: np.ndarray, masks: np.ndarray) -> None:
     """Render a chunk of scenes into images (m, S, S, 3) uint8 and masks (m, S, S) uint8."""
     S = config.image_size
     m = len(params)
@@ -228,9 +226,7 @@ _THRESHOLD = 0.5  # of the digit's peak intensity: inside the digit
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-def _paint_digit(
-    image: np.ndarray, mask: np.ndarray, p: SceneParams, d: int, T: int, config: SceneConfig
-) -> None:
+def _paint_digit(image: np.ndarray, mask: np.ndarray, p: SceneParams, d: int, T: int, config: SceneConfig) -> None:
     """Paint digit ``d`` of scene ``p`` into ``image`` (S, S, 3) and ``mask`` (S, S) in place."""
     s = int(p.digit_sizes[d])
     py, px = (int(v) for v in p.digit_pos[d])

@@ -27,7 +27,7 @@ def _skimage_data_dir() -> Path:
     return Path(skimage.__file__).resolve().parent / "data"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def texture_photo(name: str) -> np.ndarray:
     """The texture photo ``name`` as an (H, W, 3) uint8 array, read from the skimage package."""
     from PIL import Image
@@ -45,7 +45,7 @@ def texture_photo(name: str) -> np.ndarray:
     return arr
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def texture_bank(names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """All photos as one flat array of packed pixels ``r | g << 8 | b << 16`` (P,) uint32,
     with per-texture offsets, heights and widths."""

@@ -20,7 +20,9 @@ The package holds one module per reader (``voc``, ``ade20k``, ``cocostuff``, ``c
 (``transforms``) and the registry (``registry``); this module re-exports the public API.
 """
 
-from ..images import IMAGENET_MEAN, IMAGENET_STD  # not in __all__: attributes of the old module, kept
+# not in __all__: attributes of the old module, kept
+from ..images import IMAGENET_MEAN as IMAGENET_MEAN
+from ..images import IMAGENET_STD as IMAGENET_STD
 from .ade20k import ADE20K_CLASSES, ADE20KDataset, ade20k_label_map
 from .base import IGNORE_INDEX, DatasetNotFoundError, SegmentationDataset, identity_label_map, map_labels, read_mask
 from .cityscapes import CITYSCAPES_CLASSES, CityscapesDataset, cityscapes_label_map

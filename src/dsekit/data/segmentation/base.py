@@ -5,8 +5,9 @@ maps and mask reading, ``DatasetNotFoundError`` and the file-discovery helpers t
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ __all__ = [
 
 IGNORE_INDEX = 255
 _SHOW = 5  # file names / values listed in an error
+
 
 # ----------------------------------------------------------------------------------------------
 # label maps (pure numpy): lut[raw value] = class id, ignore index, or -1 for "not allowed"

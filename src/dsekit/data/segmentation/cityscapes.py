@@ -88,17 +88,17 @@ ROOT/
         images = sorted(Path(p) for p in tv.images if p.endswith("_leftImg8bit.png"))
         mask_dir = base / "gtFine" / split
         ids = [f"{p.parent.name}/{p.name[: -len('_leftImg8bit.png')]}" for p in images]
-        have = {
-            t: [(mask_dir / (i + suffix)).is_file() for i in ids] for t, suffix in self._SUFFIX.items()
-        }
+        have = {t: [(mask_dir / (i + suffix)).is_file() for i in ids] for t, suffix in self._SUFFIX.items()}
         if label_type == "auto":
             label_type = "labelTrainIds" if ids and all(have["labelTrainIds"]) else "labelIds"
-        missing = [i + self._SUFFIX[label_type] for i, ok in zip(ids, have[label_type]) if not ok]
+        missing = [i + self._SUFFIX[label_type] for i, ok in zip(ids, have[label_type], strict=True) if not ok]
         if missing:
             raise missing_error(f"{label_type} mask(s)", missing, mask_dir, self.title)
         self.label_type = label_type
         self.label_map = cityscapes_label_map(train_ids=label_type == "labelTrainIds")
-        self._set_samples(ids, [(p, mask_dir / (i + self._SUFFIX[label_type])) for p, i in zip(images, ids)])
+        self._set_samples(
+            ids, [(p, mask_dir / (i + self._SUFFIX[label_type])) for p, i in zip(images, ids, strict=True)]
+        )
 
     @property
     def label_spec(self) -> str:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -77,8 +78,10 @@ ROOT/
                 raise layout_error(self.title, f"{d} is missing", self.LAYOUT)
         images = scan_tree(image_dir, IMAGE_EXTENSIONS)
         masks = scan_tree(mask_dir, self._MASK_EXTENSIONS)
-        self.class_source = "classes.txt" if (base / "classes.txt").is_file() and class_names is None else (
-            "class_names" if class_names is not None else "num_classes" if num_classes is not None else "masks"
+        self.class_source = (
+            "classes.txt"
+            if (base / "classes.txt").is_file() and class_names is None
+            else ("class_names" if class_names is not None else "num_classes" if num_classes is not None else "masks")
         )
         if self.class_source == "masks":
             num_classes = _classes_in_masks(masks.values(), self.ignore_index, self.title)
@@ -91,8 +94,12 @@ ROOT/
             )
         self.label_map = identity_label_map(self.num_classes, self.ignore_index)
         lst = base / "ImageSets" / "Segmentation" / f"{split}.txt"
-        self.split_source = "all" if split == "all" else str(lst) if lst.is_file() else (
-            f"sha256(name) < {FOLDER_VAL_FRACTION} of 2**32 -> val" if split in ("train", "val") else "missing"
+        self.split_source = (
+            "all"
+            if split == "all"
+            else str(lst)
+            if lst.is_file()
+            else (f"sha256(name) < {FOLDER_VAL_FRACTION} of 2**32 -> val" if split in ("train", "val") else "missing")
         )
         if split == "all" or self.split_source.startswith("sha256"):
             ids = sorted(images)
@@ -103,9 +110,7 @@ ROOT/
                 ids = [i for i in ids if (_name_fraction(i) < FOLDER_VAL_FRACTION) == (split == "val")]
         else:
             if not lst.is_file():
-                raise layout_error(
-                    self.title, f"split {split!r} needs {lst} (or use split='all')", self.LAYOUT
-                )
+                raise layout_error(self.title, f"split {split!r} needs {lst} (or use split='all')", self.LAYOUT)
             ids = [ln.split("#", 1)[0].strip().strip("/") for ln in lst.read_text().splitlines()]
             ids = [strip_known_ext(i, images) for i in ids if i]
         img_names = {k: str(v.relative_to(image_dir)) for k, v in images.items()}
@@ -135,7 +140,9 @@ ROOT/
 
     def record(self) -> dict:
         return {
-            **super().record(), "class_names": list(self.class_names), "classes_from": self.class_source,
+            **super().record(),
+            "class_names": list(self.class_names),
+            "classes_from": self.class_source,
             "split_from": self.split_source,
         }
 

@@ -4,9 +4,10 @@ and ``default_train_split``."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .. import scenes as scene_data
 from .ade20k import ADE20K_CLASSES, ADE20KDataset

@@ -195,6 +195,4 @@ def _interp(name: str):
     try:
         return InterpolationMode(name)
     except ValueError:
-        raise ValueError(
-            f"interpolation must be one of {[m.value for m in InterpolationMode]}, got {name!r}"
-        ) from None
+        raise ValueError(f"interpolation must be one of {[m.value for m in InterpolationMode]}, got {name!r}") from None

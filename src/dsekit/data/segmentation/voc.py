@@ -91,9 +91,7 @@ ROOT/
         for cand in tried:
             if (cand / "JPEGImages").is_dir():
                 return cand
-        raise layout_error(
-            cls.title, f"no JPEGImages/ in any of {', '.join(str(t) for t in tried)}", cls.LAYOUT
-        )
+        raise layout_error(cls.title, f"no JPEGImages/ in any of {', '.join(str(t) for t in tried)}", cls.LAYOUT)
 
     @classmethod
     def aug_list(cls, voc: Path) -> Path | None:
