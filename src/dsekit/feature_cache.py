@@ -100,6 +100,7 @@ class FeatureCache:
             self.on_disk_bytes -= arr.nbytes
             if isinstance(arr, np.memmap):
                 filename = arr.filename
+                assert filename is not None  # the cache's memmaps are always opened on a file
                 arr._mmap.close()  # type: ignore[attr-defined]
                 Path(filename).unlink(missing_ok=True)
         else:

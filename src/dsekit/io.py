@@ -97,7 +97,16 @@ def write_confusion_table(path: Path, names: Sequence[str], confusions: Sequence
                 cols[k].append(np.asarray(v))
     arrays = {k: (np.concatenate(v) if v else np.zeros(0)).astype(np.int64) for k, v in cols.items()}
     with atomic_path(path, ".tmp.npz") as tmp:
-        np.savez(tmp, **arrays, shape=shape, checkpoints=np.array(list(names), dtype=str))
+        np.savez(
+            tmp,
+            checkpoint=arrays["checkpoint"],
+            head=arrays["head"],
+            image=arrays["image"],
+            cell=arrays["cell"],
+            count=arrays["count"],
+            shape=shape,
+            checkpoints=np.array(list(names), dtype=str),
+        )
 
 
 def read_confusion_table(path: str | os.PathLike) -> tuple[list[str], list[list[Any]]]:

@@ -105,14 +105,14 @@ def _upsampled_ce_and_grad(
 
 class _UpsampledCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits: Tensor, target: Tensor, ignore_index: int | None, chunk_elements: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx, logits: Tensor, target: Tensor, ignore_index: int | None, chunk_elements: int) -> Tensor:
         loss, grad = _upsampled_ce_and_grad(logits, target, ignore_index, chunk_elements)
         ctx.save_for_backward(grad)
         ctx.logits_dtype = logits.dtype
         return loss
 
     @staticmethod
-    def backward(ctx, grad_output: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_output: Tensor):
         (grad,) = ctx.saved_tensors
         return (grad * grad_output).to(ctx.logits_dtype), None, None, None
 
@@ -168,6 +168,7 @@ class LinearHead(nn.Module):
             nn.init.zeros_(self.bn.bias)
             w = torch.empty(self.conv.weight.shape, dtype=torch.float32).normal_(0.0, 0.01, generator=g)
             self.conv.weight.copy_(w)
+            assert self.conv.bias is not None  # the conv is built with a bias
             nn.init.zeros_(self.conv.bias)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -60,9 +60,10 @@ Outputs (``OUT``, default ``RUN_DIR/dse``, the folder ``dsekit scan`` writes to)
 * ``probe.csv``: ``checkpoint, epoch, dataset, miou, pixel_accuracy, miou_low, miou_high,
   heads`` (``step`` for ``epoch`` in runs that count steps), one row per checkpoint and
   dataset; rows of other datasets already in the file are kept (with any column they have),
-  those of the probed dataset replaced. ``miou`` is the mean over ``head_seeds`` heads; ``miou_low`` / ``miou_high`` its bootstrap interval over the
-  validation images and the heads (:func:`dsekit.metrics.intervals.miou_bootstrap`,
-  ``confidence``, 1000 resamples shared by all checkpoints);
+  those of the probed dataset replaced. ``miou`` is the mean over ``head_seeds`` heads;
+  ``miou_low`` / ``miou_high`` its bootstrap interval over the validation images and the heads
+  (:func:`dsekit.metrics.intervals.miou_bootstrap`, ``confidence``, 1000 resamples shared by all
+  checkpoints);
 * ``probe_<dataset>_classes.csv``: ``checkpoint, epoch, class_id, class_name, iou, iou_low,
   iou_high`` (empty IoU: the class is absent from truth and prediction);
 * ``probe_<dataset>_confusion.npz``: every image's confusion matrix per checkpoint and head
@@ -359,7 +360,7 @@ def _combine_heads(heads: list[ProbeMetrics]) -> tuple[float, float, list[float 
     acc = float(np.mean([m.pixel_accuracy for m in heads]))
     iou: list[float | None] = []
     for c in range(len(heads[0].iou)):
-        vals = [m.iou[c] for m in heads if m.iou[c] is not None]
+        vals = [v for v in (m.iou[c] for m in heads) if v is not None]
         iou.append(float(np.mean(vals)) if vals else None)
     return miou, acc, iou
 

@@ -360,8 +360,8 @@ def _dataset_entry(
         ci = correlation_intervals(
             metric_draws, y, confidence=confidence, reference="dse" if "dse" in metric_draws else None
         )
-        for m, c in ci.items():
-            entry["correlation"][m].update(c)
+        for m, interval in ci.items():
+            entry["correlation"][m].update(interval)
         sel = entry.get("selection")
         if sel is not None and terms is not None:
             gains = _selection_draws(terms, y, window, top)

@@ -48,7 +48,7 @@ from .backbones import (
     load_backbone_as,
     num_feature_layers,
 )
-from .data.images import ImageSample, content_hash, file_size, find_images, load_image_sample
+from .data.images import ImageSample, ImageSampleResult, content_hash, file_size, find_images, load_image_sample
 from .feature_cache import FeatureCache
 from .layer_map import check_layers, resolve_layers, write_layer_map
 from .metrics.baselines import BASELINE_METRICS, lidar_dense
@@ -328,7 +328,7 @@ class _ScanTask(SweepTask[CheckpointResult]):
         self.cfg, self.run, self.cache, self.base, self.rank = cfg, run, cache, base, rank
         self.console, self.progress = console, progress
         self.metric_fns = _metric_functions(cfg.metrics)
-        self.sample: ImageSample | None = None
+        self.sample: ImageSampleResult | None = None
         self.views: torch.Tensor | None = None
         self.layer_map: tuple[list[int], list[Any]] | None = None
         self.store: FeatureCache | None = None

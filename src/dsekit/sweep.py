@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import torch
 
@@ -54,7 +54,17 @@ __all__ = [
     "sweep",
 ]
 
-R = TypeVar("R")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    class SweepResult(DataclassInstance, Protocol):
+        """A command's result dataclass as :func:`sweep` uses it (``asdict``, ``replace``)."""
+
+        checkpoint: str
+        error: str
+
+
+R = TypeVar("R", bound="SweepResult")
 
 _MAX_SEED = 2**63 - 1
 
@@ -206,7 +216,7 @@ def sweep(
                 res = task.failure(path, epoch, f"{type(exc).__name__}: {exc}", identities[i])
                 write_json_atomic(_failed_path(cache, path, task.label), asdict(res))
                 if console is not None:
-                    console.print(f"[red]failed[/red] {checkpoint_label(path)}: {res.error}")  # type: ignore[attr-defined]
+                    console.print(f"[red]failed[/red] {checkpoint_label(path)}: {res.error}")
             if after_checkpoint is not None:
                 after_checkpoint(res)
     barrier(world)

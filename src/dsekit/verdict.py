@@ -92,6 +92,7 @@ def degradation_verdict(
             f"checkpoint (no interval: no paired draws)"
         )
     else:
+        assert f_hi is not None  # _interval gives both ends or neither
         fell = f_lo > 0 and fall >= min_fall
         beyond = "beyond" if f_lo > 0 else "not beyond"
         reasons.append(
@@ -109,7 +110,11 @@ def degradation_verdict(
         kd = None if knn_draws is None else np.asarray(knn_draws, dtype=np.float64)
         k_lo, k_hi = _interval(None if kd is None else kd[:, last] - kd[:, peak], confidence)
         knn_fell = (k_hi < 0) if k_hi is not None else change < 0
-        where = f"[{100 * k_lo:.1f}, {100 * k_hi:.1f}] ({pct})" if k_lo is not None else "(no interval)"
+        where = (
+            f"[{100 * k_lo:.1f}, {100 * k_hi:.1f}] ({pct})"
+            if k_lo is not None and k_hi is not None
+            else "(no interval)"
+        )
         reasons.append(
             f"image-level accuracy changes {100 * change:+.1f} points {where} from the mIoU peak to the "
             f"last checkpoint: {'falls' if knn_fell else 'holds or rises'}"

@@ -25,10 +25,10 @@ import inspect
 import re
 import warnings
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -327,7 +327,9 @@ def _call_remap(remap: Remap, tensors: StateDict, model: nn.Module | None, sourc
         takes_source = "source" in inspect.signature(remap).parameters
     except (TypeError, ValueError):
         takes_source = False
-    return remap(tensors, model, source=source) if takes_source else remap(tensors, model)
+    if takes_source:  # its signature has a source parameter, beyond Remap's two
+        return cast("Callable[..., StateDict]", remap)(tensors, model, source=source)
+    return remap(tensors, model)
 
 
 def load_state_dict_for(

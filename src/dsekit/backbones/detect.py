@@ -33,9 +33,14 @@ __all__ = ["Detection", "detect_checkpoint", "infer_architecture"]
 #: standard ViT widths -> (timm size name, heads)
 _VIT_SIZES = {192: ("tiny", 3), 384: ("small", 6), 768: ("base", 12), 1024: ("large", 16)}
 #: blocks in ResNet stages 1..4 -> depth (basic blocks for 18/34, bottlenecks from 50 on)
-_RESNET_DEPTHS = {(2, 2, 2, 2): 18, (3, 4, 6, 3): 34, (3, 4, 23, 3): 101, (3, 8, 36, 3): 152}
+_RESNET_DEPTHS: dict[tuple[int, ...], int] = {
+    (2, 2, 2, 2): 18,
+    (3, 4, 6, 3): 34,
+    (3, 4, 23, 3): 101,
+    (3, 8, 36, 3): 152,
+}
 #: ConvNeXt (blocks per stage, widths) -> timm name
-_CONVNEXT_SIZES = {
+_CONVNEXT_SIZES: dict[tuple[tuple[int, ...], tuple[int, ...]], str] = {
     ((3, 3, 9, 3), (96, 192, 384, 768)): "convnext_tiny",
     ((3, 3, 27, 3), (96, 192, 384, 768)): "convnext_small",
     ((3, 3, 27, 3), (128, 256, 512, 1024)): "convnext_base",
@@ -118,13 +123,13 @@ def infer_architecture(state_dict: Mapping[str, Tensor], adapter: Any = None) ->
             for s in range(1, 5)
         )
         bottleneck = "layer1.0.conv3.weight" in state_dict
-        depth = 50 if bottleneck and blocks == (3, 4, 6, 3) else _RESNET_DEPTHS.get(blocks)
-        if depth is None or (depth in (18, 34)) == bottleneck:  # a non-standard ResNet: its layers given
-            depth = 50 if bottleneck else 18
+        resnet_depth = 50 if bottleneck and blocks == (3, 4, 6, 3) else _RESNET_DEPTHS.get(blocks)
+        if resnet_depth is None or (resnet_depth in (18, 34)) == bottleneck:  # a non-standard ResNet: its layers given
+            resnet_depth = 50 if bottleneck else 18
             kw["layers"] = blocks
         if bottleneck and int(state_dict["layer1.0.conv1.weight"].shape[0]) != 64:
             kw["base_width"] = int(state_dict["layer1.0.conv1.weight"].shape[0])
-        return f"resnet{depth}", kw
+        return f"resnet{resnet_depth}", kw
     return None
 
 

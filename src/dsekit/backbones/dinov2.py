@@ -31,7 +31,7 @@ import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -149,12 +149,13 @@ def dinov2_remap(state_dict: StateDict, model: nn.Module | None, source: Path | 
     sd = unchunk_blocks(state_dict)
     if "mask_token" not in sd or "pos_embed" not in sd:
         return sd  # timm's layout already
-    from timm.models.vision_transformer import checkpoint_filter_fn
+    from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
     registers = "register_tokens" in sd
     stored = sd["pos_embed"]
     target = model if model is not None else _meta_model(sd)
-    out = dict(checkpoint_filter_fn(dict(sd), target))  # the filter pops keys of the dict it is given
+    # the filter pops keys of the dict it is given; the target is timm's DINOv2 ViT (create_backbone's)
+    out = dict(checkpoint_filter_fn(dict(sd), cast(VisionTransformer, target)))
     grid = getattr(getattr(target, "patch_embed", None), "grid_size", None)
     if model is not None and grid is not None and getattr(model, "pos_embed", None) is not None:
         offset, antialias = run_interpolation(source, registers)

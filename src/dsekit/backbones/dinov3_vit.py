@@ -68,12 +68,14 @@ def rope_periods(
 def rope_sincos(rows: int, cols: int, periods: Tensor, *, normalize: str = "separate") -> tuple[Tensor, Tensor]:
     """``(sin, cos)``, each ``(rows·cols, 4·len(periods))``, in ``periods``' dtype, for a
     ``rows × cols`` patch grid in row-major order."""
-    dd = {"device": periods.device, "dtype": periods.dtype}
+    device, dtype = periods.device, periods.dtype
     if normalize == "separate":
-        h, w = torch.arange(0.5, rows, **dd) / rows, torch.arange(0.5, cols, **dd) / cols
+        h = torch.arange(0.5, rows, device=device, dtype=dtype) / rows
+        w = torch.arange(0.5, cols, device=device, dtype=dtype) / cols
     elif normalize in ("min", "max"):
         side = min(rows, cols) if normalize == "min" else max(rows, cols)
-        h, w = torch.arange(0.5, rows, **dd) / side, torch.arange(0.5, cols, **dd) / side
+        h = torch.arange(0.5, rows, device=device, dtype=dtype) / side
+        w = torch.arange(0.5, cols, device=device, dtype=dtype) / side
     else:
         raise ValueError(f"rope: normalize_coords must be 'separate', 'min' or 'max', got {normalize!r}")
     coords = torch.stack(torch.meshgrid(h, w, indexing="ij"), dim=-1).flatten(0, 1)
@@ -94,6 +96,8 @@ def _rotate(x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
 
 class _MaskedBiasLinear(nn.Linear):
     """``nn.Linear`` whose bias is multiplied by the buffer ``bias_mask`` (0 on the keys' third)."""
+
+    bias_mask: Tensor
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -204,6 +208,8 @@ class _PatchEmbed(nn.Module):
 
 class _Rope(nn.Module):
     """Holds the RoPE periods (the persistent buffer ``rope_embed.periods`` of official checkpoints)."""
+
+    periods: Tensor
 
     def __init__(self, periods: Tensor, normalize: str) -> None:
         super().__init__()

@@ -21,7 +21,7 @@ import inspect
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from functools import partial
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -42,6 +42,22 @@ __all__ = [
 
 FeatureFn = Callable[[nn.Module, Tensor], Tensor]
 """A user function ``fn(model, images (B, 3, H, W)) -> features (B, N, d)``."""
+
+
+class TimmIntermediates(Protocol):
+    """A model with timm's ``forward_intermediates`` (torch types other attributes of a module as
+    ``Tensor | Module``; the extractor checks that the method exists before it casts to this)."""
+
+    def forward_intermediates(self, x: Tensor, **kwargs: Any) -> Any: ...
+
+
+class TimmHead(Protocol):
+    """A model with timm's ``forward_features`` and ``forward_head`` (``pre_logits=True``: the
+    embedding before the classifier)."""
+
+    def forward_features(self, x: Tensor) -> Tensor: ...
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor: ...
 
 
 # --------------------------------------------------------------------------------------------------
@@ -335,14 +351,15 @@ class FeatureExtractor(nn.Module):
         if self._fmt_fallback:
             kwargs["output_fmt"] = "NCHW"
         indices = list(self._indices)
+        model = cast(TimmIntermediates, self.model)  # checked in __init__ (no fn: the method exists)
         try:
-            return self.model.forward_intermediates(images, indices=indices, **kwargs)
+            return model.forward_intermediates(images, indices=indices, **kwargs)
         except AssertionError as err:
             if kwargs.get("output_fmt") == "NLC" and "output" in str(err).lower():
                 # some token models only emit NCHW maps
                 self._fmt_fallback = True
                 kwargs["output_fmt"] = "NCHW"
-                return self.model.forward_intermediates(images, indices=indices, **kwargs)
+                return model.forward_intermediates(images, indices=indices, **kwargs)
             raise ValueError(
                 f"forward_intermediates of {type(self.model).__name__} rejected layer(s) {indices} "
                 f"or input {tuple(images.shape)}: {err}"
@@ -372,11 +389,11 @@ class ImageEmbedder(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         own = getattr(self.model, "image_embedding", None)
-        z = (
-            own(images)
-            if callable(own)
-            else self.model.forward_head(self.model.forward_features(images), pre_logits=True)
-        )
+        if callable(own):
+            z = own(images)
+        else:
+            timm = cast(TimmHead, self.model)  # checked in __init__: without image_embedding, timm's pair
+            z = timm.forward_head(timm.forward_features(images), pre_logits=True)
         if z.ndim != 2:
             z = z.flatten(1)
         return z.unsqueeze(1)

@@ -89,7 +89,7 @@ class HFBackbone(nn.Module):
     def __init__(self, model: nn.Module, model_type: str, image_size: int | None = None) -> None:
         super().__init__()
         spec = MODEL_TYPES[model_type]
-        config = model.config
+        config: Any = model.config  # a transformers PretrainedConfig; its fields depend on the model type
         self.hf = model
         self.model_type = model_type
         self.patch_size = int(config.patch_size)

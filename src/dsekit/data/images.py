@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -370,7 +371,8 @@ def _normalise(batch: torch.Tensor, mean, std, dtype: torch.dtype) -> torch.Tens
 
 def _warn(message: str) -> None:
     """Warn, attributing the warning to the first caller outside this module."""
-    frame, level = sys._getframe(1), 2
+    frame: FrameType | None = sys._getframe(1)
+    level = 2
     while frame is not None and frame.f_code.co_filename == __file__:
         frame, level = frame.f_back, level + 1
     warnings.warn(message, ImageSampleWarning, stacklevel=level)

@@ -87,7 +87,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -176,11 +176,11 @@ def _row_reduce(x: Tensor, *, center: bool = False, max_elements: int = _MAX_ELE
         mean /= m
     if m * n <= max_elements or m <= n:
         x64 = x.to(torch.float64)
-        return x64 - mean if center else x64
+        return x64 - mean if mean is not None else x64
     gram = torch.zeros(n, n, dtype=torch.float64, device=x.device)
     for lo in range(0, m, chunk):
         c = x[lo : lo + chunk].to(torch.float64)
-        if center:
+        if mean is not None:
             c = c - mean
         gram += c.T @ c
     trace = float(gram.diagonal().sum())
@@ -214,6 +214,14 @@ def covariance_eigenvalues(z: Tensor | np.ndarray) -> Tensor:
         raise ValueError(f"z: a covariance needs at least 2 rows, got shape {tuple(z.shape)}")
     s = singular_values(_row_reduce(z, center=True), method="gram")
     return s.square() / (z.shape[0] - 1)
+
+
+class _FitSettings(TypedDict):
+    """The settings of an α-ReQ fit, as :class:`PowerLawFit` records them."""
+
+    fit_range: tuple[int, int]
+    weighting: str
+    rel_floor: float
 
 
 @dataclass(frozen=True)
@@ -300,7 +308,7 @@ def alpha_req_fit(
             f"z: fit_range {(lo, hi)} needs at least {lo + 2} samples and {lo + 1} channels "
             f"(two eigenvalues from rank {lo} on), got shape {tuple(z.shape)}"
         )
-    settings = dict(fit_range=(lo, hi), weighting=weighting, rel_floor=float(rel_floor))
+    settings: _FitSettings = {"fit_range": (lo, hi), "weighting": weighting, "rel_floor": float(rel_floor)}
     lam = covariance_eigenvalues(z)
     total = lam.sum()
     usable = lam > rel_floor * lam[0]

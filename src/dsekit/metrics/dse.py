@@ -199,8 +199,9 @@ def _check_labels(labels: Any, name: str, shape: tuple[int, int], k: int, device
 # --------------------------------------------------------------------------- terms
 
 
-def _groups(B: int, size: int) -> list[tuple[int, int]]:
-    """Blocks of equal-size consecutive groups: [(start, group_count)] with group size ``size``."""
+def _groups(B: int, size: int) -> list[tuple[int, int, int]]:
+    """Blocks of equal-size consecutive groups: [(start, group_count, group_size)]; the groups hold
+    ``size`` images, a last one the remainder."""
     full = B // size
     blocks = [(0, full, size)] if full else []
     if B % size:

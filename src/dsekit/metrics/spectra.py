@@ -125,7 +125,8 @@ def _eigh_stacks(grams: list[Tensor], vectors: bool) -> list[tuple[Tensor, Tenso
             pieces += [((hi - lo) * m**3, i, lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False) if hi > lo]
         if threads <= 1 or len(pieces) <= 1:
             return [decompose(g) for g in grams]
-        loads, plans = [0] * threads, [[] for _ in range(threads)]
+        loads = [0] * threads
+        plans: list[list[tuple[int, int, int, int]]] = [[] for _ in range(threads)]
         for piece in sorted(pieces, reverse=True):
             w = loads.index(min(loads))
             loads[w] += piece[0]
@@ -138,6 +139,7 @@ def _eigh_stacks(grams: list[Tensor], vectors: bool) -> list[tuple[Tensor, Tenso
                 eig, vec = decompose(grams[i][lo:hi])
                 eigs[i][lo:hi] = eig
                 if vecs is not None:
+                    assert vec is not None  # vecs exists only when vectors were asked for
                     vecs[i][lo:hi] = vec
 
         # Workers are created inside the single-thread block, so each initialises torch's
@@ -192,14 +194,14 @@ class _GramSingularValues(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor) -> Tensor:
         sv, vec, left = _gram_spectrum(x, vectors=True, dtype=_grad_precision(x))
         ctx.save_for_backward(x, vec, sv)
         ctx.left = left
         return sv.flip(-1)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
         x, vec, sv = ctx.saved_tensors
         return _singular_value_grad(x, vec, sv, ctx.left, grad.flip(-1))
 
@@ -375,13 +377,13 @@ class _CentredNuclearNorms(torch.autograd.Function):
     :func:`centered_nuclear_norms`); no ``1 / (σᵢ - σⱼ)``, finite for collapsed sets."""
 
     @staticmethod
-    def forward(ctx: Any, rows: Tensor, counts: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, rows: Tensor, counts: Tensor) -> Tensor:
         centred, sv, vec, left = _centred_spectrum(rows, counts, vectors=True, dtype=_grad_precision(rows))
         ctx.save_for_backward(centred.to(rows.dtype), vec, sv)
         ctx.left = left
         return sv.sum(-1)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         centred, vec, sv = ctx.saved_tensors
         return _singular_value_grad(centred, vec, sv, ctx.left, grad), None

@@ -15,6 +15,7 @@ own EMA teacher copied at a given optimisation step and copied again every ``K``
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -126,7 +127,9 @@ class GramAnchor(nn.Module):
             return True
         return False
 
-    def loss(self, student_patches: Tensor, images: Tensor, patches_of: callable) -> Tensor | None:
+    def loss(
+        self, student_patches: Tensor, images: Tensor, patches_of: Callable[[nn.Module, Tensor], Tensor]
+    ) -> Tensor | None:
         """``L_gram`` of the student's patch tokens against the Gram teacher's on the same images
         (``patches_of(backbone, images) -> (B, N, d)``); None before the teacher exists."""
         if self.teacher is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -18,8 +18,12 @@ from torch import Tensor, nn
 from ..backbones import create_backbone
 from .config import ResolvedConfig
 
-if TYPE_CHECKING:  # only a type hint: the settings object the checkpoints store as "args"
+if TYPE_CHECKING:  # only type hints: the settings object the checkpoints store as "args", ...
     from argparse import Namespace
+
+    from lightly.models.modules import DINOProjectionHead
+
+    from ..backbones.extract import TimmHead
 
 __all__ = [
     "DINOMethod",
@@ -62,8 +66,9 @@ def encode(backbone: nn.Module, x: Tensor, head: nn.Module | None = None) -> tup
     Patch tokens are those of the final norm with prefix tokens dropped (as the scan extracts
     them); CNN maps ``(B, d, h, w)`` are flattened row-major.
     """
-    feats = backbone.forward_features(x)
-    pooled = backbone.forward_head(feats, pre_logits=True)
+    timm = cast("TimmHead", backbone)  # a timm backbone (make_backbone's)
+    feats = timm.forward_features(x)
+    pooled = timm.forward_head(feats, pre_logits=True)
     if feats.ndim == 4:
         patches = feats.flatten(2).transpose(1, 2)
     else:
@@ -89,7 +94,7 @@ def _without_module_prefix(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 class _MultiCrop(nn.Module):
     """DINO's backbone + head pair (state-dict keys ``backbone.*`` and ``head.*``)."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, head: DINOProjectionHead) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -269,10 +274,10 @@ class MoCoV3Method:
         m = self.model
         b = views[0].shape[0]
         x = torch.cat(list(views[:2]))
-        z, patches = encode(m.base_encoder, x, m.base_encoder.head)
+        z, patches = encode(m.base_encoder, x, m.base_encoder.get_submodule("head"))
         q1, q2 = m.predictor(z).split(b)
         with torch.no_grad():
-            k, _ = encode(m.momentum_encoder, x, m.momentum_encoder.head)
+            k, _ = encode(m.momentum_encoder, x, m.momentum_encoder.get_submodule("head"))
             k1, k2 = k.split(b)
         t = self.run.cfg.temperature
         return _contrastive(q1, k2, t) + _contrastive(q2, k1, t), patches, {}
@@ -313,7 +318,8 @@ def build_method(run: ResolvedConfig) -> Method:
 
 def param_groups(module: nn.Module) -> list[dict[str, Any]]:
     """AdamW groups: weight decay on weights, none on biases and norm parameters (as DINO)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue

@@ -355,12 +355,15 @@ def _make_gram(run: ResolvedConfig, ckpt: Mapping[str, Any] | None, method: Meth
     if cfg.gram_weight == 0:
         return None
     path, step = parse_gram_teacher(cfg.gram_teacher)
-    opts = {"clamp_negative": cfg.gram_clamp_negative, "image_level": cfg.gram_image_level}
+    clamp_negative, image_level = cfg.gram_clamp_negative, cfg.gram_image_level
     if path is not None:
         teacher = load_backbone(path, cfg.method, run.timm_arch, model_kwargs=run.timm_kwargs, img_size=run.image_size)
-        return GramAnchor(cfg.gram_weight, teacher, **opts)
-    gram = GramAnchor(cfg.gram_weight, start=step, every=cfg.gram_every, **opts)
+        return GramAnchor(cfg.gram_weight, teacher, clamp_negative=clamp_negative, image_level=image_level)
+    gram = GramAnchor(
+        cfg.gram_weight, start=step, every=cfg.gram_every, clamp_negative=clamp_negative, image_level=image_level
+    )
     if ckpt is not None and "gram_teacher" in ckpt:  # the copy made before the run stopped
+        assert step is not None  # without a teacher file GramAnchor needs a start step (it raised above)
         gram.maybe_refresh(int(step), method.teacher_backbone())  # the architecture, then its stored weights
         assert gram.teacher is not None
         gram.teacher.load_state_dict(ckpt["gram_teacher"])
@@ -421,6 +424,7 @@ def _train(
     history: list[dict[str, float]] = []
     start = 0
     if ckpt is not None:
+        assert resume_from is not None  # _resume_point gives both or neither
         start, history = _restore(ckpt, resume_from, method, optimizer, out, cfg, emit)
     elif cfg.init_from is not None:
         _init_from(run, method)

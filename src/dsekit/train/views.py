@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -14,6 +14,9 @@ from ..data.images import load_image_sample
 from .config import ResolvedConfig
 
 __all__ = ["ViewsDataset", "load_images", "view_transform"]
+
+#: a PIL image -> its list of augmented views
+_Views = Callable[[Any], list[Tensor]]
 
 
 class ViewsDataset(torch.utils.data.Dataset):
@@ -68,13 +71,14 @@ def view_transform(run: ResolvedConfig) -> Callable[[Any], list[Tensor]]:
             extra["global_crop_scale"] = (cfg.crop_min_scale, 1.0)
         if cfg.cj_strength is not None:
             extra["cj_strength"] = cfg.cj_strength
-        return DINOTransform(
+        dino = DINOTransform(
             global_crop_size=run.image_size,
             local_crop_size=run.local_crop_size,
             n_local_views=cfg.local_crops,
             sigmas=sigmas,
             **extra,
         )
+        return cast(_Views, dino)  # lightly types the views as tensors or images; each of its views ends in ToTensor
     from lightly.transforms import BYOLTransform, BYOLView1Transform, BYOLView2Transform
 
     extra = {}
@@ -83,7 +87,8 @@ def view_transform(run: ResolvedConfig) -> Callable[[Any], list[Tensor]]:
     if cfg.cj_strength is not None:
         extra["cj_strength"] = cfg.cj_strength
     # MoCo v3 uses BYOL's asymmetric augmentations (blur 1.0 / 0.1, solarisation 0 / 0.2)
-    return BYOLTransform(
+    byol = BYOLTransform(
         BYOLView1Transform(input_size=run.image_size, sigmas=sigmas, **extra),
         BYOLView2Transform(input_size=run.image_size, sigmas=sigmas, **extra),
     )
+    return cast(_Views, byol)  # as above: both views end in ToTensor

@@ -98,13 +98,13 @@ class SceneConfig:
         lo, hi = self.digits_per_scene
         if not (1 <= lo <= hi <= 16):
             raise ValueError(f"digits_per_scene must satisfy 1 <= low <= high <= 16, got {self.digits_per_scene}")
-        lo, hi = self.digit_size
-        if not (0.0 < lo <= hi <= 1.0) or round(lo * self.image_size) < 4:
+        size_lo, size_hi = self.digit_size
+        if not (0.0 < size_lo <= size_hi <= 1.0) or round(size_lo * self.image_size) < 4:
             raise ValueError(
                 f"digit_size must satisfy 0 < low <= high <= 1 with low * image_size >= 4, got {self.digit_size}"
             )
-        lo, hi = self.texture_crop
-        if not (0.0 < lo <= hi <= 1.0):
+        crop_lo, crop_hi = self.texture_crop
+        if not (0.0 < crop_lo <= crop_hi <= 1.0):
             raise ValueError(f"texture_crop must satisfy 0 < low <= high <= 1, got {self.texture_crop}")
         if not (RIM_BAND < self.digit_threshold <= 1.0 - RIM_BAND):
             raise ValueError(f"digit_threshold must be in ({RIM_BAND}, {1 - RIM_BAND}], got {self.digit_threshold}")

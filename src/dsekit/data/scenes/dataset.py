@@ -20,7 +20,7 @@ except ImportError:  # pragma: no cover
     _TorchDataset = object  # type: ignore[assignment,misc]
 
 
-class SceneDataset(_TorchDataset):  # type: ignore[misc,valid-type]
+class SceneDataset(_TorchDataset):
     """The built-in scenes as a ``torch.utils.data.Dataset`` of ``(image, mask)`` pairs.
 
     All scenes are generated once at construction (``n * S * S * 4`` bytes).

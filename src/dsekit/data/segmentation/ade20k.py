@@ -73,11 +73,12 @@ ROOT/
         sub = self._check_split(split, {"train": "training", "val": "validation"})
         base = self._check_root()
         tried = [base, base / "ADEChallengeData2016"]
-        base = next((c for c in tried if (c / "images").is_dir() and (c / "annotations").is_dir()), None)
-        if base is None:
+        found = next((c for c in tried if (c / "images").is_dir() and (c / "annotations").is_dir()), None)
+        if found is None:
             raise layout_error(
                 self.title, f"no images/ and annotations/ in {' or '.join(map(str, tried))}", self.LAYOUT
             )
+        base = found
         image_dir, mask_dir = base / "images" / sub, base / "annotations" / sub
         for d in (image_dir, mask_dir):
             if not d.is_dir():

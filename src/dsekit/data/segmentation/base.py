@@ -214,7 +214,7 @@ class SegmentationDataset(Dataset):
         ids: sample identifiers (file stems, or relative paths for ``folder``).
     """
 
-    name: ClassVar[str] = ""
+    name: str = ""  # a class default; COCOStuffDataset(coarse=True) sets its own per instance
     title: ClassVar[str] = ""
     LAYOUT: ClassVar[str] = ""
     SPLITS: ClassVar[tuple[str, ...]] = ()
@@ -293,6 +293,7 @@ class SegmentationDataset(Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         image_path, mask_path = self.samples[index]
         image = _read_image(image_path)
+        assert self.label_map is not None, f"{type(self).__name__} reads files but set no label_map"
         mask = map_labels(read_mask(mask_path), self.label_map, mask_path, self.label_spec)
         if tuple(image.shape[-2:]) != mask.shape:
             raise ValueError(

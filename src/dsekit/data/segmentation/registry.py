@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .. import scenes as scene_data
 from .ade20k import ADE20K_CLASSES, ADE20KDataset
@@ -90,7 +90,8 @@ def get_dataset(
     """
     spec = dataset_spec(name)
     if spec.name == "folder":
-        return spec.cls(root, split, **kwargs)
+        # the "folder" entry's class is FolderDataset, whose split may be None
+        return cast("type[FolderDataset]", spec.cls)(root, split, **kwargs)
     return spec.cls(root, "train" if split is None else split, **{**spec.options, **kwargs})
 
 
