@@ -61,10 +61,24 @@ def test_demo_trains_scans_probes_and_reports(tmp_path, capsys):
     stored = json.loads((out_dir / "report.json").read_text())
     assert stored["verdict"] in ("dense degradation", "collapse", "no degradation") and stored["verdict_reasons"]
     assert "### Verdict" in text
-    # the demo's default training: DINO with the DSE regulariser (the run that rises and then falls)
+    # the demo's default training: plain MoCo v3, no regulariser; the summary says τ is one run's
     info = json.loads((tmp_path / "demo" / "run" / "dsekit.json").read_text())
-    assert info["method"] == "dino" and info["settings"]["dse_weight"] == 0.1
-    assert "DINO with the DSE regulariser (β = 0.1)" in printed
+    assert info["method"] == "mocov3" and info["settings"]["dse_weight"] == 0.0
+    assert "training MoCo v3 on the built-in scenes" in printed and "with the DSE regulariser" not in printed
+    assert "k-NN digit %" in printed and f"verdict: {stored['verdict']}" in printed
+    assert "this one training run's" in printed
     # a rerun reuses everything already computed
     again = demo(DemoConfig(out=str(tmp_path / "demo")), progress=False, settings=TINY)
     assert again["datasets"]["scenes"]["miou"] == entry["miou"]
+
+
+def test_demo_regularize_flag_trains_with_the_dse_regulariser(tmp_path, capsys, monkeypatch):
+    import dsekit.demo as demo_module
+    from dsekit.cli import main
+    from dsekit.train.presets import DEMO_REGULARIZE_BETA
+
+    monkeypatch.setitem(demo_module.DEMO_SETTINGS, "quick", {**demo_module.DEMO_SETTINGS["quick"], **TINY, "epochs": 1})
+    assert main(["demo", "--quick", "--quiet", "--regularize", "--out", str(tmp_path / "d")]) == 0
+    info = json.loads((tmp_path / "d" / "run" / "dsekit.json").read_text())
+    assert info["settings"]["dse_weight"] == DEMO_REGULARIZE_BETA == 0.1
+    assert f"with the DSE regulariser (β = {DEMO_REGULARIZE_BETA:g})" in capsys.readouterr().out

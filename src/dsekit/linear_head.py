@@ -17,6 +17,7 @@ from scipy import sparse
 from torch import Tensor, nn
 
 from .metrics.iou import check_labels, iou_from_confusion, miou_from_confusion, pixel_accuracy_from_confusion
+from .runtime import resolve_device
 
 __all__ = ["LinearHead", "ProbeMetrics", "bilinear_matrix", "linear_probe", "make_optimizer", "upsampled_cross_entropy"]
 
@@ -292,7 +293,7 @@ def linear_probe(
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if not (lr > 0 and math.isfinite(lr)) or weight_decay < 0:
         raise ValueError(f"lr must be > 0 and weight_decay >= 0, got {lr}, {weight_decay}")
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = resolve_device(device) if not isinstance(device, torch.device) else device
     h, w, d = _grid_of(train_feats.shape, grid, "train_feats")
     hv, wv, dv = _grid_of(val_feats.shape, grid, "val_feats")
     if (hv, wv, dv) != (h, w, d):

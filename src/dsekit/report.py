@@ -31,7 +31,8 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,16 @@ __all__ = [
 
 #: columns of dse.csv that are not metrics
 _ID_COLUMNS = ("checkpoint", "epoch", "step", "partial")
+_VALUE_COLUMNS = (*TERM_LABELS, *METRIC_ORDER)  # the four terms, dse, dse_raw and the baselines
+#: the columns ``dsekit scan`` writes to ``dse.csv`` (values and their interval bounds)
+DSE_TABLE_COLUMNS = frozenset(
+    (*_ID_COLUMNS, *_VALUE_COLUMNS, *(f"{c}_{s}" for c in _VALUE_COLUMNS for s in ("low", "high")))
+)
+#: the columns ``dsekit probe`` writes to ``probe.csv``
+PROBE_TABLE_COLUMNS = frozenset(
+    ("checkpoint", "epoch", "step", "dataset", "miou", "pixel_accuracy", "miou_low", "miou_high", "heads")
+    + ("knn_top1", "knn_low", "knn_high")
+)
 #: the smallest mIoU fall (2 points) the verdict counts as dense degradation or collapse
 MIN_FALL = 0.02
 _TERMS4 = tuple(TERM_LABELS)
@@ -138,15 +149,24 @@ def selection_gain(dse: Sequence[float], miou: Sequence[float], *, window: int =
 
 
 def read_table(
-    path: str | Path, required: Sequence[str] = (), numeric: Sequence[str] | None = None
+    path: str | Path,
+    required: Sequence[str] = (),
+    numeric: Sequence[str] | None = None,
+    *,
+    finite: Sequence[str] = (),
+    known: Collection[str] | None = None,
 ) -> list[dict[str, str]]:
-    """Rows of a CSV file as dicts.
+    """Rows of a CSV file as dicts, checked as they are read.
+
+    Every check raises ``ValueError`` naming the file, and the line and the column where there
+    is one: a NUL byte (a damaged file), a row with fewer or more values than the header.
 
     Args:
         path: the file (``FileNotFoundError`` naming it when missing).
         required: columns that must be there (``ValueError`` naming the file and the columns).
-        numeric: columns whose non-empty values must be numbers (``ValueError`` naming the file,
-            the line and the column); None: none checked.
+        numeric: columns whose non-empty values must be numbers; None: none checked.
+        finite: columns whose values must be finite numbers (no NaN, no infinity, not empty).
+        known: the columns the file may have (None: any); another column is an error.
     """
     path = Path(path)
     if not path.is_file():
@@ -158,16 +178,34 @@ def read_table(
             header = list(reader.fieldnames or [])
     except (UnicodeDecodeError, csv.Error) as err:
         raise ValueError(f"{path}: not a readable CSV file ({err})") from None
+    if any("\x00" in c for c in header):
+        raise ValueError(f"{path}, line 1: a NUL byte in the header (a damaged file)")
     missing = [c for c in required if c not in header]
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (the header has: {', '.join(header)})")
-    for line, row in enumerate(rows, start=2):
+    unknown = [c for c in header if known is not None and c not in known]
+    if unknown:
+        raise ValueError(
+            f"{path}, line 1, column {unknown[0]!r}: not a column this table has "
+            f"(unknown: {', '.join(map(repr, unknown))})"
+        )
+    for line, row in enumerate(rows, start=2):  # a line per row: dsekit's tables quote no line breaks
         if None in row:
-            raise ValueError(f"{path}, line {line}: more values than the header has columns")
+            raise ValueError(f"{path}, line {line}: more values than the header has columns ({len(header)})")
+        short = [c for c, v in row.items() if v is None]
+        if short:
+            raise ValueError(f"{path}, line {line}, column {short[0]!r}: the row ends early (no value for {short})")
+        for c, v in row.items():
+            if "\x00" in v:
+                raise ValueError(f"{path}, line {line}, column {c!r}: a NUL byte (a damaged file)")
         for c in numeric or ():
             v = row.get(c)
             if v not in (None, "") and not _is_number(v):
                 raise ValueError(f"{path}, line {line}, column {c!r}: expected a number, got {v!r}")
+        for c in finite:
+            v = row.get(c)
+            if v is not None and not (_is_number(v) and math.isfinite(float(v))):
+                raise ValueError(f"{path}, line {line}, column {c!r}: expected a finite number, got {v!r}")
     return rows
 
 
@@ -410,6 +448,13 @@ def _image_level(
     )
 
 
+def _validation_images(per_checkpoint: list[list[Any]]) -> int:
+    """The number of validation images in a confusion table (0 when it is empty)."""
+    if not per_checkpoint or not per_checkpoint[0]:
+        return 0
+    return int(per_checkpoint[0][0].shape[0])
+
+
 def _nan_none(v: Any) -> float | None:
     f = float(v)
     return f if math.isfinite(f) else None
@@ -623,7 +668,11 @@ def write_report(out_dir: str | Path, *, window: int = 2, top: int = 3, confiden
     out = Path(out_dir)
     unit = _csv_unit(out / "dse.csv")
     dse_rows = read_table(
-        out / "dse.csv", ("checkpoint", unit), _numeric_columns(out / "dse.csv", ("checkpoint", "partial"))
+        out / "dse.csv",
+        ("checkpoint", unit),
+        _numeric_columns(out / "dse.csv", ("checkpoint", "partial")),
+        finite=[c for c in (*TERM_LABELS, "dse_raw", "dse") if c in _header(out / "dse.csv")],
+        known=DSE_TABLE_COLUMNS,
     )
     probe_unit = _csv_unit(out / "probe.csv")
     if (out / "probe.csv").is_file() and probe_unit != unit:
@@ -634,7 +683,9 @@ def write_report(out_dir: str | Path, *, window: int = 2, top: int = 3, confiden
     probe_rows = read_table(
         out / "probe.csv",
         ("checkpoint", unit, "dataset", "miou"),
-        (unit, "miou", "pixel_accuracy", "miou_low", "miou_high"),
+        (unit, "miou", "pixel_accuracy", "miou_low", "miou_high", "heads", "knn_top1", "knn_low", "knn_high"),
+        finite=("miou",),
+        known=PROBE_TABLE_COLUMNS,
     )
     replicates = (
         read_table(
@@ -649,11 +700,29 @@ def write_report(out_dir: str | Path, *, window: int = 2, top: int = 3, confiden
     for ds in {r["dataset"] for r in probe_rows}:
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in ds)
         if (out / f"probe_{safe}_confusion.npz").is_file():
-            confusions[ds] = read_confusion_table(out / f"probe_{safe}_confusion.npz")
+            path = out / f"probe_{safe}_confusion.npz"
+            table = read_confusion_table(path)
+            n = _validation_images(table[1])
+            if n < 2:  # mIoU is reported, its intervals cannot be
+                warnings.warn(
+                    f"{path}: {n} validation image(s); the mIoU intervals (a bootstrap over the images) need "
+                    "at least 2, so the report gives them empty",
+                    stacklevel=2,
+                )
+            else:
+                confusions[ds] = table
         if (out / f"probe_{safe}_classes.csv").is_file():
             classes[ds] = read_table(out / f"probe_{safe}_classes.csv")
         if (out / f"probe_{safe}_knn.npz").is_file():
-            knn[ds] = read_knn_table(out / f"probe_{safe}_knn.npz")
+            names, correct = read_knn_table(out / f"probe_{safe}_knn.npz")
+            if correct.ndim == 2 and correct.shape[1] >= 2:
+                knn[ds] = (names, correct)
+            else:
+                warnings.warn(
+                    f"{out / f'probe_{safe}_knn.npz'}: fewer than 2 validation images; the k-NN curve needs at "
+                    "least 2 for its intervals and is left out",
+                    stacklevel=2,
+                )
     report = build_report(
         dse_rows,
         probe_rows,

@@ -172,8 +172,8 @@ def resolve_device(name: str | None) -> torch.device:
     else:
         try:
             dev = torch.device(name)
-        except (RuntimeError, TypeError) as err:
-            raise ValueError(f"device: {name!r} is not a torch device ({err}); use e.g. cpu, cuda, cuda:1") from None
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device: {name!r} is not a torch device; use e.g. cpu, cuda, cuda:1, mps") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device: {name!r} requested but CUDA is not available")
     if dev.type == "cuda" and dev.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -158,6 +158,7 @@ class _Scored(NamedTuple):
     partial: str
     layout: str
     layers: dict[str, dict[str, Any]]
+    interval_note: str | None = None  #: why the intervals are empty (a sample too small for them)
 
 
 def _score_checkpoint(
@@ -233,7 +234,8 @@ def _score_checkpoint(
     timings = {"load": t1 - t0, "extract": t2 - t1, "score": t3 - t2, "metrics": t4 - t3, "intervals": t5 - t4}
     if layer_map is not None:
         timings["layers"] = time.perf_counter() - t5
-    return _Scored(terms, metrics, timings, replicates, "; ".join(partial), "; ".join(layout), layers)
+    note = interval_sample_problem(cfg, int(feats.shape[0]), int(feats.shape[1])) if cfg.intervals >= 2 else None
+    return _Scored(terms, metrics, timings, replicates, "; ".join(partial), "; ".join(layout), layers, note)
 
 
 def _dse_terms(cfg: ScanConfig, feats: torch.Tensor, device: torch.device, seed: int) -> dict[str, float]:
@@ -244,6 +246,34 @@ def _dse_terms(cfg: ScanConfig, feats: torch.Tensor, device: torch.device, seed:
     return acc.compute().as_dict()
 
 
+def _half_sample_error(cfg: ScanConfig, n: int, N: int) -> str | None:
+    """Why half-samples of ``n`` images of ``N`` patches cannot be scored, or ``None``."""
+    if n < 4:
+        return "half-samples need at least 4 images"
+    half = n // 2
+    sizes = {min(half, cfg.dse_batch_size)} | ({half % cfg.dse_batch_size} - {0})
+    try:
+        for b in sizes:
+            cfg.dse_settings.check(b, N)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def interval_sample_problem(cfg: ScanConfig, n: int, N: int) -> str | None:
+    """The message a scan gives when ``n`` images of ``N`` patches are too few for its
+    half-sample intervals (DSE itself is still computed on the whole sample), or ``None``."""
+    why = _half_sample_error(cfg, n, N)
+    if why is None:
+        return None
+    smallest = next((m for m in range(n + 1, 64 * n + 4096) if _half_sample_error(cfg, m, N) is None), None)
+    allow = f"; {smallest} images or more allow them" if smallest is not None else ""
+    return (
+        f"intervals: {n} images x {N} patches are too few for half-sample intervals (a half-sample of "
+        f"{n // 2}: {why}); DSE and its terms are computed on the whole sample, the interval columns are empty{allow}"
+    )
+
+
 def _replicates(
     cfg: ScanConfig,
     feats: torch.Tensor,
@@ -252,9 +282,12 @@ def _replicates(
     metric_fns: dict[str, Callable[[torch.Tensor], float]],
 ) -> dict[str, list[float]]:
     """Every column on ``cfg.intervals`` half-samples of the images (each with its own k-means
-    seed); LiDAR on half-samples of its images. Empty when intervals are off or the sample is too small."""
-    if cfg.intervals < 2 or feats.shape[0] < 4:
+    seed); LiDAR on half-samples of its images. Empty when intervals are off, or (said once, with
+    the smallest sample that allows them) when the sample is too small for half-samples."""
+    if cfg.intervals < 2:
         return {}
+    if interval_sample_problem(cfg, int(feats.shape[0]), int(feats.shape[1])) is not None:
+        return {}  # the scan says why, once
 
     def score(sub: torch.Tensor, seed: int) -> dict[str, float]:
         with warnings.catch_warnings():  # a metric undefined at half size is NaN, said once for the full sample
@@ -332,6 +365,7 @@ class _ScanTask(SweepTask[CheckpointResult]):
         self.views: torch.Tensor | None = None
         self.layer_map: tuple[list[int], list[Any]] | None = None
         self.store: FeatureCache | None = None
+        self.said: set[str] = set()
 
     def prepare(self) -> str:
         cfg = self.cfg
@@ -397,6 +431,9 @@ class _ScanTask(SweepTask[CheckpointResult]):
         )
         if self.progress:
             self.console.print(f"  read as: {scored.layout}")
+        if scored.interval_note and scored.interval_note not in self.said:
+            self.said.add(scored.interval_note)
+            warnings.warn(scored.interval_note, stacklevel=2)
         return CheckpointResult(
             str(path),
             epoch,

@@ -343,7 +343,7 @@ def load_state_dict_for(
     model: nn.Module | None = None,
 ) -> StateDict:
     """Read ``path`` and return its backbone weights in timm naming (see :func:`adapt_state_dict`)."""
-    obj = read_checkpoint(path, trust_checkpoints=trust_checkpoints, map_location=map_location)
+    obj = read_checkpoint(path, trust_checkpoints=trust_checkpoints, map_location=map_location, lazy=True)
     return adapt_state_dict(obj, method, branch=branch, prefix=prefix, model=model, source=Path(path)).state_dict
 
 
@@ -464,7 +464,7 @@ def load_backbone(
         if layout is not None:
             layout.append("model folder")
         return adapter.builder(Path(path), dict(model_kwargs or {}), img_size, load=True, allow_partial=allow_partial)
-    obj = read_checkpoint(path, trust_checkpoints=trust_checkpoints, map_location=map_location)
+    obj = read_checkpoint(path, trust_checkpoints=trust_checkpoints, map_location=map_location, lazy=True)
     if isinstance(arch, nn.Module):
         model = with_family_kwargs(arch, adapter)
     else:

@@ -440,8 +440,12 @@ def _iter_batches(images: Tensor | Iterable[Any], batch_size: int) -> Iterator[T
 
 
 def _resolve_device(extractor: Any, device: str | torch.device | None) -> torch.device:
+    if isinstance(device, torch.device):
+        return device
     if device is not None:
-        return torch.device(device)
+        from ..runtime import resolve_device
+
+        return resolve_device(device)  # ValueError naming an unknown device or a missing CUDA
     if isinstance(extractor, nn.Module):
         for p in extractor.parameters():
             return p.device

@@ -27,6 +27,7 @@ import json
 import pathlib
 import pickle
 import re
+import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -83,12 +84,17 @@ def read_checkpoint(
     *,
     trust_checkpoints: bool = False,
     map_location: str | torch.device | None = "cpu",
+    lazy: bool = False,
 ) -> Any:
     """Load a checkpoint file safely and return the stored object.
 
-    ``.safetensors`` files are read with safetensors. Everything else goes through
+    ``.safetensors`` files are read with safetensors (with ``lazy``: a :class:`LazyStateDict`
+    whose tensors are read when asked for). Everything else goes through
     ``torch.load(weights_only=True)`` with :data:`SAFE_GLOBALS` allow-listed; with
     ``trust_checkpoints=True`` full unpickling is used instead (arbitrary code: trusted files only).
+    Files in torch's zip format are memory-mapped (``mmap=True``): a tensor's bytes are read
+    from disk when it is used, so a checkpoint larger than the memory can be opened and only the
+    tensors copied out of it (the backbone's) take memory; legacy-format files are read whole.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -104,6 +110,8 @@ def read_checkpoint(
         raise CheckpointError(f"cannot read checkpoint {p}: the file is empty", p)
 
     if p.name.lower().endswith(".safetensors"):
+        if lazy:
+            return LazyStateDict(_file_keys(p, False), lambda names: _read_tensors(p, names, False), p)
         try:
             from safetensors.torch import load_file
 
@@ -114,7 +122,7 @@ def read_checkpoint(
 
     if trust_checkpoints:
         try:
-            return torch.load(p, map_location=map_location, weights_only=False)
+            return _torch_load(p, map_location, weights_only=False)
         except Exception as err:  # noqa: BLE001
             raise CheckpointError(
                 f"cannot read checkpoint {p} with full unpickling: the file is truncated or corrupt, or "
@@ -124,7 +132,7 @@ def read_checkpoint(
 
     try:
         with _allow_safe_globals():
-            return torch.load(p, map_location=map_location, weights_only=True)
+            return _torch_load(p, map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         msg = str(err)
         if "unsupported global" in msg.lower() or "not an allowed global" in msg:  # torch words it both ways
@@ -155,6 +163,14 @@ def _short(err: BaseException, limit: int = 200) -> str:
 # --------------------------------------------------------------------------------------------------
 # Folders: torch.distributed.checkpoint and Hugging Face
 # --------------------------------------------------------------------------------------------------
+
+
+def _torch_load(p: Path, map_location: Any, *, weights_only: bool) -> Any:
+    """``torch.load``, memory-mapped when the file is in torch's zip format (legacy files are
+    read whole: torch cannot map them)."""
+    if zipfile.is_zipfile(p):
+        return torch.load(p, map_location=map_location, weights_only=weights_only, mmap=True)
+    return torch.load(p, map_location=map_location, weights_only=weights_only)
 
 
 class LazyStateDict(Mapping[str, Any]):

@@ -18,7 +18,7 @@ from pathlib import Path
 from .. import __version__
 from ..metrics.settings import DSESettings
 from ..train.presets import DEMO_REGULARIZE_BETA, METHODS
-from .args import positive_int
+from .args import positive_int, seed_int
 from .probe import add_probe_parser
 from .scan import add_scan_parser
 from .train import add_train_parser
@@ -78,7 +78,7 @@ def _add_dse(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=positive_int, default=1024, help="images per DSE batch (default 1024)")
     p.add_argument("--no-normalize", action="store_true", help="do not L2-normalise patches")
-    p.add_argument("--seed", type=int, default=0, help="seed of k-means and the M_dim permutation")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of k-means and the M_dim permutation")
     p.add_argument(
         "--n-init", type=positive_int, default=DEFAULT.n_init, help=f"k-means restarts (default {DEFAULT.n_init})"
     )
@@ -187,7 +187,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--n", type=positive_int, default=1000, help="scenes per split (default 1000)")
     s.add_argument("--splits", nargs="+", default=["train", "val"], choices=["train", "val"])
     s.add_argument("--image-size", type=positive_int, default=None, help="side in pixels (default 224)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=seed_int, default=0)
     s.set_defaults(func=_run_data_scenes)
 
 
@@ -213,7 +213,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quick", action="store_true", help="a smaller run (a few minutes)")
     p.add_argument("--out", type=Path, default=Path("dsekit-demo"), help="output folder (default ./dsekit-demo)")
-    p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="training seed (default 0)")
     p.add_argument("--method", default="mocov3", choices=list(METHODS), help="SSL method (default mocov3)")
     reg = p.add_mutually_exclusive_group()
     reg.add_argument(
@@ -269,11 +269,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "device", None) is not None:
+            from ..runtime import resolve_device
+
+            try:
+                resolve_device(args.device)  # an unknown device, or CUDA where there is none: one line
+            except ValueError as exc:
+                raise ValueError(f"--{exc}") from None
         return int(args.func(args) or 0)
     except (ValueError, OSError, ImportError) as exc:  # bad input, missing files or extras: the message names them
         print(f"dsekit {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Warnings at the command line as one line, ``dsekit: warning: ...`` (no source location)."""
+    print(f"dsekit: warning: {message}", file=file or sys.stderr)
+
+
+def console_main() -> int:
+    """The ``dsekit`` executable: :func:`main` with warnings shown as one line each."""
+    import warnings
+
+    warnings.showwarning = _one_line_warning
+    return main()
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(console_main())

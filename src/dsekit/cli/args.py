@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..metrics.settings import check_seed
+
 __all__ = [
     "positive_int",
     "layer_list",
@@ -26,6 +28,14 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
     return value
+
+
+def seed_int(text: str) -> int:
+    """An argparse type: an integer seed in ``[0, 2**63 - 1]``."""
+    try:
+        return check_seed(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63 - 1], got {text!r}") from None
 
 
 def layer_list(text: str) -> tuple[int, ...] | str:
@@ -103,10 +113,12 @@ def run_architecture(args: argparse.Namespace) -> tuple[str | None, dict[str, An
     Without --arch and --model-kwarg they come from ``RUN_DIR/dsekit.json`` (written by
     ``dsekit train``) when present; the image size defaults to 224 otherwise.
     """
-    info_path = Path(args.run_dir) / "dsekit.json"
+    from ..run_info import RUN_INFO, read_run_info
+
+    info_path = Path(args.run_dir) / RUN_INFO
     if args.arch is None and not args.model_kwarg and info_path.is_file():
+        info = read_run_info(args.run_dir)
         try:
-            info = json.loads(info_path.read_text())
             arch, model_kwargs, trained_size = info["arch"], dict(info["model_kwargs"]), int(info["image_size"])
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(
@@ -122,12 +134,11 @@ def run_architecture(args: argparse.Namespace) -> tuple[str | None, dict[str, An
 def run_scenes(run_dir: str | Path) -> dict[str, Any]:
     """The built-in scene settings a run was trained on (``scan_config.scenes`` of its
     ``dsekit.json``), so that scan and probe read the same scenes; {} when none were set."""
-    info_path = Path(run_dir) / "dsekit.json"
-    try:
-        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-        scenes = info.get("scan_config", {}).get("scenes", {})
-    except (ValueError, AttributeError):
-        return {}  # run_architecture names the file when its settings are needed
+    from ..run_info import RUN_INFO, read_run_info
+
+    if not (Path(run_dir) / RUN_INFO).is_file():
+        return {}
+    scenes = read_run_info(run_dir).get("scan_config", {}).get("scenes", {})  # ValueError naming a bad key
     return dict(scenes) if isinstance(scenes, dict) else {}
 
 

@@ -6,7 +6,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .args import add_checkpoint_arguments, checkpoint_settings, layer_list, positive_int, report_failed, run_scenes
+from .args import (
+    add_checkpoint_arguments,
+    checkpoint_settings,
+    layer_list,
+    positive_int,
+    report_failed,
+    run_scenes,
+    seed_int,
+)
 
 __all__ = ["add_probe_parser", "run_probe"]
 
@@ -50,7 +58,7 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-2, help="peak learning rate, cosine to 0 (default 1e-2)")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="default 1e-4")
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"], help="default adamw")
-    p.add_argument("--seed", type=int, default=0, help="head init, batch order and dataset subset seed")
+    p.add_argument("--seed", type=seed_int, default=0, help="head init, batch order and dataset subset seed")
     p.add_argument(
         "--head-seeds",
         type=positive_int,

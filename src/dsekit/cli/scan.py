@@ -6,7 +6,15 @@ import argparse
 from pathlib import Path
 
 from ..metrics.settings import DSESettings
-from .args import add_checkpoint_arguments, checkpoint_settings, layer_list, positive_int, report_failed, run_scenes
+from .args import (
+    add_checkpoint_arguments,
+    checkpoint_settings,
+    layer_list,
+    positive_int,
+    report_failed,
+    run_scenes,
+    seed_int,
+)
 
 __all__ = ["add_scan_parser", "run_scan"]
 
@@ -31,7 +39,7 @@ def add_scan_parser(sub: argparse._SubParsersAction) -> None:
         "--image-size", type=positive_int, default=None, help="centre-crop size (default 224, or the run's dsekit.json)"
     )
     p.add_argument("--out", type=Path, default=None, help="output folder (default RUN_DIR/dse)")
-    p.add_argument("--seed", type=int, default=0, help="image sample, k-means and M_dim seed")
+    p.add_argument("--seed", type=seed_int, default=0, help="image sample, k-means and M_dim seed")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
     p.add_argument("--dse-batch-size", type=positive_int, default=1024, help="images per DSE batch (default 1024)")
     p.add_argument(

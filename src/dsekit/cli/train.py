@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..train.presets import METHODS, PRESETS, TRAIN_PRECISIONS
-from .args import parse_model_kwargs, positive_int
+from .args import parse_model_kwargs, positive_int, seed_int
 
 if TYPE_CHECKING:
     from ..train.config import TrainConfig
@@ -75,7 +75,7 @@ def build_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--local-crop-size", type=positive_int, default=None, help="DINO local view size")
     p.add_argument("--teacher-temp", type=float, default=0.04, help="DINO teacher temperature (default 0.04)")
     p.add_argument("--temperature", type=float, default=0.2, help="MoCo v3 temperature (default 0.2)")
-    p.add_argument("--seed", type=int, default=0, help="seed of everything random (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of everything random (default 0)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     p.add_argument("--precision", default="fp32", choices=TRAIN_PRECISIONS, help="fp32 or bf16 autocast")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .settings import check_seed
+
 __all__ = ["KMeansResult", "kmeans", "lloyd_block", "make_generator", "pairwise_sq_dists"]
 
 # Bytes of points per block of problems in the CPU Lloyd iterations: the block stays in the
@@ -56,7 +58,7 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
     if seed is None:
         g.seed()
     else:
-        g.manual_seed(int(seed))
+        g.manual_seed(check_seed(seed))
     return g
 
 

@@ -6,6 +6,7 @@ estimator.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -65,3 +66,17 @@ class DSESettings:
                 f"global_clusters: {self.global_clusters} clusters need at least as many patches per group, "
                 f"but a group of {smallest} image(s) x {N} patches has {smallest * N} (images_per_group={g}, B={B})"
             )
+
+
+#: the largest seed every generator dsekit uses accepts (torch's and numpy's)
+SEED_MAX = 2**63 - 1
+
+
+def check_seed(seed: object, name: str = "seed") -> int:
+    """``seed`` as an int; ``ValueError`` naming ``name`` unless it is an integer in ``[0, SEED_MAX]``."""
+    if isinstance(seed, bool) or not hasattr(seed, "__index__"):
+        raise ValueError(f"{name}: expected an integer in [0, 2**63 - 1], got {seed!r}")
+    value = operator.index(seed)  # ints and numpy integers
+    if not 0 <= value <= SEED_MAX:
+        raise ValueError(f"{name}: expected an integer in [0, 2**63 - 1], got {value}")
+    return value

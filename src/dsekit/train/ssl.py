@@ -60,6 +60,7 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones import INIT_EPOCH, discover_checkpoints, load_backbone, read_checkpoint
+from ..run_info import RUN_INFO, read_run_info
 from ..runtime import (
     ensure_writable,
     link_or_copy,
@@ -99,7 +100,6 @@ __all__ = [
     "train",
 ]
 
-RUN_INFO = "dsekit.json"
 _SEED_TAG = 0x55C7A1  # keeps the training streams apart from other uses of the same seed
 
 
@@ -146,15 +146,6 @@ def scan_arguments(run: ResolvedConfig | Mapping[str, Any]) -> list[str]:
         out += ["--model-kwarg", f"{k}={json.dumps(v)}"]
     out += ["--image-size", str(size)]
     return out
-
-
-def read_run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """The ``dsekit.json`` of a run: ``method``, ``arch``, ``model_kwargs``, ``image_size``,
-    ``scan_args``, ``scan_config`` (kwargs for :class:`dsekit.scan.ScanConfig`) and ``settings``."""
-    p = Path(run_dir) / RUN_INFO
-    if not p.is_file():
-        raise FileNotFoundError(f"{p} does not exist: {run_dir} is not a folder written by dsekit train")
-    return json.loads(p.read_text())
 
 
 def _run_info(run: ResolvedConfig) -> dict[str, Any]:
