@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from dsekit.cli import main
-from dsekit.scan import ScanConfig, interval_sample_problem, scan
+from dsekit.metrics.intervals import half_sample_problem
+from dsekit.scan import ScanConfig, scan
 from test_scan import ARCH, DEPTH, IMG, _write_dino
 
 
@@ -61,10 +62,11 @@ def test_a_sample_too_small_for_half_samples_keeps_every_dse_and_says_why_once(t
 
 def test_the_smallest_sample_named_allows_the_intervals():
     cfg = ScanConfig("run", "dino")
-    msg = interval_sample_problem(cfg, 4, 9)
+    msg = half_sample_problem(4, 9, cfg.dse_settings, cfg.dse_batch_size)
     assert msg is not None and "6 images or more" in msg
-    assert interval_sample_problem(cfg, 6, 9) is None  # a half of 3 images x 9 patches = 27 >= 24
-    assert interval_sample_problem(cfg, 3, 196) is not None  # fewer than 4 images: no half-samples
+    assert half_sample_problem(6, 9, cfg.dse_settings, cfg.dse_batch_size) is None  # 3 images x 9 patches >= 24
+    assert half_sample_problem(3, 196, cfg.dse_settings, 1024) is not None  # fewer than 4 images: no half-samples
+    assert "4 images or more" in half_sample_problem(3, 196, cfg.dse_settings, 1024)
 
 
 def test_a_probe_and_report_on_one_validation_image_keep_miou_without_intervals(two_checkpoints, tmp_path):
@@ -299,3 +301,78 @@ def test_a_safetensors_checkpoint_is_read_lazily_tensor_by_tensor(tmp_path, monk
     assert read == ["backbone.w"]  # the head was never read
     eager = read_checkpoint(tmp_path / "m.safetensors")
     assert isinstance(eager, dict) and torch.equal(eager["head.w"], sd["head.w"])
+
+
+# --------------------------------------------------------------------------------------------------
+# 6. a full disk: an error naming the folder, the finished results kept, the rerun resumes
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["scan", "probe"])
+def test_a_full_disk_stops_with_the_folder_named_and_the_rerun_resumes(
+    command, two_checkpoints, tmp_path, capsys, monkeypatch
+):
+    import errno
+
+    import dsekit.sweep as sweep_mod
+
+    out = tmp_path / "out"
+    args = [command, str(two_checkpoints), "--method", "dino", "--model-kwarg", f"depth={DEPTH}"]
+    args += ["--image-size", str(IMG), "--out", str(out), "--quiet"]
+    args += (
+        ["--num-images", "8"] if command == "scan" else ["--dataset", "scenes", "--num-train", "4", "--num-val", "2"]
+    )
+    real = sweep_mod.write_json_atomic
+    writes: list[Path] = []
+
+    def full_after_one(path, obj):
+        if writes:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        writes.append(Path(path))
+        real(path, obj)
+
+    monkeypatch.setattr(sweep_mod, "write_json_atomic", full_after_one)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no space left to write the results in" in err[0] and str(out / "cache") in err[0], err
+    assert len(writes) == 1 and writes[0].is_file() and json.loads(writes[0].read_text())["status"] == "ok"
+    before = writes[0].stat().st_mtime_ns
+    monkeypatch.setattr(sweep_mod, "write_json_atomic", real)
+    assert main(args) == 0
+    table = out / ("dse.csv" if command == "scan" else "probe.csv")
+    assert len([r for r in _rows(table) if r.get("epoch") in ("0", "1")]) == 2
+    assert writes[0].stat().st_mtime_ns == before  # the finished checkpoint was not scored again
+
+
+# --------------------------------------------------------------------------------------------------
+# 7. nothing written outside --out and the run folder (the temp folder cleaned on exit)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_the_commands_write_only_to_out_and_clean_their_temp_folder(two_checkpoints, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    shutil.copytree(two_checkpoints, run)
+    home, tmp, cwd, out = (tmp_path / n for n in ("home", "tmp", "cwd", "out"))
+    for d in (home, tmp, cwd):
+        d.mkdir()
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "TORCHINDUCTOR_CACHE_DIR", "XDG_CACHE_HOME")
+    }
+    env.update(HOME=str(home), TMPDIR=str(tmp), XDG_CONFIG_HOME=str(home / ".config"))
+    common = ["--method", "dino", "--model-kwarg", f"depth={DEPTH}", "--image-size", str(IMG), "--out", str(out)]
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    for args in (
+        ["scan", str(run), *common, "--num-images", "8", "--quiet"],
+        ["probe", str(run), *common, "--dataset", "scenes", "--num-train", "4", "--num-val", "2", "--quiet"],
+        ["report", str(out)],
+    ):
+        done = subprocess.run([sys.executable, "-m", "dsekit", *args], cwd=cwd, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    assert (out / "dse.csv").is_file() and (out / "report.md").is_file()
+    for d in (home, tmp, cwd):
+        assert list(d.rglob("*")) == [], (d, list(d.rglob("*")))
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before

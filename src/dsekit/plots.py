@@ -157,7 +157,13 @@ def plot_curves(entry: dict[str, Any], dataset: str, path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     if "dse" in entry.get("values", {}):
         ax2 = ax.twinx()
-        ax2.plot(x, entry["values"]["dse"], "--", color="C2", lw=1.5, label="DSE (label-free)")
+        d_lo = np.asarray(entry.get("values_low", {}).get("dse", [math.nan] * len(x)), dtype=float)
+        d_hi = np.asarray(entry.get("values_high", {}).get("dse", [math.nan] * len(x)), dtype=float)
+        d_ok = np.isfinite(d_lo) & np.isfinite(d_hi)
+        if d_ok.any():
+            ax2.fill_between(x[d_ok], d_lo[d_ok], d_hi[d_ok], color="C2", alpha=0.12, lw=0)
+        band = " (95 % band)" if d_ok.any() else ""
+        ax2.plot(x, entry["values"]["dse"], "--", color="C2", lw=1.5, label=f"DSE (label-free){band}")
         sel = entry.get("selection")
         if sel:
             i = sel["top1_index"]

@@ -28,11 +28,10 @@ Outputs: ``report.md``, ``report.json``, ``report_<dataset>.png`` and ``classes_
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import warnings
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from .io import read_confusion_table, read_knn_table
 from .metrics.intervals import correlation_intervals, half_sample_draws, miou_bootstrap, percentile_interval
 from .metrics.knn import accuracy_bootstrap
 from .plots import METRIC_ORDER, TERM_LABELS, entry_positions, plot_classes, plot_curves, plot_metrics_vs_miou, to_float
+from .report_tables import DSE_TABLE_COLUMNS, ID_COLUMNS, PROBE_TABLE_COLUMNS, numeric_columns, read_table, table_header
 from .report_text import markdown, selection_sentence
 from .runtime import write_json_atomic, write_text_atomic
 from .select import calibrate, select_checkpoints
@@ -60,18 +60,6 @@ __all__ = [
     "write_report",
 ]
 
-#: columns of dse.csv that are not metrics
-_ID_COLUMNS = ("checkpoint", "epoch", "step", "partial")
-_VALUE_COLUMNS = (*TERM_LABELS, *METRIC_ORDER)  # the four terms, dse, dse_raw and the baselines
-#: the columns ``dsekit scan`` writes to ``dse.csv`` (values and their interval bounds)
-DSE_TABLE_COLUMNS = frozenset(
-    (*_ID_COLUMNS, *_VALUE_COLUMNS, *(f"{c}_{s}" for c in _VALUE_COLUMNS for s in ("low", "high")))
-)
-#: the columns ``dsekit probe`` writes to ``probe.csv``
-PROBE_TABLE_COLUMNS = frozenset(
-    ("checkpoint", "epoch", "step", "dataset", "miou", "pixel_accuracy", "miou_low", "miou_high", "heads")
-    + ("knn_top1", "knn_low", "knn_high")
-)
 #: the smallest mIoU fall (2 points) the verdict counts as dense degradation or collapse
 MIN_FALL = 0.02
 _TERMS4 = tuple(TERM_LABELS)
@@ -148,91 +136,8 @@ def selection_gain(dse: Sequence[float], miou: Sequence[float], *, window: int =
 # --------------------------------------------------------------------------- tables
 
 
-def read_table(
-    path: str | Path,
-    required: Sequence[str] = (),
-    numeric: Sequence[str] | None = None,
-    *,
-    finite: Sequence[str] = (),
-    known: Collection[str] | None = None,
-) -> list[dict[str, str]]:
-    """Rows of a CSV file as dicts, checked as they are read.
-
-    Every check raises ``ValueError`` naming the file, and the line and the column where there
-    is one: a NUL byte (a damaged file), a row with fewer or more values than the header.
-
-    Args:
-        path: the file (``FileNotFoundError`` naming it when missing).
-        required: columns that must be there (``ValueError`` naming the file and the columns).
-        numeric: columns whose non-empty values must be numbers; None: none checked.
-        finite: columns whose values must be finite numbers (no NaN, no infinity, not empty).
-        known: the columns the file may have (None: any); another column is an error.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-            header = list(reader.fieldnames or [])
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise ValueError(f"{path}: not a readable CSV file ({err})") from None
-    if any("\x00" in c for c in header):
-        raise ValueError(f"{path}, line 1: a NUL byte in the header (a damaged file)")
-    missing = [c for c in required if c not in header]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (the header has: {', '.join(header)})")
-    unknown = [c for c in header if known is not None and c not in known]
-    if unknown:
-        raise ValueError(
-            f"{path}, line 1, column {unknown[0]!r}: not a column this table has "
-            f"(unknown: {', '.join(map(repr, unknown))})"
-        )
-    for line, row in enumerate(rows, start=2):  # a line per row: dsekit's tables quote no line breaks
-        if None in row:
-            raise ValueError(f"{path}, line {line}: more values than the header has columns ({len(header)})")
-        short = [c for c, v in row.items() if v is None]
-        if short:
-            raise ValueError(f"{path}, line {line}, column {short[0]!r}: the row ends early (no value for {short})")
-        for c, v in row.items():
-            if "\x00" in v:
-                raise ValueError(f"{path}, line {line}, column {c!r}: a NUL byte (a damaged file)")
-        for c in numeric or ():
-            v = row.get(c)
-            if v not in (None, "") and not _is_number(v):
-                raise ValueError(f"{path}, line {line}, column {c!r}: expected a number, got {v!r}")
-        for c in finite:
-            v = row.get(c)
-            if v is not None and not (_is_number(v) and math.isfinite(float(v))):
-                raise ValueError(f"{path}, line {line}, column {c!r}: expected a finite number, got {v!r}")
-    return rows
-
-
-def _is_number(v: str) -> bool:
-    try:
-        float(v)
-    except ValueError:
-        return False
-    return True
-
-
-def _header(path: Path) -> list[str]:
-    """The header of the CSV at ``path`` (empty when unreadable: read_table says why)."""
-    try:
-        with open(path, newline="") as f:
-            return next(csv.reader(f), [])
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return []
-
-
-def _numeric_columns(path: Path, text: Sequence[str]) -> list[str]:
-    """Every column of the CSV at ``path`` except ``text``."""
-    return [c for c in _header(path) if c not in text]
-
-
 def _metric_columns(columns: Sequence[str]) -> list[str]:
-    cols = [c for c in columns if c not in _ID_COLUMNS and not c.endswith(("_low", "_high"))]
+    cols = [c for c in columns if c not in ID_COLUMNS and not c.endswith(("_low", "_high"))]
     return [m for m in METRIC_ORDER if m in cols] + [m for m in cols if m not in METRIC_ORDER]
 
 
@@ -657,7 +562,7 @@ def _training(out: Path) -> dict[str, Any]:
 
 def _csv_unit(path: Path) -> str:
     """``"step"`` when the table at ``path`` has a ``step`` column and no ``epoch`` column."""
-    header = _header(path)
+    header = table_header(path)
     return "step" if "step" in header and "epoch" not in header else "epoch"
 
 
@@ -670,8 +575,8 @@ def write_report(out_dir: str | Path, *, window: int = 2, top: int = 3, confiden
     dse_rows = read_table(
         out / "dse.csv",
         ("checkpoint", unit),
-        _numeric_columns(out / "dse.csv", ("checkpoint", "partial")),
-        finite=[c for c in (*TERM_LABELS, "dse_raw", "dse") if c in _header(out / "dse.csv")],
+        numeric_columns(out / "dse.csv", ("checkpoint", "partial")),
+        finite=[c for c in (*TERM_LABELS, "dse_raw", "dse") if c in table_header(out / "dse.csv")],
         known=DSE_TABLE_COLUMNS,
     )
     probe_unit = _csv_unit(out / "probe.csv")
@@ -691,7 +596,7 @@ def write_report(out_dir: str | Path, *, window: int = 2, top: int = 3, confiden
         read_table(
             out / "dse_replicates.csv",
             ("checkpoint", "replicate"),
-            _numeric_columns(out / "dse_replicates.csv", ("checkpoint",)),
+            numeric_columns(out / "dse_replicates.csv", ("checkpoint",)),
         )
         if (out / "dse_replicates.csv").is_file()
         else None

@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
+
+from .train.config import ResolvedConfig, TrainConfig
 
 __all__ = ["RUN_INFO", "read_run_info", "check_run_info", "check_model_kwargs"]
 
@@ -57,10 +60,6 @@ _WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".tar", ".np
 
 
 def _settings_keys() -> set[str]:
-    from dataclasses import fields
-
-    from .train.config import ResolvedConfig, TrainConfig
-
     resolved = {f.name for f in fields(ResolvedConfig)} - {"cfg", "timm_arch", "timm_kwargs"}
     return {f.name for f in fields(TrainConfig)} | resolved | {"arch_preset"}
 

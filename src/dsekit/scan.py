@@ -53,7 +53,7 @@ from .feature_cache import FeatureCache
 from .layer_map import check_layers, resolve_layers, write_layer_map
 from .metrics.baselines import BASELINE_METRICS, lidar_dense
 from .metrics.dse import TERMS, DSEAccumulator, DSESettings, calibrated_dse
-from .metrics.intervals import half_sample_interval, half_sample_replicates
+from .metrics.intervals import half_sample_interval, half_sample_problem, half_sample_replicates
 from .plots import plot_dse_curve
 from .runtime import PRECISIONS, barrier, library_versions, process_group, write_csv_atomic, write_json_atomic
 from .select import calibrate, select_checkpoints
@@ -234,7 +234,11 @@ def _score_checkpoint(
     timings = {"load": t1 - t0, "extract": t2 - t1, "score": t3 - t2, "metrics": t4 - t3, "intervals": t5 - t4}
     if layer_map is not None:
         timings["layers"] = time.perf_counter() - t5
-    note = interval_sample_problem(cfg, int(feats.shape[0]), int(feats.shape[1])) if cfg.intervals >= 2 else None
+    note = (
+        half_sample_problem(int(feats.shape[0]), int(feats.shape[1]), cfg.dse_settings, cfg.dse_batch_size)
+        if cfg.intervals >= 2
+        else None
+    )
     return _Scored(terms, metrics, timings, replicates, "; ".join(partial), "; ".join(layout), layers, note)
 
 
@@ -244,34 +248,6 @@ def _dse_terms(cfg: ScanConfig, feats: torch.Tensor, device: torch.device, seed:
     for lo in range(0, feats.shape[0], cfg.dse_batch_size):
         acc.update(feats[lo : lo + cfg.dse_batch_size].to(device))
     return acc.compute().as_dict()
-
-
-def _half_sample_error(cfg: ScanConfig, n: int, N: int) -> str | None:
-    """Why half-samples of ``n`` images of ``N`` patches cannot be scored, or ``None``."""
-    if n < 4:
-        return "half-samples need at least 4 images"
-    half = n // 2
-    sizes = {min(half, cfg.dse_batch_size)} | ({half % cfg.dse_batch_size} - {0})
-    try:
-        for b in sizes:
-            cfg.dse_settings.check(b, N)
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
-def interval_sample_problem(cfg: ScanConfig, n: int, N: int) -> str | None:
-    """The message a scan gives when ``n`` images of ``N`` patches are too few for its
-    half-sample intervals (DSE itself is still computed on the whole sample), or ``None``."""
-    why = _half_sample_error(cfg, n, N)
-    if why is None:
-        return None
-    smallest = next((m for m in range(n + 1, 64 * n + 4096) if _half_sample_error(cfg, m, N) is None), None)
-    allow = f"; {smallest} images or more allow them" if smallest is not None else ""
-    return (
-        f"intervals: {n} images x {N} patches are too few for half-sample intervals (a half-sample of "
-        f"{n // 2}: {why}); DSE and its terms are computed on the whole sample, the interval columns are empty{allow}"
-    )
 
 
 def _replicates(
@@ -286,7 +262,7 @@ def _replicates(
     the smallest sample that allows them) when the sample is too small for half-samples."""
     if cfg.intervals < 2:
         return {}
-    if interval_sample_problem(cfg, int(feats.shape[0]), int(feats.shape[1])) is not None:
+    if half_sample_problem(int(feats.shape[0]), int(feats.shape[1]), cfg.dse_settings, cfg.dse_batch_size) is not None:
         return {}  # the scan says why, once
 
     def score(sub: torch.Tensor, seed: int) -> dict[str, float]:

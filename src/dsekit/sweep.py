@@ -21,6 +21,7 @@ only fail, the device, checkpoint discovery, the backbone built once and the wri
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import warnings
@@ -213,6 +214,12 @@ def sweep(
                 _failed_path(cache, path, task.label).unlink(missing_ok=True)
                 computed += 1
             except Exception as exc:  # noqa: BLE001 - one bad checkpoint must not stop the sweep
+                if isinstance(exc, OSError) and exc.errno in _DISK_FULL:  # but a full disk stops it
+                    raise OSError(
+                        exc.errno,
+                        f"no space left to write the results in {cache} ({exc.strerror}); every result finished "
+                        f"before is kept ({computed} in this run): free space and run the same command again",
+                    ) from None
                 res = task.failure(path, epoch, f"{type(exc).__name__}: {exc}", identities[i])
                 write_json_atomic(_failed_path(cache, path, task.label), asdict(res))
                 if console is not None:
@@ -235,6 +242,10 @@ def sweep(
 
 
 # --------------------------------------------------------------------------- the shared set-up
+
+
+#: the errors of a full disk or quota: the sweep stops, what is done is kept
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _first_checkpoint(cfg: RunSettings) -> Path:

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from dsekit.backbones import dinov3_vit
+from dsekit.runtime import resolve_device
 
 __all__ = [
     "NAMED_LAYERS",
@@ -443,8 +444,6 @@ def _resolve_device(extractor: Any, device: str | torch.device | None) -> torch.
     if isinstance(device, torch.device):
         return device
     if device is not None:
-        from ..runtime import resolve_device
-
         return resolve_device(device)  # ValueError naming an unknown device or a missing CUDA
     if isinstance(extractor, nn.Module):
         for p in extractor.parameters():

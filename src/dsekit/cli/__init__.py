@@ -287,11 +287,35 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"dsekit: warning: {message}", file=file or sys.stderr)
 
 
+#: caches the libraries would write under the home folder or the temp folder, and their variables
+_LIBRARY_CACHES = {"MPLCONFIGDIR": "matplotlib", "TORCHINDUCTOR_CACHE_DIR": "inductor", "TRITON_CACHE_DIR": "triton"}
+
+
+def _private_caches() -> None:
+    """Point the libraries' caches (matplotlib's font list, torch's compiler caches) that the
+    user has not set into one temporary folder, removed when the process exits: a command
+    writes nothing outside ``--out``, the run folder and that folder."""
+    import atexit
+    import os
+    import shutil
+    import tempfile
+
+    unset = [v for v in _LIBRARY_CACHES if not os.environ.get(v)]
+    if not unset:
+        return
+    tmp = tempfile.mkdtemp(prefix="dsekit-")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    for var in unset:
+        os.environ[var] = os.path.join(tmp, _LIBRARY_CACHES[var])
+
+
 def console_main() -> int:
-    """The ``dsekit`` executable: :func:`main` with warnings shown as one line each."""
+    """The ``dsekit`` executable: :func:`main` with warnings shown as one line each and the
+    libraries' caches in a temporary folder removed on exit."""
     import warnings
 
     warnings.showwarning = _one_line_warning
+    _private_caches()
     return main()
 
 

@@ -107,17 +107,27 @@ def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="extraction precision")
 
 
+def _run_info(run_dir: str | Path) -> dict[str, Any]:
+    """The run's checked ``dsekit.json``; its ``ValueError`` says how to do without it."""
+    from ..run_info import read_run_info
+
+    try:
+        return read_run_info(run_dir)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; pass --arch/--model-kwarg/--image-size instead") from None
+
+
 def run_architecture(args: argparse.Namespace) -> tuple[str | None, dict[str, Any], int]:
     """``(arch, model_kwargs, image_size)`` from --arch/--model-kwarg/--image-size.
 
     Without --arch and --model-kwarg they come from ``RUN_DIR/dsekit.json`` (written by
     ``dsekit train``) when present; the image size defaults to 224 otherwise.
     """
-    from ..run_info import RUN_INFO, read_run_info
+    from ..run_info import RUN_INFO
 
     info_path = Path(args.run_dir) / RUN_INFO
     if args.arch is None and not args.model_kwarg and info_path.is_file():
-        info = read_run_info(args.run_dir)
+        info = _run_info(args.run_dir)
         try:
             arch, model_kwargs, trained_size = info["arch"], dict(info["model_kwargs"]), int(info["image_size"])
         except (ValueError, KeyError, TypeError) as exc:
@@ -134,11 +144,11 @@ def run_architecture(args: argparse.Namespace) -> tuple[str | None, dict[str, An
 def run_scenes(run_dir: str | Path) -> dict[str, Any]:
     """The built-in scene settings a run was trained on (``scan_config.scenes`` of its
     ``dsekit.json``), so that scan and probe read the same scenes; {} when none were set."""
-    from ..run_info import RUN_INFO, read_run_info
+    from ..run_info import RUN_INFO
 
     if not (Path(run_dir) / RUN_INFO).is_file():
         return {}
-    scenes = read_run_info(run_dir).get("scan_config", {}).get("scenes", {})  # ValueError naming a bad key
+    scenes = _run_info(run_dir).get("scan_config", {}).get("scenes", {})  # ValueError naming a bad key
     return dict(scenes) if isinstance(scenes, dict) else {}
 
 

@@ -30,11 +30,14 @@ from typing import Any
 
 import numpy as np
 
+from .settings import DSESettings
+
 __all__ = [
     "half_sample_indices",
     "half_sample_seeds",
     "half_sample_replicates",
     "half_sample_interval",
+    "half_sample_problem",
     "half_sample_draws",
     "MIoUBootstrap",
     "miou_bootstrap",
@@ -95,6 +98,36 @@ def half_sample_replicates(
         rows.append(score(features[sub], seeds[r]))
     names = list(dict.fromkeys(k for row in rows for k in row))
     return {k: np.array([float(row.get(k, math.nan)) for row in rows]) for k in names}
+
+
+def _half_sample_error(n: int, N: int, settings: DSESettings, batch_size: int) -> str | None:
+    """Why half-samples of ``n`` images of ``N`` patches cannot be scored, or ``None``."""
+    if n < 4:
+        return "half-samples need at least 4 images"
+    half = n // 2
+    try:
+        for b in {min(half, batch_size)} | ({half % batch_size} - {0}):  # the DSE batches of a half
+            settings.check(b, N)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def half_sample_problem(n: int, N: int, settings: DSESettings, batch_size: int) -> str | None:
+    """Why ``n`` images of ``N`` patches are too few for DSE's half-sample intervals (scored in
+    DSE batches of ``batch_size`` images with ``settings``), with the smallest sample that allows
+    them; ``None`` when they can be computed. DSE itself may still be computed on the whole sample."""
+    why = _half_sample_error(n, N, settings, batch_size)
+    if why is None:
+        return None
+    smallest = next(
+        (m for m in range(n + 1, 64 * n + 4096) if _half_sample_error(m, N, settings, batch_size) is None), None
+    )
+    allow = f"; {smallest} images or more allow them" if smallest is not None else ""
+    return (
+        f"intervals: {n} images x {N} patches are too few for half-sample intervals (a half-sample of "
+        f"{n // 2}: {why}); DSE and its terms are computed on the whole sample, the interval columns are empty{allow}"
+    )
 
 
 def _t_quantile(confidence: float, dof: int) -> float:
