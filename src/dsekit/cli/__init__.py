@@ -18,7 +18,7 @@ from pathlib import Path
 from .. import __version__
 from ..metrics.settings import DSESettings
 from ..train.presets import DEMO_REGULARIZE_BETA, METHODS
-from .args import positive_int, seed_int
+from .args import add_cluster_arguments, positive_int, seed_int
 from .probe import add_probe_parser
 from .scan import add_scan_parser
 from .train import add_train_parser
@@ -58,24 +58,7 @@ def _add_dse(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--key", default=None, help="array name inside .npz/.pt/.safetensors files")
     p.add_argument("--local-labels", type=Path, default=None, help="(B, N) cluster of each patch in its image")
     p.add_argument("--global-labels", type=Path, default=None, help="(B, N) cluster of each patch in its group")
-    p.add_argument(
-        "--local-clusters",
-        type=positive_int,
-        default=DEFAULT.local_clusters,
-        help=f"k per image (default {DEFAULT.local_clusters})",
-    )
-    p.add_argument(
-        "--global-clusters",
-        type=positive_int,
-        default=DEFAULT.global_clusters,
-        help=f"k per group (default {DEFAULT.global_clusters})",
-    )
-    p.add_argument(
-        "--images-per-group",
-        type=positive_int,
-        default=DEFAULT.images_per_group,
-        help=f"images per group (default {DEFAULT.images_per_group})",
-    )
+    add_cluster_arguments(p)
     p.add_argument("--batch-size", type=positive_int, default=1024, help="images per DSE batch (default 1024)")
     p.add_argument("--no-normalize", action="store_true", help="do not L2-normalise patches")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of k-means and the M_dim permutation")

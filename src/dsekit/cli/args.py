@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..metrics.settings import check_seed
+from ..metrics.settings import DSESettings, check_seed
 
 __all__ = [
     "positive_int",
@@ -28,6 +28,29 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
     return value
+
+
+def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
+    """DSE's k-means settings (``--local-clusters``, ``--global-clusters``, ``--images-per-group``)."""
+    default = DSESettings()
+    p.add_argument(
+        "--local-clusters",
+        type=positive_int,
+        default=default.local_clusters,
+        help=f"k per image (default {default.local_clusters})",
+    )
+    p.add_argument(
+        "--global-clusters",
+        type=positive_int,
+        default=default.global_clusters,
+        help=f"k per group (default {default.global_clusters})",
+    )
+    p.add_argument(
+        "--images-per-group",
+        type=positive_int,
+        default=default.images_per_group,
+        help=f"images per group (default {default.images_per_group})",
+    )
 
 
 def seed_int(text: str) -> int:

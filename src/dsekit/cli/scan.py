@@ -8,6 +8,7 @@ from pathlib import Path
 from ..metrics.settings import DSESettings
 from .args import (
     add_checkpoint_arguments,
+    add_cluster_arguments,
     checkpoint_settings,
     layer_list,
     positive_int,
@@ -42,24 +43,7 @@ def add_scan_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=seed_int, default=0, help="image sample, k-means and M_dim seed")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
     p.add_argument("--dse-batch-size", type=positive_int, default=1024, help="images per DSE batch (default 1024)")
-    p.add_argument(
-        "--local-clusters",
-        type=positive_int,
-        default=DEFAULT.local_clusters,
-        help=f"k per image (default {DEFAULT.local_clusters})",
-    )
-    p.add_argument(
-        "--global-clusters",
-        type=positive_int,
-        default=DEFAULT.global_clusters,
-        help=f"k per group (default {DEFAULT.global_clusters})",
-    )
-    p.add_argument(
-        "--images-per-group",
-        type=positive_int,
-        default=DEFAULT.images_per_group,
-        help=f"images per group (default {DEFAULT.images_per_group})",
-    )
+    add_cluster_arguments(p)
     p.add_argument("--no-normalize", action="store_true")
     p.add_argument(
         "--n-init", type=positive_int, default=DEFAULT.n_init, help=f"k-means restarts (default {DEFAULT.n_init})"
