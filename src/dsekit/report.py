@@ -45,6 +45,7 @@ from .metrics.knn import accuracy_bootstrap
 from .plots import METRIC_ORDER, TERM_LABELS, entry_positions, plot_classes, plot_curves, plot_metrics_vs_miou, to_float
 from .report_tables import DSE_TABLE_COLUMNS, ID_COLUMNS, PROBE_TABLE_COLUMNS, numeric_columns, read_table, table_header
 from .report_text import markdown, selection_sentence
+from .run_info import read_run_info
 from .runtime import write_json_atomic, write_text_atomic
 from .select import calibrate, select_checkpoints
 from .train.logs import collapse_loss, read_training_log
@@ -550,7 +551,7 @@ def _training(out: Path) -> dict[str, Any]:
     (``run.json``'s run folder: its ``log.txt`` and ``dsekit.json``); {} when unknown."""
     try:
         run_dir = Path(json.loads((out / "run.json").read_text())["settings"]["run_dir"])
-        settings = json.loads((run_dir / "dsekit.json").read_text()).get("settings", {})
+        settings = read_run_info(run_dir).get("settings", {})
     except (OSError, ValueError, KeyError, TypeError):
         return {}
     log = read_training_log(run_dir)
