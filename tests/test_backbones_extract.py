@@ -250,6 +250,7 @@ def test_create_backbone_passes_none_kwargs_and_keeps_its_recipe() -> None:
         "arch": "convnext_tiny",
         "img_size": None,
         "init_weights": False,
+        "empty": False,
         "kwargs": {**kw, "ls_init_value": None, "head_norm_first": True},
     }
     assert backbone_recipe(nn.Linear(2, 2)) is None

@@ -102,6 +102,7 @@ from .backbones import (
     get_adapter,
     load_backbone_as,
     num_feature_layers,
+    output_shapes,
 )
 from .data.images import IMAGENET_MEAN, IMAGENET_STD
 from .data.segmentation import dataset_spec, default_train_split
@@ -362,8 +363,8 @@ def _feature_shapes(
 ) -> list[tuple[int, int]]:
     """(N, d) of the model's features at ``image_size`` for each layer read, from one blank image."""
     ext = FeatureExtractor(model, cfg.layer) if blocks is None else FeatureExtractor(model, layers=blocks)
-    zs = extract_features(ext, torch.zeros(1, 3, cfg.image_size, cfg.image_size), device=device)
-    return [(int(z.shape[1]), int(z.shape[2])) for z in (zs if isinstance(zs, list) else [zs])]
+    shapes = output_shapes(ext, torch.zeros(1, 3, cfg.image_size, cfg.image_size))
+    return [(int(z[1]), int(z[2])) for z in shapes]
 
 
 class _ProbeTask(SweepTask[CheckpointProbe]):

@@ -30,6 +30,7 @@ __all__ = [
     "dist_context",
     "ensure_writable",
     "file_identity",
+    "file_signature",
     "library_versions",
     "link_or_copy",
     "process_group",
@@ -142,6 +143,23 @@ def file_identity(path: Path, chunk: int = 1 << 22) -> str:
             while block := f.read(chunk):
                 h.update(block)
     return h.hexdigest()
+
+
+def file_signature(path: Path) -> tuple[tuple[str, int, int, int], ...]:
+    """What changes when a file (or a checkpoint folder's files) is written: each file's name,
+    size, modification time (ns) and inode, without reading it. Compared before and after a
+    checkpoint is scored, it tells a file rewritten meanwhile (a run saving in place)."""
+    path = Path(path)
+    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+    out = []
+    for f in files:
+        try:
+            st = f.stat()
+        except OSError:  # removed meanwhile: that is a change too
+            out.append((str(f), -1, -1, -1))
+            continue
+        out.append((str(f), st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(out)
 
 
 def library_versions() -> dict[str, str]:

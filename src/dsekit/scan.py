@@ -47,6 +47,7 @@ from .backbones import (
     get_adapter,
     load_backbone_as,
     num_feature_layers,
+    output_shapes,
 )
 from .data.images import ImageSample, ImageSampleResult, content_hash, file_size, find_images, load_image_sample
 from .feature_cache import FeatureCache
@@ -374,11 +375,11 @@ class _ScanTask(SweepTask[CheckpointResult]):
         model, cfg = self.run.model, self.cfg
         n = num_feature_layers(model) or 1
         blocks = sorted({*resolve_layers(cfg.layers, model), cfg.layer % n})
-        probe = FeatureExtractor(model, layers=blocks)(self.sample.images[:1].to(next(model.parameters()).device))
+        shapes = output_shapes(FeatureExtractor(model, layers=blocks), self.sample.images[:1])
         self.store = FeatureCache(int(cfg.cache_memory_gb * (1 << 30)), self.cache / "spill")
         arrays = [
-            self.store.allocate(f"layer{b}", (len(self.sample), *f.shape[1:]), np.float32)
-            for b, f in zip(blocks, probe, strict=True)
+            self.store.allocate(f"layer{b}", (len(self.sample), *shape[1:]), np.float32)
+            for b, shape in zip(blocks, shapes, strict=True)
         ]
         return blocks, arrays
 

@@ -11,7 +11,9 @@ A command brings its settings (a :class:`RunSettings` subclass), a result datacl
 3. on a rank with work, :meth:`SweepTask.prepare` once (decode data, build the model), then per
    checkpoint :meth:`SweepTask.score`; each result is written atomically as soon as it is done,
    and a checkpoint that raises gets a failure record (``<name>[.<label>].failed.json``) instead
-   of stopping the sweep;
+   of stopping the sweep; so does one whose file was written while it was scored (its tensors
+   are memory-mapped and read as the model runs: :func:`dsekit.runtime.file_signature` before
+   and after), its result not kept;
 4. a barrier, then every result read back from the cache in checkpoint order (rank 0 assembles
    the outputs from them).
 
@@ -42,7 +44,15 @@ from .backbones import (
     list_methods,
 )
 from .backbones.detect import detect_checkpoint
-from .runtime import barrier, ensure_writable, file_identity, resolve_device, resolve_precision, write_json_atomic
+from .runtime import (
+    barrier,
+    ensure_writable,
+    file_identity,
+    file_signature,
+    resolve_device,
+    resolve_precision,
+    write_json_atomic,
+)
 
 __all__ = [
     "RunSettings",
@@ -144,6 +154,10 @@ class SweepTask(Generic[R]):
         return True
 
 
+class CheckpointChangedError(RuntimeError):
+    """A checkpoint file changed between the start of the sweep and the end of its scoring."""
+
+
 def _safe(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
 
@@ -190,6 +204,7 @@ def sweep(
         the number scored by this process in this call.
     """
     rtype = task.result_type
+    signatures = [file_signature(p) for p, _ in checkpoints]  # taken first: a write while hashing counts
     identities = [file_identity(p) if p.exists() else "" for p, _ in checkpoints]
 
     def cached(i: int, k: str | None) -> Any:
@@ -210,6 +225,11 @@ def sweep(
             target = _cache_path(cache, path, identities[i], key)
             try:
                 res = task.score(n, len(todo), path, epoch, identities[i], target)
+                if file_signature(path) != signatures[i]:  # its tensors are read while it is scored
+                    raise CheckpointChangedError(
+                        f"{path} was written while it was read (a run saving in place?): its result is not kept; "
+                        "run the same command again to score what it holds now"
+                    )
                 write_json_atomic(target, asdict(res))
                 _failed_path(cache, path, task.label).unlink(missing_ok=True)
                 computed += 1
@@ -313,9 +333,11 @@ def check_run_settings(cfg: RunSettings) -> None:
 
 
 def build_model(cfg: RunSettings, first: Path | None = None) -> torch.nn.Module:
-    """The backbone of ``cfg`` (random weights), its ``layer`` checked: a bad architecture,
-    model argument or layer raises ``ValueError`` here. A method that builds its network from
-    a checkpoint (Hugging Face folders) builds the one ``first`` describes."""
+    """The backbone of ``cfg``, built without weights (parameters on the meta device: every
+    checkpoint's tensors become them, see :func:`dsekit.backbones.load_into`), its ``layer``
+    checked: a bad architecture, model argument or layer raises ``ValueError`` here. A
+    method that builds its network from a checkpoint (Hugging Face folders) builds the one
+    ``first`` describes."""
     adapter = get_adapter(cfg.method)
     if adapter.builder is not None:
         if first is None:
@@ -330,7 +352,7 @@ def build_model(cfg: RunSettings, first: Path | None = None) -> torch.nn.Module:
     kwargs.update(cfg.model_kwargs)
     kwargs.pop("img_size", None)
     try:
-        model = create_backbone(name, img_size=cfg.image_size, init_weights=False, **kwargs)
+        model = create_backbone(name, img_size=cfg.image_size, empty=True, **kwargs)
     except TypeError as err:  # timm's answer to a model argument the architecture does not take
         raise ValueError(f"arch {name!r} with model arguments {kwargs}: {err}") from None
     FeatureExtractor(model, cfg.layer)

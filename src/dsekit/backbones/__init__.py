@@ -23,6 +23,7 @@ from dsekit.backbones.extract import (
     create_backbone,
     extract_features,
     num_feature_layers,
+    output_shapes,
     tokens_from_intermediate,
 )
 from dsekit.backbones.reading import SAFE_GLOBALS, read_checkpoint
@@ -66,6 +67,7 @@ __all__ = [
     "load_into",
     "load_state_dict_for",
     "num_feature_layers",
+    "output_shapes",
     "read_checkpoint",
     "register",
     "tokens_from_intermediate",

@@ -38,7 +38,7 @@ from dsekit.backbones.discovery import (
     discover_checkpoints,
     epoch_from_filename,
 )
-from dsekit.backbones.extract import backbone_recipe, create_backbone
+from dsekit.backbones.extract import backbone_recipe, create_backbone, meta_tensors
 from dsekit.backbones.reading import SAFE_GLOBALS, LazyStateDict, read_checkpoint
 from dsekit.backbones.registry import (
     ANY_FILE,
@@ -381,12 +381,29 @@ def load_into(
     *,
     allow_partial: bool = False,
     source: str | Path = "<checkpoint>",
+    assign: bool = False,
 ) -> nn.Module:
-    """Copy ``state_dict`` into ``model``; missing / unexpected / mis-shaped keys are an error.
+    """Load ``state_dict`` into ``model``; missing / unexpected / mis-shaped keys are an error.
 
     With ``allow_partial=True`` they become a warning and the matching keys are loaded. Missing
     ``num_batches_tracked`` counters (older checkpoints) are not an error.
+
+    ``assign=True``: the tensors *become* the model's parameters and buffers instead of being
+    copied into them (cast to the dtype of the tensor each replaces, and moved to its device):
+    a memory-mapped checkpoint is then never copied, its pages are read from disk as the model
+    uses them. A model built ``empty`` (:func:`create_backbone`; parameters on the meta device)
+    is always loaded so; every one of its meta tensors must be in ``state_dict`` (else
+    ``ValueError``: :func:`load_backbone` builds the model with weights in that case).
     """
+    sd = _fitted(model, state_dict, allow_partial, source)
+    return _put(model, sd, assign=assign, source=source)
+
+
+def _fitted(
+    model: nn.Module, state_dict: Mapping[str, Tensor], allow_partial: bool, source: str | Path
+) -> dict[str, Tensor]:
+    """``state_dict`` checked against ``model`` (raises :class:`CheckpointKeyError`, or with
+    ``allow_partial`` warns and keeps the keys that fit); the position embedding resampled."""
     sd = dict(state_dict)
     _fit_pos_embed(sd, model)
     expected = model.state_dict()
@@ -410,11 +427,44 @@ def load_into(
         )
         if not allow_partial:
             raise CheckpointKeyError(msg, source if isinstance(source, Path) else None, missing, unexpected, mismatched)
-        warnings.warn(msg, PartialLoadWarning, stacklevel=2)
+        warnings.warn(msg, PartialLoadWarning, stacklevel=3)
         bad = {m.split(" ", 1)[0] for m in mismatched}
         sd = {k: v for k, v in sd.items() if k in expected and k not in bad}
-    model.load_state_dict(sd, strict=False)
+    return sd
+
+
+def _put(model: nn.Module, sd: dict[str, Tensor], *, assign: bool, source: str | Path) -> nn.Module:
+    """Copy (or with ``assign``, or into an ``empty`` model: assign) the fitted ``sd``."""
+    empty = meta_tensors(model)
+    if empty:
+        left = [n for n in empty if n not in sd]
+        if left:
+            raise ValueError(
+                f"{type(model).__name__} was built without weights, and checkpoint {source} does not give "
+                + _listing("these", left)
+                + "; build it with weights (create_backbone without empty=True) to load it partially"
+            )
+        assign = True
+    if assign:
+        expected = model.state_dict()
+        sd = {k: _like(v, expected[k]) for k, v in sd.items()}
+    model.load_state_dict(sd, strict=False, assign=assign)
     return model.eval()
+
+
+def _like(t: Tensor, ref: Tensor) -> Tensor:
+    """``t`` with ``ref``'s floating dtype and (unless ``ref`` is on the meta device) its device;
+    ``t`` itself when both match (no copy)."""
+    dtype = ref.dtype if t.is_floating_point() and ref.is_floating_point() else None
+    return t.to(device=None if ref.is_meta else ref.device, dtype=dtype)
+
+
+def _with_weights(model: nn.Module) -> nn.Module:
+    """The architecture of an ``empty`` model built again with (PyTorch's default) weights."""
+    recipe = backbone_recipe(model)
+    if recipe is None:
+        raise ValueError(f"{type(model).__name__} has parameters on the meta device and no recipe to build it again")
+    return create_backbone(recipe["arch"], img_size=recipe["img_size"], init_weights=False, **recipe["kwargs"])
 
 
 def load_backbone(
@@ -430,8 +480,17 @@ def load_backbone(
     model_kwargs: Mapping[str, Any] | None = None,
     img_size: int | tuple[int, int] | None = None,
     layout: list[str] | None = None,
+    assign: bool = False,
 ) -> nn.Module:
     """Build the backbone and load one official checkpoint into it; returns the model in eval mode.
+
+    Memory: the checkpoint is memory-mapped (torch's zip format; safetensors are read lazily;
+    a file the method's training overwrites each epoch, ``run_files`` such as VICReg's
+    ``model.pth``, is read whole) and the backbone is built without weights (``create_backbone(..., empty=True)``); the
+    backbone's tensors become its parameters, the other tensors of the file (heads, the
+    student, the optimizer's state) are never read. A model the file does not fill (a partial
+    load; Swin's attention masks, computed from its weights' device) is built with weights and
+    the checkpoint's tensors copied in.
 
     A training checkpoint of the method (its official training state) and the backbone weights
     the method releases (e.g. DINO's ``dino_deitsmall16_pretrain.pth``, iBOT's
@@ -455,6 +514,11 @@ def load_backbone(
         model_kwargs: extra timm kwargs (e.g. ``depth=6``), overriding ``arch_kwargs``.
         img_size: input size for size-bound architectures (ViT, Swin); ignored by CNNs. A ViT's
             position embedding is resampled to it.
+        layout: a list that receives what the file was (``"release file"``, ``"training
+            checkpoint, teacher"``, ...).
+        assign: for a ready ``arch`` module, replace its tensors by the checkpoint's instead of
+            copying into them (see :func:`load_into`; a model built ``empty`` is always loaded so,
+            and a model built here is built ``empty``).
 
     Raises:
         FileNotFoundError, CheckpointError (UnsafeCheckpointError, CheckpointKeyError), ValueError.
@@ -464,7 +528,10 @@ def load_backbone(
         if layout is not None:
             layout.append("model folder")
         return adapter.builder(Path(path), dict(model_kwargs or {}), img_size, load=True, allow_partial=allow_partial)
-    obj = read_checkpoint(path, trust_checkpoints=trust_checkpoints, map_location=map_location, lazy=True)
+    # a file the official script overwrites each epoch is read whole: a page of it mapped while a
+    # running training truncates it would end the process (SIGBUS); the others are mapped
+    mmap = Path(path).name not in adapter.run_files
+    obj = read_checkpoint(path, trust_checkpoints=trust_checkpoints, map_location=map_location, lazy=True, mmap=mmap)
     if isinstance(arch, nn.Module):
         model = with_family_kwargs(arch, adapter)
     else:
@@ -472,13 +539,16 @@ def load_backbone(
         if "img_size" in kwargs:
             img_size = kwargs.pop("img_size") if img_size is None else img_size
             kwargs.pop("img_size", None)
-        model = create_backbone(name, img_size=img_size, init_weights=False, **kwargs)
+        model = create_backbone(name, img_size=img_size, empty=True, **kwargs)
     adapted = adapt_state_dict(obj, adapter, branch=branch, prefix=prefix, model=model, source=Path(path))
     if layout is not None:
         layout.append(
             adapted.layout if adapted.layout != "training checkpoint" else f"training checkpoint, {adapted.branch}"
         )
-    return load_into(model, adapted.state_dict, allow_partial=allow_partial, source=Path(path))
+    sd = _fitted(model, adapted.state_dict, allow_partial, Path(path))
+    if any(n not in sd for n in meta_tensors(model)):  # weights the file does not give: built with weights
+        model = _with_weights(model)
+    return _put(model, sd, assign=assign, source=Path(path))
 
 
 def _architecture(
@@ -533,6 +603,7 @@ def with_family_kwargs(model: nn.Module, adapter: MethodAdapter) -> nn.Module:
             recipe["arch"],
             img_size=recipe["img_size"],
             init_weights=recipe["init_weights"],
+            empty=recipe.get("empty", False),
             **{**wanted, **recipe["kwargs"]},
         )
     return rebuilt[adapter.name]
@@ -551,10 +622,10 @@ def load_backbone_as(
     ``settings`` has the attributes ``method``, ``arch``, ``branch``, ``prefix``,
     ``allow_partial``, ``trust_checkpoints``, ``model_kwargs`` and ``image_size`` (as
     :class:`dsekit.scan.ScanConfig` and :class:`dsekit.probe.ProbeConfig`); ``model``, a
-    backbone of the right architecture to load into again (every weight is overwritten, as
-    loading is strict), saves rebuilding it for each checkpoint (unless it lacks the method's
-    ``family_kwargs``: see :func:`load_backbone`). ``partial``: a list that
-    receives the :class:`PartialLoadWarning` message when the checkpoint did not fit (only with
+    backbone of the right architecture to load into again (every weight is replaced, as loading
+    is strict: the checkpoint's tensors become its parameters), saves rebuilding it for each
+    checkpoint (unless it lacks the method's ``family_kwargs``: see :func:`load_backbone`).
+    ``partial``: a list that receives the :class:`PartialLoadWarning` message when the checkpoint did not fit (only with
     ``allow_partial``); the warning is still shown.
     """
     with warnings.catch_warnings(record=True) as caught:
@@ -570,6 +641,7 @@ def load_backbone_as(
             model_kwargs=settings.model_kwargs,
             img_size=settings.image_size,
             layout=layout,
+            assign=True,
         )
     for w in caught:
         if partial is not None and issubclass(w.category, PartialLoadWarning):

@@ -37,6 +37,8 @@ __all__ = [
     "backbone_recipe",
     "create_backbone",
     "extract_features",
+    "meta_tensors",
+    "output_shapes",
     "num_feature_layers",
     "tokens_from_intermediate",
 ]
@@ -110,6 +112,7 @@ def create_backbone(
     *,
     img_size: int | tuple[int, int] | None = None,
     init_weights: bool = True,
+    empty: bool = False,
     **timm_kwargs: Any,
 ) -> nn.Module:
     """Build the timm model ``arch`` without a classifier and without pretrained weights, in eval mode.
@@ -121,6 +124,11 @@ def create_backbone(
         init_weights: ``False`` skips timm's own weight initialisation where the model allows it
             (``weight_init='skip'``; layers keep PyTorch's default initialisation). This saves seconds
             per model when a checkpoint overwrites every weight anyway.
+        empty: the parameters on PyTorch's ``meta`` device: no memory and no values (the buffers,
+            computed ones such as RoPE tables among them, are real). A checkpoint's tensors then
+            *become* the parameters (:func:`dsekit.backbones.load_into`, which assigns them): a
+            memory-mapped checkpoint is never copied. Implies ``init_weights=False``. Its output
+            shapes are known without weights (:func:`output_shapes`).
         **timm_kwargs: passed to ``timm.create_model`` (e.g. ``depth=4``, ``num_heads=12``,
             ``class_token=False``). A ``None`` value reaches the model as ``None`` (e.g.
             ``ls_init_value=None``: a ConvNeXt without layer scale), where ``timm.create_model``
@@ -147,7 +155,14 @@ def create_backbone(
         close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
         hint = f"; close matches: {', '.join(close)}" if close else ""
         raise ValueError(f"unknown timm architecture {arch!r}{hint}")
-    recipe = {"arch": arch, "img_size": img_size, "init_weights": init_weights, "kwargs": dict(timm_kwargs)}
+    init_weights = init_weights and not empty
+    recipe = {
+        "arch": arch,
+        "img_size": img_size,
+        "init_weights": init_weights,
+        "empty": empty,
+        "kwargs": dict(timm_kwargs),
+    }
     kwargs: dict[str, Any] = {"num_classes": 0, **timm_kwargs}
     if isinstance(kwargs.get("mlp_layer"), str):
         kwargs["mlp_layer"] = _named_layer(kwargs["mlp_layer"])
@@ -168,7 +183,7 @@ def create_backbone(
         try:
             # layers draw their initial weights from the process-wide RNG: draw them from a fork of
             # it, so that building a backbone leaves the caller's RNG as it was
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=[]), _empty_parameters() if empty else nullcontext():
                 model = create(pretrained=False, **kwargs)
             break
         except TypeError as err:
@@ -182,6 +197,32 @@ def create_backbone(
         _zero_skipped_tensors(model)
     model.dsekit_recipe = recipe
     return model.eval()
+
+
+def _empty_parameters() -> Any:
+    """Context in which modules get their parameters on the meta device, their buffers real."""
+    from accelerate import init_empty_weights  # the field's helper for exactly this
+
+    return init_empty_weights(include_buffers=False)
+
+
+def meta_tensors(model: nn.Module) -> list[str]:
+    """Names of ``model``'s parameters and buffers on the meta device (without values)."""
+    return [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+
+
+def output_shapes(extractor: nn.Module, images: Tensor) -> list[torch.Size]:
+    """The shapes of ``extractor(images)`` (one tensor, or a list: one per layer), computed
+    without values on the meta device when the model has no weights yet (built ``empty``), else
+    by running it on ``images``' device in ``torch.inference_mode``."""
+    with torch.inference_mode():
+        if meta_tensors(extractor):
+            import copy
+
+            out = copy.deepcopy(extractor).to("meta")(images.to("meta"))
+        else:
+            out = extractor(images)
+    return [z.shape for z in (out if isinstance(out, (list, tuple)) else [out])]
 
 
 #: ``mlp_layer`` values by name (``create_backbone(..., mlp_layer="swiglu_packed")``)
@@ -215,7 +256,7 @@ def _zero_skipped_tensors(model: nn.Module) -> None:
 
 
 def backbone_recipe(model: nn.Module) -> dict[str, Any] | None:
-    """How :func:`create_backbone` built ``model`` (``arch``, ``img_size``, ``init_weights`` and the
+    """How :func:`create_backbone` built ``model`` (``arch``, ``img_size``, ``init_weights``, ``empty`` and the
     timm ``kwargs`` it was given), to build it again with other kwargs; ``None`` for other models."""
     recipe = getattr(model, "dsekit_recipe", None)
     if not isinstance(recipe, dict):

@@ -85,6 +85,7 @@ def read_checkpoint(
     trust_checkpoints: bool = False,
     map_location: str | torch.device | None = "cpu",
     lazy: bool = False,
+    mmap: bool = True,
 ) -> Any:
     """Load a checkpoint file safely and return the stored object.
 
@@ -95,6 +96,8 @@ def read_checkpoint(
     Files in torch's zip format are memory-mapped (``mmap=True``): a tensor's bytes are read
     from disk when it is used, so a checkpoint larger than the memory can be opened and only the
     tensors copied out of it (the backbone's) take memory; legacy-format files are read whole.
+    ``mmap=False`` reads a zip file whole too: for files that a running training rewrites in
+    place (a mapped page of a file truncated meanwhile ends the process with SIGBUS).
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -122,7 +125,7 @@ def read_checkpoint(
 
     if trust_checkpoints:
         try:
-            return _torch_load(p, map_location, weights_only=False)
+            return _torch_load(p, map_location, weights_only=False, mmap=mmap)
         except Exception as err:  # noqa: BLE001
             raise CheckpointError(
                 f"cannot read checkpoint {p} with full unpickling: the file is truncated or corrupt, or "
@@ -132,7 +135,7 @@ def read_checkpoint(
 
     try:
         with _allow_safe_globals():
-            return _torch_load(p, map_location, weights_only=True)
+            return _torch_load(p, map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         msg = str(err)
         if "unsupported global" in msg.lower() or "not an allowed global" in msg:  # torch words it both ways
@@ -165,10 +168,10 @@ def _short(err: BaseException, limit: int = 200) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def _torch_load(p: Path, map_location: Any, *, weights_only: bool) -> Any:
+def _torch_load(p: Path, map_location: Any, *, weights_only: bool, mmap: bool = True) -> Any:
     """``torch.load``, memory-mapped when the file is in torch's zip format (legacy files are
     read whole: torch cannot map them)."""
-    if zipfile.is_zipfile(p):
+    if mmap and zipfile.is_zipfile(p):
         return torch.load(p, map_location=map_location, weights_only=weights_only, mmap=True)
     return torch.load(p, map_location=map_location, weights_only=weights_only)
 
