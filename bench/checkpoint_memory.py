@@ -43,6 +43,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from _common import load_average
+
 GB = 1e9
 TARGET_EXTRA = 1.5 * GB
 
@@ -243,13 +245,6 @@ def measure(cmd: list[str], env: dict[str, str]) -> dict[str, object]:
     }
 
 
-def _load() -> str:
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", type=Path, required=True, help="folder for the checkpoints (several GB)")
@@ -266,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GB
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {mem:.1f} GB RAM, Python "
-        f"{platform.python_version()}; load average (1/5/15 min) {_load()}"
+        f"{platform.python_version()}; load average (1/5/15 min) {load_average()}"
     )
     here = Path(__file__).resolve().parent
     rows = []
@@ -318,10 +313,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(
         "(peak resident set of one fresh process each, ru_maxrss; anon/file: the sampled peaks of its anonymous "
-        f"and file-backed pages; {args.num_images} images at {args.image_size} px; load average now {_load()})"
+        f"and file-backed pages; {args.num_images} images at {args.image_size} px; load average now {load_average()})"
     )
     if args.json is not None:
-        args.json.write_text(json.dumps({"rows": rows, "load": _load()}, indent=2))
+        args.json.write_text(json.dumps({"rows": rows, "load": load_average()}, indent=2))
     return 0 if all(r["scan_ok"] for r in rows) else 1
 
 

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from _common import load_average
+
 TARGET_S = 0.5
 CASES = {
     "dsekit --help": ["--help"],
@@ -50,13 +52,6 @@ def _run(argv: list[str], eager: bool) -> float:
     return time.perf_counter() - t0
 
 
-def _load() -> str:
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=7)
@@ -64,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
-        f"{platform.python_version()}; load average (1/5/15 min) {_load()}"
+        f"{platform.python_version()}; load average (1/5/15 min) {load_average()}"
     )
     rows = []
     for name, cmd in CASES.items():
@@ -79,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         verdict = "met" if r["now_s"] <= TARGET_S else "NOT met"
         print(f"{r['case']:<22} {r['now_s']:>7.3f} {r['eager_s']:>16.3f} {r['ratio']:>11.1f}x  {verdict}")
-    print(f"(medians of {args.repeats} fresh processes each, alternated; load average now {_load()})")
+    print(f"(medians of {args.repeats} fresh processes each, alternated; load average now {load_average()})")
     if args.json is not None:
-        args.json.write_text(json.dumps({"rows": rows, "repeats": args.repeats, "load": _load()}, indent=2))
+        args.json.write_text(json.dumps({"rows": rows, "repeats": args.repeats, "load": load_average()}, indent=2))
     return 0
 
 

@@ -52,7 +52,7 @@ from typing import Any
 
 import torch
 
-from _common import median_seconds
+from _common import load_average, median_seconds
 from _targets import GPU_EXTRACTION
 
 TARGET_SCORE_SHARE_CPU = 0.20
@@ -203,7 +203,7 @@ def layer_map_cost(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{args.threads} thread(s); load average (1/5/15 min) {_load()}"
+        f"{args.threads} thread(s); load average (1/5/15 min) {load_average()}"
     )
     rows = []
     with tempfile.TemporaryDirectory(prefix="dsekit-layer-bench-", dir=args.workdir) as tmp:
@@ -256,7 +256,7 @@ def layer_map_cost(args: argparse.Namespace) -> int:
             f"{r['num_images']:>7} {r['single_s']:>12.1f} {r['map_s']:>12.1f} {r['ratio']:>6.2f}x "
             f"{r['single_per_checkpoint_s']:>14.2f} {r['map_per_checkpoint_s']:>8.2f}"
         )
-    print(f"load average now {_load()}")
+    print(f"load average now {load_average()}")
     if args.json is not None:
         args.json.write_text(
             json.dumps({"layer_map": rows, "settings": {k: str(v) for k, v in vars(args).items()}}, indent=2)
@@ -265,13 +265,6 @@ def layer_map_cost(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- main
-
-
-def _load() -> str:
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from dsekit.scan import ScanConfig, scan
 
-    load_before = _load()
+    load_before = load_average()
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"{args.threads} thread(s), device {device}; load average (1/5/15 min) {load_before}"
@@ -407,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         f"DSE scoring share of the per-checkpoint time (all checkpoints): {100 * share:.1f} %{verdict}; "
         f"of extract + score only (checkpoint loading left out): {100 * share_no_load:.1f} %"
     )
-    print(f"whole scan: {total:.1f} s (incl. sample, model build, selection, plot); load average now {_load()}")
+    print(f"whole scan: {total:.1f} s (incl. sample, model build, selection, plot); load average now {load_average()}")
     if gpu is not None:
         print(
             f"extraction throughput on {gpu['device_name']} at batch {gpu['batch_size']}: dsekit "
@@ -437,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
                     "decode_seconds": counter.seconds,
                     "scan_seconds": total,
                     "load_average_before": load_before,
-                    "load_average_after": _load(),
+                    "load_average_after": load_average(),
                     "gpu": gpu,
                     "torch": torch.__version__,
                 },
