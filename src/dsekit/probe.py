@@ -358,9 +358,7 @@ def _combine_heads(heads: list[ProbeMetrics]) -> tuple[float, float, list[float 
     return miou, acc, iou
 
 
-def _feature_shapes(
-    model: nn.Module, cfg: ProbeConfig, device: torch.device, blocks: list[int] | None
-) -> list[tuple[int, int]]:
+def _feature_shapes(model: nn.Module, cfg: ProbeConfig, blocks: list[int] | None) -> list[tuple[int, int]]:
     """(N, d) of the model's features at ``image_size`` for each layer read, from one blank image."""
     ext = FeatureExtractor(model, cfg.layer) if blocks is None else FeatureExtractor(model, layers=blocks)
     shapes = output_shapes(ext, torch.zeros(1, 3, cfg.image_size, cfg.image_size))
@@ -407,7 +405,7 @@ class _ProbeTask(SweepTask[CheckpointProbe]):
         if cfg.layers:
             n = num_feature_layers(model) or 1
             self.blocks = sorted({*resolve_layers(cfg.layers, model), cfg.layer % n})
-        shapes = _feature_shapes(model, cfg, self.run.device, self.blocks)
+        shapes = _feature_shapes(model, cfg, self.blocks)
         self.feats = {  # reserved first: read every epoch, they get the RAM before images and masks
             split: [
                 self.store.allocate(

@@ -486,11 +486,11 @@ def load_backbone(
 
     Memory: the checkpoint is memory-mapped (torch's zip format; safetensors are read lazily;
     a file the method's training overwrites each epoch, ``run_files`` such as VICReg's
-    ``model.pth``, is read whole) and the backbone is built without weights (``create_backbone(..., empty=True)``); the
-    backbone's tensors become its parameters, the other tensors of the file (heads, the
-    student, the optimizer's state) are never read. A model the file does not fill (a partial
-    load; Swin's attention masks, computed from its weights' device) is built with weights and
-    the checkpoint's tensors copied in.
+    ``model.pth``, is read whole) and the backbone is built without weights
+    (``create_backbone(..., empty=True)``); the backbone's tensors become its parameters, the
+    other tensors of the file (heads, the student, the optimizer's state) are never read. A
+    model the file does not fill (a partial load; Swin, whose attention masks are computed on
+    its parameters' device when it is built) is built with weights and the tensors copied in.
 
     A training checkpoint of the method (its official training state) and the backbone weights
     the method releases (e.g. DINO's ``dino_deitsmall16_pretrain.pth``, iBOT's
@@ -625,8 +625,8 @@ def load_backbone_as(
     backbone of the right architecture to load into again (every weight is replaced, as loading
     is strict: the checkpoint's tensors become its parameters), saves rebuilding it for each
     checkpoint (unless it lacks the method's ``family_kwargs``: see :func:`load_backbone`).
-    ``partial``: a list that receives the :class:`PartialLoadWarning` message when the checkpoint did not fit (only with
-    ``allow_partial``); the warning is still shown.
+    ``partial``: a list that receives the :class:`PartialLoadWarning` message when the
+    checkpoint did not fit (only with ``allow_partial``); the warning is still shown.
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PartialLoadWarning)

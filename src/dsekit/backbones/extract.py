@@ -256,8 +256,9 @@ def _zero_skipped_tensors(model: nn.Module) -> None:
 
 
 def backbone_recipe(model: nn.Module) -> dict[str, Any] | None:
-    """How :func:`create_backbone` built ``model`` (``arch``, ``img_size``, ``init_weights``, ``empty`` and the
-    timm ``kwargs`` it was given), to build it again with other kwargs; ``None`` for other models."""
+    """How :func:`create_backbone` built ``model`` (``arch``, ``img_size``, ``init_weights``,
+    ``empty`` and the timm ``kwargs`` it was given), to build it again with other kwargs;
+    ``None`` for other models."""
     recipe = getattr(model, "dsekit_recipe", None)
     if not isinstance(recipe, dict):
         return None
