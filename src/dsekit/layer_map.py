@@ -39,7 +39,7 @@ from .io import write_confusion_table
 from .metrics.dse import TERMS, calibrated_dse
 from .metrics.intervals import half_sample_interval, miou_bootstrap
 from .plots import plot_layer_map
-from .runtime import write_csv_atomic, write_json_atomic
+from .runtime import file_name_part, write_csv_atomic, write_json_atomic
 from .select import calibrate
 
 __all__ = [
@@ -174,7 +174,7 @@ def write_probe_layers(
     module docstring); ``confusions``: checkpoint -> block -> per-head per-image confusions."""
     ok = [r for r in results if r.layers]
     blocks = sorted({int(b) for r in ok for b in r.layers})
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in dataset)
+    safe = file_name_part(dataset)
     columns = [unit if c == "epoch" else c for c in PROBE_LAYER_COLUMNS]
     rows = [r for r in _read_rows(out / "probe_layers.csv") if r.get("dataset") != dataset]
     for b in blocks:

@@ -17,7 +17,7 @@ from .io import write_confusion_table, write_knn_table
 from .layer_map import write_probe_layers
 from .metrics.intervals import miou_bootstrap
 from .metrics.knn import accuracy_bootstrap
-from .runtime import library_versions, write_csv_atomic, write_json_atomic
+from .runtime import file_name_part, library_versions, write_csv_atomic, write_json_atomic
 
 if TYPE_CHECKING:
     from .probe import CheckpointProbe, ProbeConfig
@@ -50,7 +50,7 @@ def write_outputs(
 ) -> None:
     """Write every output file of one probed dataset into ``out``."""
     ok = [r for r in results if r.status == "ok"]
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
+    safe = file_name_part(label)
     boot = (
         miou_bootstrap([confusions[r.checkpoint] for r in ok], confidence=cfg.confidence, seed=cfg.seed)
         if ok and ok[0].num_val >= 2

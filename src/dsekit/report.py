@@ -46,7 +46,7 @@ from .plots import METRIC_ORDER, TERM_LABELS, entry_positions, plot_classes, plo
 from .report_tables import DSE_TABLE_COLUMNS, ID_COLUMNS, PROBE_TABLE_COLUMNS, numeric_columns, read_table, table_header
 from .report_text import markdown, selection_sentence
 from .run_info import read_run_info
-from .runtime import write_json_atomic, write_text_atomic
+from .runtime import file_name_part, write_json_atomic, write_text_atomic
 from .select import calibrate, select_checkpoints
 from .train.logs import collapse_loss, read_training_log
 from .verdict import degradation_verdict
@@ -514,7 +514,7 @@ def _layer_correlations(
     reps_all = read_table(reps_path, ("checkpoint", "layer", "replicate")) if reps_path.is_file() else []
     result: dict[str, list[dict[str, Any]]] = {}
     for ds in sorted({r["dataset"] for r in probe_all}):
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in ds)
+        safe = file_name_part(ds)
         entries = []
         for b in sorted({int(r["layer"]) for r in probe_all if r["dataset"] == ds}):
             dse_rows = [{k: r[k] for k in ("checkpoint", unit, *value_cols)} for r in dse_all if int(r["layer"]) == b]
@@ -604,7 +604,7 @@ def write_report(out_dir: str | Path, *, window: int = 2, top: int = 3, confiden
     )
     confusions, classes, knn = {}, {}, {}
     for ds in {r["dataset"] for r in probe_rows}:
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in ds)
+        safe = file_name_part(ds)
         if (out / f"probe_{safe}_confusion.npz").is_file():
             path = out / f"probe_{safe}_confusion.npz"
             table = read_confusion_table(path)

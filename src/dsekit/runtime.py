@@ -31,6 +31,7 @@ __all__ = [
     "ensure_writable",
     "file_identity",
     "file_signature",
+    "file_name_part",
     "library_versions",
     "link_or_copy",
     "process_group",
@@ -143,6 +144,13 @@ def file_identity(path: Path, chunk: int = 1 << 22) -> str:
             while block := f.read(chunk):
                 h.update(block)
     return h.hexdigest()
+
+
+def file_name_part(text: str) -> str:
+    """``text`` as part of a file name: every character but letters, digits, ``-``, ``_`` and
+    ``.`` replaced by ``_`` (a dataset or checkpoint name in the names of the files written for
+    it; the writer and the reader of a file both call this)."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
 
 
 def file_signature(path: Path) -> tuple[tuple[str, int, int, int], ...]:

@@ -44,10 +44,12 @@ from .backbones import (
     list_methods,
 )
 from .backbones.detect import detect_checkpoint
+from .metrics.settings import SEED_MAX
 from .runtime import (
     barrier,
     ensure_writable,
     file_identity,
+    file_name_part,
     file_signature,
     resolve_device,
     resolve_precision,
@@ -76,8 +78,6 @@ if TYPE_CHECKING:
 
 
 R = TypeVar("R", bound="SweepResult")
-
-_MAX_SEED = 2**63 - 1
 
 
 @dataclass
@@ -158,18 +158,14 @@ class CheckpointChangedError(RuntimeError):
     """A checkpoint file changed between the start of the sweep and the end of its scoring."""
 
 
-def _safe(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
-
-
 def _cache_path(cache: Path, path: Path, identity: str, key: str) -> Path:
-    name = _safe(checkpoint_label(path))
+    name = file_name_part(checkpoint_label(path))
     return cache / f"{name}.{hashlib.sha256((identity + key).encode()).hexdigest()[:16]}.json"
 
 
 def _failed_path(cache: Path, path: Path, label: str) -> Path:
-    name = _safe(checkpoint_label(path))
-    return cache / (f"{name}.{_safe(label)}.failed.json" if label else f"{name}.failed.json")
+    name = file_name_part(checkpoint_label(path))
+    return cache / (f"{name}.{file_name_part(label)}.failed.json" if label else f"{name}.failed.json")
 
 
 def _read(result_type: type, p: Path) -> Any:
@@ -324,7 +320,7 @@ def check_run_settings(cfg: RunSettings) -> None:
     get_adapter(cfg.method)  # unknown method: error listing the known ones
     resolve_precision(cfg.precision)  # an unknown name: error listing the known ones
     seed = cfg.seed
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= _MAX_SEED:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
         raise ValueError(f"seed: expected an integer in 0..2**63-1, got {seed!r}")
     if getattr(cfg, "window", 0) < 0:
         raise ValueError(f"window: expected >= 0 checkpoints on each side, got {cfg.window}")  # type: ignore[attr-defined]
